@@ -1,0 +1,79 @@
+# Two commands on a fresh Debian 12 machine (as root): `make lab` and `make test`.
+# Every target installs what it needs and is safe to run again.
+SHELL := /bin/bash
+.ONESHELL:
+.SHELLFLAGS := -eu -o pipefail -c
+
+ROOT        := $(abspath .)
+VENV        := $(ROOT)/.venv
+PY          := $(VENV)/bin/python
+BIN         := $(VENV)/bin
+export CONTAINERS_CONF := $(ROOT)/tools/podman/containers.conf
+export ANSIBLE_CONFIG  := $(ROOT)/ansible.cfg
+export PATH            := $(BIN):$(PATH)
+
+# Debian packages the controller needs: podman and its runtime for the lab, debootstrap
+# to build the base image without a registry, pflogsumm to compare reports against,
+# PostgreSQL for the shared-store tests, swaks for hand checks.
+DEB_PACKAGES := podman runc catatonit debootstrap uidmap pflogsumm postgresql swaks \
+                openssh-client openssl python3-venv git make
+
+.PHONY: help deps deps-system venv lab lab-down lint unit molecule e2e aws test test-faults bench clean
+
+help:
+	@echo "make lab       build and start the container lab, converge it, check mail flows"
+	@echo "make test      lint, unit tests, molecule, the lab end to end, EC2 against moto"
+	@echo "make lab-down  remove exactly what the lab made"
+	@echo "make bench     benchmarks side by side with pflogsumm and stock Postfix"
+
+deps: deps-system venv
+
+deps-system:
+	missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done)
+	if [ -n "$$missing" ]; then
+	  echo ">>> installing Debian packages:" $$missing
+	  apt-get update -qq
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null
+	fi
+	# PostgreSQL is only a test dependency here: keep the packaged cluster from running.
+	if command -v pg_lsclusters >/dev/null && pg_lsclusters -h | grep -q online; then
+	  pg_ctlcluster --force $$(pg_lsclusters -h | awk '/online/{print $$1, $$2; exit}') stop || true
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip >/dev/null
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+lab: deps
+	$(PY) tools/lab.py up
+
+lab-down: venv
+	$(PY) tools/lab.py down
+
+lint: venv
+	$(BIN)/ruff check scripts tests bench tools plugins
+	$(BIN)/ruff format --check scripts tests bench tools plugins
+	$(BIN)/mypy
+	$(BIN)/yamllint -s .
+	$(BIN)/ansible-lint
+
+unit: venv
+	$(BIN)/pytest -m 'not lab' -q
+
+molecule: deps
+	$(PY) tools/run_molecule.py
+
+e2e: deps
+	$(PY) tools/lab.py test
+
+test: deps lint unit molecule e2e
+
+bench: deps
+	$(PY) bench/run.py
+
+clean: lab-down
+	rm -rf $(VENV) .lab

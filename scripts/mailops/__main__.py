@@ -1,0 +1,5 @@
+import sys
+
+from mailops.cli import main
+
+sys.exit(main())
