@@ -2,6 +2,7 @@
 # Every target installs what it needs and is safe to run again.
 SHELL := /bin/bash
 .ONESHELL:
+.SILENT:
 .SHELLFLAGS := -eu -o pipefail -c
 
 ROOT        := $(abspath .)

@@ -1,0 +1,97 @@
+"""Drive the lab's hosts from tests: run commands in them, send real SMTP, read Maildirs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+INVENTORY = ROOT / "inventories" / "lab"
+PREFIX = "mailops-lab"
+os.environ.setdefault("CONTAINERS_CONF", str(ROOT / "tools" / "podman" / "containers.conf"))
+
+
+@dataclass
+class Result:
+    rc: int
+    out: str
+    err: str
+
+
+def sh(host: str, script: str, timeout: float = 60) -> Result:
+    """Run a shell script in a lab host; never raises on a non-zero exit."""
+    proc = subprocess.run(
+        ["podman", "exec", f"{PREFIX}-{host}", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def inventory() -> dict[str, dict[str, str]]:
+    """host -> {ip, fqdn, group} from inventories/lab."""
+    inv = yaml.safe_load((INVENTORY / "hosts.yml").read_text())
+    domain = yaml.safe_load((INVENTORY / "group_vars/all/main.yml").read_text())["mail_domain"]
+    hosts: dict[str, dict[str, str]] = {}
+    for group, node in inv["all"]["children"].items():
+        for name, hv in (node.get("hosts") or {}).items():
+            hosts[name] = {
+                "ip": hv["public_ipv4"],
+                "fqdn": hv.get("mail_fqdn", f"{name}.{domain}"),
+                "group": group,
+            }
+    return hosts
+
+
+def mail_domain() -> str:
+    data = yaml.safe_load((INVENTORY / "group_vars/all/main.yml").read_text())
+    return str(data["mail_domain"])
+
+
+def token() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def swaks(host: str, args: str, timeout: float = 60) -> Result:
+    """Run swaks in a lab host (the real SMTP dialogue is in the output)."""
+    return sh(host, f"swaks --timeout 20 {args} 2>&1", timeout=timeout)
+
+
+def smtp_reply(res: Result) -> str:
+    """The server's first error reply (swaks marks them '<**'), else its last reply."""
+    lines = res.out.splitlines()
+    errors = [ln for ln in lines if ln.startswith("<**")]
+    replies = [ln for ln in lines if ln.startswith("<-")]
+    return (errors or replies or [""])[0 if errors else -1]
+
+
+def wait_for_maildir(address: str, needle: str, timeout: float = 60) -> str:
+    """Wait until a message containing `needle` is in inbox's Maildir for `address`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        res = sh("inbox", f"grep -l -r -F '{needle}' /srv/inbox/{address}/new/ 2>/dev/null")
+        if res.rc == 0 and res.out.strip():
+            path = res.out.split()[0]
+            return sh("inbox", f"cat {path}").out
+        time.sleep(1)
+    raise AssertionError(f"no message with {needle!r} reached /srv/inbox/{address}/new/")
+
+
+def headers(message: str) -> list[tuple[str, str]]:
+    """Unfolded (name, value) header pairs of a message."""
+    out: list[tuple[str, str]] = []
+    for line in message.split("\n\n", 1)[0].splitlines():
+        if line[:1] in (" ", "\t") and out:
+            out[-1] = (out[-1][0], out[-1][1] + " " + line.strip())
+        elif ":" in line:
+            name, value = line.split(":", 1)
+            out.append((name.strip(), value.strip()))
+    return out

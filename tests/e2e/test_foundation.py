@@ -1,0 +1,67 @@
+"""The lab itself: DNS through ns1 for every host, and the outside world receiving mail."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.labhosts import headers, inventory, sh, smtp_reply, swaks, token, wait_for_maildir
+
+HOSTS = inventory()
+NS1 = next(h for h, v in HOSTS.items() if v["group"] == "lab_dns")
+
+
+@pytest.mark.parametrize("host", sorted(HOSTS))
+def test_host_resolves_lab_names_through_ns1(host: str, evidence: list[str]) -> None:
+    conf = sh(host, "grep ^nameserver /etc/resolv.conf").out.split()
+    assert conf[1::2] == [HOSTS[NS1]["ip"]], f"{host} resolves through {conf}, not ns1"
+    for other, v in sorted(HOSTS.items()):
+        fwd = sh(host, f"dig +short +time=2 {v['fqdn']} A").out.split()
+        rev = sh(host, f"dig +short +time=2 -x {v['ip']}").out.split()
+        assert fwd == [v["ip"]], f"{host}: {v['fqdn']} A -> {fwd}, want {v['ip']}"
+        assert rev == [v["fqdn"] + "."], f"{host}: PTR {v['ip']} -> {rev}, want {v['fqdn']}."
+    evidence.append(f"{len(HOSTS)} names forward and reverse via {HOSTS[NS1]['ip']}")
+
+
+def test_outside_domains_have_mx_to_inbox(evidence: list[str]) -> None:
+    inbox = next(v for v in HOSTS.values() if v["group"] == "lab_inbox")
+    for domain in ("gmail.test", "outlook.test"):
+        mx = sh("app1", f"dig +short {domain} MX").out.split()
+        assert mx == ["10", inbox["fqdn"] + "."], f"{domain} MX -> {mx}"
+        evidence.append(f"{domain} MX {mx[1]}")
+
+
+def test_dnsbl_zone_lists_exactly_one_address(evidence: list[str]) -> None:
+    listed = sh("mx1", "dig +short 66.100.51.198.dnsbl.test A").out.split()
+    clean = sh("mx1", f"dig +short {'.'.join(reversed(HOSTS['mx1']['ip'].split('.')))}"
+               ".dnsbl.test A").out.split()  # fmt: skip
+    assert listed == ["127.0.0.2"] and clean == []
+    evidence.append(f"198.51.100.66 -> {listed}; mx1 -> not listed")
+
+
+def test_app1_hands_mail_to_inbox_and_it_lands_in_the_maildir(evidence: list[str]) -> None:
+    tag = token()
+    res = swaks(
+        "app1",
+        f"--server inbox.outside.test --to alice@gmail.test --from ops@company.test "
+        f"--header 'Subject: lab check {tag}'",
+    )
+    assert res.rc == 0, res.out
+    queued = [ln for ln in res.out.splitlines() if "250" in ln and "queued" in ln]
+    assert queued, res.out
+    evidence.append(queued[0].strip())
+    msg = wait_for_maildir("alice@gmail.test", tag)
+    ar = [v for n, v in headers(msg) if n.lower() == "authentication-results"]
+    # The outside world records what it verified: DKIM, SPF and DMARC verdicts.
+    assert any("dkim=" in v for v in ar), ar
+    assert any("spf=" in v for v in ar), ar
+    assert any("dmarc=" in v for v in ar), ar
+    evidence.append("Authentication-Results: " + " ; ".join(v.split(";", 1)[1].strip()[:40]
+                                                            for v in ar))  # fmt: skip
+
+
+def test_inbox_refuses_unknown_users_so_bounces_are_real(evidence: list[str]) -> None:
+    res = swaks("app1", "--server inbox.outside.test --to nobody@gmail.test --from ops@company.test")
+    assert res.rc != 0
+    reply = smtp_reply(res)
+    assert "550 5.1.1" in reply, res.out
+    evidence.append(reply.strip())

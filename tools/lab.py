@@ -1,0 +1,467 @@
+"""Bring the container lab up, converge it, prove mail flows, and tear it down again.
+
+    tools/lab.py up [--no-check]   build images, start hosts, converge, run the checks
+    tools/lab.py check             run the end-to-end checks against the running lab
+    tools/lab.py test              as `up`, plus an idempotence run; removes the lab
+                                   afterwards when it was not running before
+    tools/lab.py down              remove exactly the containers, network and images
+                                   that the lab made (they carry the label below)
+    tools/lab.py status            what is running
+
+Everything the lab creates carries the label ``mailops.lab=1`` and a ``mailops-lab``
+name prefix, so ``down`` can remove it and nothing else.  The hosts, their addresses
+and groups come from inventories/lab/hosts.yml; the subnet is checked at run time
+against this machine's routes and resolvers so the lab never shadows them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE = ROOT / ".lab"
+INVENTORY = ROOT / "inventories" / "lab"
+LABEL = "mailops.lab=1"
+PREFIX = "mailops-lab"
+NETWORK = f"{PREFIX}-net"
+BASE_IMAGE = f"localhost/{PREFIX}-base:bookworm"
+NODE_IMAGE = f"localhost/{PREFIX}-node:bookworm"
+SUITE = "bookworm"
+
+# Debian packages baked into the node image.  The roles still declare and install what
+# they need (so the same roles work on a bare EC2 instance); baking them in only saves
+# the lab from downloading them on every fresh start.
+NODE_PACKAGES = [
+    "python3", "python3-apt", "python3-venv", "ca-certificates", "openssl", "iproute2",
+    "procps", "cron", "sudo", "less", "netcat-openbsd", "dnsutils", "swaks",
+    "postfix", "postfix-pcre", "postfix-pgsql", "libsasl2-modules", "dovecot-core",
+    "opendkim", "opendkim-tools", "opendmarc", "postgrey", "postfix-policyd-spf-python",
+    "nsd", "unbound", "nginx-light", "openssh-server", "openssh-client",
+    "postgresql", "rsync", "tzdata",
+]  # fmt: skip
+
+
+def log(msg: str) -> None:
+    print(f"\033[1m>>> {msg}\033[0m" if sys.stdout.isatty() else f">>> {msg}", flush=True)
+
+
+def run(cmd: list[str], check: bool = True, capture: bool = False, **kw: Any) -> str:
+    proc = subprocess.run(
+        cmd, check=False, text=True, capture_output=capture, **kw
+    )
+    if check and proc.returncode != 0:
+        detail = (proc.stderr or "").strip() if capture else ""
+        raise SystemExit(f"lab: command failed ({proc.returncode}): {' '.join(cmd)}\n{detail}")
+    return proc.stdout if capture else ""
+
+
+def podman(*args: str, check: bool = True, capture: bool = True) -> str:
+    return run(["podman", *args], check=check, capture=capture)
+
+
+# --------------------------------------------------------------------------- inventory
+
+
+@dataclass
+class Host:
+    name: str
+    ip: str
+    fqdn: str
+    groups: list[str] = field(default_factory=list)
+    caps: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Lab:
+    subnet: ipaddress.IPv4Network
+    gateway: str
+    dns_ip: str
+    hosts: list[Host]
+
+
+def load_lab() -> Lab:
+    inv = yaml.safe_load((INVENTORY / "hosts.yml").read_text())
+    allvars = yaml.safe_load((INVENTORY / "group_vars" / "all" / "lab.yml").read_text())
+    domain = yaml.safe_load((INVENTORY / "group_vars" / "all" / "main.yml").read_text())[
+        "mail_domain"
+    ]
+    hosts: dict[str, Host] = {}
+
+    def walk(group: str, node: dict[str, Any]) -> None:
+        for hname, hvars in (node.get("hosts") or {}).items():
+            hvars = hvars or {}
+            h = hosts.setdefault(
+                hname,
+                Host(
+                    name=hname,
+                    ip=hvars["public_ipv4"],
+                    fqdn=hvars.get("mail_fqdn", f"{hname}.{domain}"),
+                    caps=list(hvars.get("lab_caps", [])),
+                ),
+            )
+            h.groups.append(group)
+        for child, cnode in (node.get("children") or {}).items():
+            walk(child, cnode or {})
+
+    walk("all", inv["all"])
+    dns = [h for h in hosts.values() if "lab_dns" in h.groups]
+    if len(dns) != 1:
+        raise SystemExit("lab: inventories/lab/hosts.yml must put exactly one host in lab_dns")
+    return Lab(
+        subnet=ipaddress.ip_network(allvars["lab_subnet"]),
+        gateway=allvars["lab_gateway"],
+        dns_ip=dns[0].ip,
+        hosts=list(hosts.values()),
+    )
+
+
+def preflight(lab: Lab) -> None:
+    """Refuse a subnet that overlaps this machine's routes or resolvers."""
+    routes = run(["ip", "-4", "route"], capture=True)
+    for line in routes.splitlines():
+        dest = line.split()[0]
+        if dest == "default":
+            continue
+        try:
+            net = ipaddress.ip_network(dest, strict=False)
+        except ValueError:
+            continue
+        if net.overlaps(lab.subnet) and "podman" not in line and "cni" not in line:
+            owner = line.split(" dev ")[1].split()[0] if " dev " in line else "?"
+            if owner.startswith(("cni-podman", "podman")):
+                continue
+            raise SystemExit(
+                f"lab: subnet {lab.subnet} overlaps the route '{line.strip()}'; "
+                "set lab_subnet in inventories/lab/group_vars/all/lab.yml to a free range"
+            )
+    for ns in resolvers():
+        if ipaddress.ip_address(ns) in lab.subnet:
+            raise SystemExit(f"lab: the machine's resolver {ns} is inside {lab.subnet}")
+    if not resolvers():
+        raise SystemExit(
+            "lab: /etc/resolv.conf names no resolver the containers can reach "
+            "(a 127.x stub cannot be reached from containers); ns1 forwards to it"
+        )
+    for h in lab.hosts:
+        if ipaddress.ip_address(h.ip) not in lab.subnet:
+            raise SystemExit(f"lab: {h.name}'s public_ipv4 {h.ip} is not in {lab.subnet}")
+
+
+def resolvers() -> list[str]:
+    text = Path("/etc/resolv.conf").read_text()
+    found = re.findall(r"(?m)^nameserver\s+(\S+)", text)
+    return [a for a in found if ":" not in a and not a.startswith("127.")]
+
+
+# --------------------------------------------------------------------------- images
+
+
+def apt_mirror() -> str:
+    """The Debian mirror this machine uses (LAB_APT_MIRROR overrides)."""
+    if os.environ.get("LAB_APT_MIRROR"):
+        return os.environ["LAB_APT_MIRROR"]
+    candidates: list[Path] = [Path("/etc/apt/sources.list")]
+    candidates += sorted(Path("/etc/apt/sources.list.d").glob("*.sources"))
+    candidates += sorted(Path("/etc/apt/sources.list.d").glob("*.list"))
+    for path in candidates:
+        if not path.is_file():
+            continue
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            m = re.match(r"URIs:\s*(\S+)", line) or re.match(r"deb\s+(?:\[[^]]*\]\s+)?(\S+)", line)
+            if m and "security" not in m.group(1):
+                return m.group(1)
+    raise SystemExit("lab: no Debian mirror found in /etc/apt; set LAB_APT_MIRROR")
+
+
+def image_exists(name: str) -> bool:
+    return subprocess.run(["podman", "image", "exists", name], check=False).returncode == 0
+
+
+def build_images() -> None:
+    if not image_exists(BASE_IMAGE):
+        mirror = apt_mirror()
+        log(f"building {BASE_IMAGE} with debootstrap from the machine's mirror")
+        with tempfile.TemporaryDirectory(prefix="mailops-lab-rootfs-") as tmp:
+            rootfs = Path(tmp) / "rootfs"
+            run(
+                ["debootstrap", "--variant=minbase", "--include=python3", SUITE, str(rootfs),
+                 mirror],
+                stdout=subprocess.DEVNULL,
+            )  # fmt: skip
+            tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+            run(
+                ["podman", "import", "--change", "CMD=/bin/bash", "-",
+                 BASE_IMAGE],
+                stdin=tar.stdout, capture=True,
+            )  # fmt: skip
+            if tar.wait() != 0:
+                raise SystemExit("lab: tar of the debootstrap tree failed")
+        podman("image", "tag", BASE_IMAGE, BASE_IMAGE)
+    if not image_exists(NODE_IMAGE):
+        log(f"building {NODE_IMAGE}: Debian packages the roles use ({len(NODE_PACKAGES)})")
+        builder = f"{PREFIX}-build"
+        podman("rm", "-f", builder, check=False)
+        script = (
+            "set -e; printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d; "
+            "chmod 755 /usr/sbin/policy-rc.d; export DEBIAN_FRONTEND=noninteractive; "
+            "echo 'postfix postfix/main_mailer_type select No configuration' "
+            "| debconf-set-selections; apt-get update -qq; "
+            f"apt-get install -y -qq --no-install-recommends {' '.join(NODE_PACKAGES)} "
+            ">/dev/null; apt-get clean; rm -rf /var/lib/apt/lists/*; "
+            # The roles start services; nothing should run at container start.
+            "rm -f /usr/sbin/policy-rc.d"
+        )
+        run(
+            ["podman", "run", "--name", builder, "--label", LABEL, BASE_IMAGE,
+             "/bin/sh", "-c", script],
+        )  # fmt: skip
+        podman("commit", "--quiet", builder, NODE_IMAGE)
+        podman("rm", "-f", builder)
+
+
+# --------------------------------------------------------------------------- containers
+
+
+def container(host: Host | str) -> str:
+    return f"{PREFIX}-{host.name if isinstance(host, Host) else host}"
+
+
+def running(name: str) -> bool:
+    out = podman("ps", "--filter", f"name=^{name}$", "--format", "{{.Names}}", check=False)
+    return name in out.split()
+
+
+def start_hosts(lab: Lab) -> None:
+    nets = podman("network", "ls", "--format", "{{.Name}}").split()
+    if NETWORK not in nets:
+        log(f"creating network {NETWORK} ({lab.subnet})")
+        podman(
+            "network", "create", "--label", LABEL, "--subnet", str(lab.subnet),
+            "--gateway", lab.gateway, NETWORK,
+        )  # fmt: skip
+    for h in lab.hosts:
+        name = container(h)
+        if running(name):
+            continue
+        podman("rm", "-f", name, check=False)
+        log(f"starting {h.name} ({h.fqdn}, {h.ip}) in groups {', '.join(h.groups)}")
+        caps: list[str] = []
+        for cap in h.caps:
+            caps += ["--cap-add", cap]
+        podman(
+            "run", "-d", "--name", name, "--hostname", h.fqdn, "--label", LABEL,
+            "--network", NETWORK, "--ip", h.ip, "--dns", lab.dns_ip,
+            "--dns-search", h.fqdn.split(".", 1)[1], "--init", *caps,
+            NODE_IMAGE, "sleep", "infinity",
+        )  # fmt: skip
+
+
+def down() -> None:
+    names = podman("ps", "-a", "--filter", f"label={LABEL}", "--format", "{{.Names}}").split()
+    if names:
+        log(f"removing containers: {' '.join(names)}")
+        podman("rm", "-f", "-t", "2", *names)
+    nets = podman("network", "ls", "--filter", f"label={LABEL}", "--format", "{{.Name}}").split()
+    for net in nets:
+        log(f"removing network {net}")
+        podman("network", "rm", net)
+    for image in (NODE_IMAGE, BASE_IMAGE):
+        if image_exists(image):
+            log(f"removing image {image}")
+            podman("rmi", "-f", image)
+    if (STATE / "facts").exists():
+        shutil.rmtree(STATE / "facts")
+
+
+# --------------------------------------------------------------------------- converge
+
+
+RECAP = re.compile(
+    r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unr>\d+)"
+    r"\s+failed=(?P<failed>\d+)\s+skipped=(?P<skipped>\d+)\s+rescued=(?P<rescued>\d+)"
+    r"\s+ignored=(?P<ignored>\d+)"
+)
+
+
+def converge(label: str) -> dict[str, dict[str, int]]:
+    """Run site.yml against the lab, streaming its output; return the PLAY RECAP."""
+    STATE.mkdir(exist_ok=True)
+    logfile = STATE / f"{label}.log"
+    log(f"ansible-playbook -i inventories/lab playbooks/site.yml ({label}; log: {logfile})")
+    cmd = [
+        str(Path(sys.executable).parent / "ansible-playbook"),
+        "-i", str(INVENTORY), str(ROOT / "playbooks" / "site.yml"),
+    ]  # fmt: skip
+    env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
+    recap: dict[str, dict[str, int]] = {}
+    start = time.monotonic()
+    with logfile.open("w") as fh:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        assert proc.stdout
+        for line in proc.stdout:
+            fh.write(line)
+            print(line, end="", flush=True)
+            m = RECAP.match(line.strip())
+            if m:
+                recap[m["host"]] = {k: int(v) for k, v in m.groupdict().items() if k != "host"}
+        rc = proc.wait()
+    log(f"{label}: ansible-playbook exited {rc} after {time.monotonic() - start:.0f} s")
+    if rc != 0 and not recap:
+        raise SystemExit(f"lab: ansible-playbook failed before any host ran (see {logfile})")
+    return recap
+
+
+# --------------------------------------------------------------------------- checks
+
+
+@dataclass
+class Check:
+    name: str
+    outcome: str
+    evidence: str
+
+
+def checks() -> list[Check]:
+    """Run the end-to-end suite (tests/e2e) and return each check with its evidence."""
+    STATE.mkdir(exist_ok=True)
+    junit = STATE / "e2e.xml"
+    log("end-to-end checks (pytest tests/e2e)")
+    cmd = [
+        sys.executable, "-m", "pytest", "-m", "lab", "-p", "no:cacheprovider",
+        "-o", "junit_logging=no", f"--junitxml={junit}", "-q", str(ROOT / "tests" / "e2e"),
+    ]  # fmt: skip
+    env = dict(os.environ, MAILOPS_LAB_RUNNING="1")
+    subprocess.run(cmd, cwd=ROOT, env=env, check=False)
+    results: list[Check] = []
+    if not junit.exists():
+        return [Check("e2e suite", "failed", "pytest wrote no report")]
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        name = case.get("name", "?")
+        outcome = "passed"
+        evidence = ""
+        for prop in case.iter("property"):
+            if prop.get("name") == "evidence":
+                evidence = prop.get("value", "")
+        for tag in ("failure", "error"):
+            el = case.find(tag)
+            if el is not None:
+                outcome = "failed"
+                evidence = (el.get("message") or "").splitlines()[0][:300] or evidence
+        if case.find("skipped") is not None:
+            outcome = "skipped"
+            el = case.find("skipped")
+            evidence = (el.get("message") if el is not None else "") or ""
+        results.append(Check(name, outcome, evidence))
+    return results
+
+
+def summary(lab: Lab, recap: dict[str, dict[str, int]], results: list[Check]) -> bool:
+    ok = True
+    print("\n" + "=" * 78)
+    print("lab hosts")
+    for h in lab.hosts:
+        r = recap.get(h.name)
+        if r is None:
+            state, ok = "NOT CONVERGED", False
+        elif r["failed"] or r["unr"]:
+            state, ok = f"FAILED (failed={r['failed']} unreachable={r['unr']})", False
+        else:
+            state = f"ok={r['ok']} changed={r['changed']}"
+        groups = ",".join(g for g in h.groups if g != "all")
+        print(f"  {h.name:8} {h.ip:15} {groups:28} {state}")
+    print("end-to-end checks")
+    for c in results:
+        mark = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}[c.outcome]
+        if c.outcome == "failed":
+            ok = False
+        print(f"  {mark}  {c.name}")
+        if c.evidence:
+            print(f"        {c.evidence}")
+    if not results:
+        ok = False
+        print("  (no checks ran)")
+    print("=" * 78)
+    print("lab: all hosts converged, every check passed" if ok else "lab: FAILED")
+    return ok
+
+
+def up(run_checks: bool = True) -> tuple[Lab, dict[str, dict[str, int]], bool]:
+    lab = load_lab()
+    preflight(lab)
+    build_images()
+    start_hosts(lab)
+    recap = converge("converge")
+    results = checks() if run_checks else []
+    ok = summary(lab, recap, results) if run_checks else not any(
+        r["failed"] or r["unr"] for r in recap.values()
+    )
+    return lab, recap, ok
+
+
+def lab_is_running(lab: Lab) -> bool:
+    return all(running(container(h)) for h in lab.hosts)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("action", choices=["up", "check", "test", "down", "status"])
+    ap.add_argument("--no-check", action="store_true", help="up: skip the end-to-end checks")
+    ap.add_argument("--keep", action="store_true", help="test: keep the lab afterwards")
+    args = ap.parse_args()
+    os.environ.setdefault("CONTAINERS_CONF", str(ROOT / "tools" / "podman" / "containers.conf"))
+    os.chdir(ROOT)
+    started = time.monotonic()
+    if args.action == "down":
+        down()
+        return 0
+    if args.action == "status":
+        print(podman("ps", "-a", "--filter", f"label={LABEL}"))
+        return 0
+    if args.action == "check":
+        lab = load_lab()
+        ok = summary(lab, {h.name: {"ok": 0, "changed": 0, "failed": 0, "unr": 0} for h in lab.hosts},
+                     checks())  # fmt: skip
+        return 0 if ok else 1
+    if args.action == "up":
+        _, _, ok = up(run_checks=not args.no_check)
+        log(f"make lab took {time.monotonic() - started:.0f} s")
+        return 0 if ok else 1
+    # test: the same as `up`, then prove a second converge changes nothing.
+    lab = load_lab()
+    was_running = lab_is_running(lab)
+    try:
+        _, _, ok = up(run_checks=True)
+        recap2 = converge("idempotence")
+        changed = {h: r["changed"] for h, r in recap2.items() if r["changed"] or r["failed"]}
+        if changed:
+            ok = False
+            log(f"idempotence: FAILED, hosts with changes on the second run: {json.dumps(changed)}")
+        else:
+            log("idempotence: a second converge changed nothing on any host")
+    finally:
+        if not was_running and not args.keep:
+            down()
+    log(f"lab test took {time.monotonic() - started:.0f} s")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
