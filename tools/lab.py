@@ -261,7 +261,10 @@ def start_hosts(lab: Lab) -> None:
             continue
         podman("rm", "-f", name, check=False)
         log(f"starting {h.name} ({h.fqdn}, {h.ip}) in groups {', '.join(h.groups)}")
-        caps: list[str] = []
+        # SYS_PTRACE: Debian's init scripts find their daemons through /proc/PID/exe,
+        # which root may only read for another user's process with this capability;
+        # without it `service X status/stop` misses daemons that dropped privileges.
+        caps: list[str] = ["--cap-add", "SYS_PTRACE"]
         for cap in h.caps:
             caps += ["--cap-add", cap]
         podman(
