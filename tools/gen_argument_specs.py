@@ -16,6 +16,14 @@ from typing import Any
 
 import yaml
 
+
+class IndentedDumper(yaml.SafeDumper):
+    """Indent block sequences under their key, as yamllint's default expects."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        super().increase_indent(flow, False)
+
+
 TYPES = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "dict"}
 
 
@@ -60,7 +68,8 @@ def main(role: str) -> None:
             }
         }
     }
-    spec_path.write_text("---\n" + yaml.safe_dump(spec, sort_keys=False, width=100))
+    text = yaml.dump(spec, Dumper=IndentedDumper, sort_keys=False, width=100)
+    spec_path.write_text("---\n" + text)
 
 
 if __name__ == "__main__":

@@ -61,9 +61,7 @@ def log(msg: str) -> None:
 
 
 def run(cmd: list[str], check: bool = True, capture: bool = False, **kw: Any) -> str:
-    proc = subprocess.run(
-        cmd, check=False, text=True, capture_output=capture, **kw
-    )
+    proc = subprocess.run(cmd, check=False, text=True, capture_output=capture, **kw)
     if check and proc.returncode != 0:
         detail = (proc.stderr or "").strip() if capture else ""
         raise SystemExit(f"lab: command failed ({proc.returncode}): {' '.join(cmd)}\n{detail}")
@@ -356,7 +354,8 @@ def checks() -> list[Check]:
     results: list[Check] = []
     if not junit.exists():
         return [Check("e2e suite", "failed", "pytest wrote no report")]
-    for case in ET.parse(junit).getroot().iter("testcase"):
+    # Our own pytest's report, written a moment ago: trusted input.
+    for case in ET.parse(junit).getroot().iter("testcase"):  # noqa: S314
         name = case.get("name", "?")
         outcome = "passed"
         evidence = ""
@@ -413,8 +412,10 @@ def up(run_checks: bool = True) -> tuple[Lab, dict[str, dict[str, int]], bool]:
     start_hosts(lab)
     recap = converge("converge")
     results = checks() if run_checks else []
-    ok = summary(lab, recap, results) if run_checks else not any(
-        r["failed"] or r["unr"] for r in recap.values()
+    ok = (
+        summary(lab, recap, results)
+        if run_checks
+        else not any(r["failed"] or r["unr"] for r in recap.values())
     )
     return lab, recap, ok
 
@@ -440,8 +441,8 @@ def main() -> int:
         return 0
     if args.action == "check":
         lab = load_lab()
-        ok = summary(lab, {h.name: {"ok": 0, "changed": 0, "failed": 0, "unr": 0} for h in lab.hosts},
-                     checks())  # fmt: skip
+        blank = {"ok": 0, "changed": 0, "failed": 0, "unr": 0}
+        ok = summary(lab, {h.name: dict(blank) for h in lab.hosts}, checks())
         return 0 if ok else 1
     if args.action == "up":
         _, _, ok = up(run_checks=not args.no_check)

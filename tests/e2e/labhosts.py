@@ -66,11 +66,17 @@ def swaks(host: str, args: str, timeout: float = 60) -> Result:
 
 
 def smtp_reply(res: Result) -> str:
-    """The server's first error reply (swaks marks them '<**'), else its last reply."""
-    lines = res.out.splitlines()
-    errors = [ln for ln in lines if ln.startswith("<**")]
-    replies = [ln for ln in lines if ln.startswith("<-")]
-    return (errors or replies or [""])[0 if errors else -1]
+    """The server's first error reply, else its last reply, as '<** 550 ...'/'<- 250 ...'.
+
+    swaks marks replies '<-' and errors '<**' in clear text, '<~' and '<~*' under TLS.
+    """
+    errors, replies = [], []
+    for ln in res.out.splitlines():
+        if ln.startswith(("<**", "<~*")):
+            errors.append("<** " + ln[3:].strip())
+        elif ln.startswith(("<-", "<~")):
+            replies.append("<- " + ln[2:].strip())
+    return errors[0] if errors else (replies[-1] if replies else "")
 
 
 def wait_for_maildir(address: str, needle: str, timeout: float = 60) -> str:

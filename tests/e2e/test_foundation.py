@@ -14,7 +14,7 @@ NS1 = next(h for h, v in HOSTS.items() if v["group"] == "lab_dns")
 def test_host_resolves_lab_names_through_ns1(host: str, evidence: list[str]) -> None:
     conf = sh(host, "grep ^nameserver /etc/resolv.conf").out.split()
     assert conf[1::2] == [HOSTS[NS1]["ip"]], f"{host} resolves through {conf}, not ns1"
-    for other, v in sorted(HOSTS.items()):
+    for v in HOSTS.values():
         fwd = sh(host, f"dig +short +time=2 {v['fqdn']} A").out.split()
         rev = sh(host, f"dig +short +time=2 -x {v['ip']}").out.split()
         assert fwd == [v["ip"]], f"{host}: {v['fqdn']} A -> {fwd}, want {v['ip']}"
@@ -60,7 +60,9 @@ def test_app1_hands_mail_to_inbox_and_it_lands_in_the_maildir(evidence: list[str
 
 
 def test_inbox_refuses_unknown_users_so_bounces_are_real(evidence: list[str]) -> None:
-    res = swaks("app1", "--server inbox.outside.test --to nobody@gmail.test --from ops@company.test")
+    res = swaks(
+        "app1", "--server inbox.outside.test --to nobody@gmail.test --from ops@company.test"
+    )
     assert res.rc != 0
     reply = smtp_reply(res)
     assert "550 5.1.1" in reply, res.out

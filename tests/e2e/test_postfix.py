@@ -1,0 +1,171 @@
+"""Issue 3 in the lab: the MX, the bulk cluster and relay clients, by real SMTP."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.labhosts import (
+    headers,
+    inventory,
+    mail_domain,
+    sh,
+    smtp_reply,
+    swaks,
+    token,
+    wait_for_maildir,
+)
+
+HOSTS = inventory()
+DOMAIN = mail_domain()
+MX = HOSTS["mx1"]
+LISTED = "198.51.100.66"  # lab_dnsbl_listed: inbox's second address
+
+
+def _secret(name: str) -> str:
+    from tests.e2e.labhosts import ROOT
+
+    return (ROOT / ".lab" / "secrets" / name).read_text().split()[0]
+
+
+@pytest.mark.parametrize("host", ["mx1", "mail1", "mail2", "app1", "inbox"])
+def test_postfix_check_is_clean(host: str, evidence: list[str]) -> None:
+    res = sh(host, "postfix check 2>&1; echo rc=$?")
+    assert res.out.strip() == "rc=0", res.out
+    evidence.append(f"{host}: postfix check printed nothing, rc=0")
+
+
+def test_company_mail_from_outside_reaches_the_workspace_stand_in(evidence: list[str]) -> None:
+    tag = token()
+    res = swaks(
+        "inbox",
+        f"--server {MX['fqdn']} --from alice@gmail.test --to info@{DOMAIN} "
+        f"--header 'Subject: inbound {tag}'",
+    )
+    assert "250 2.0.0 Ok: queued" in res.out, res.out
+    evidence.append(smtp_reply(res).strip() if "<**" in res.out else "250 queued at mx1")
+    # info@ is a virtual alias of bill@, a Workspace account (inbox stands in for Google).
+    msg = wait_for_maildir(f"bill@{DOMAIN}", tag)
+    received = [v for n, v in headers(msg) if n == "Received"]
+    assert any(f"by {MX['fqdn']}" in r for r in received), received
+    evidence.append(f"delivered to bill@{DOMAIN} via {MX['fqdn']}")
+
+
+# Classic relay tricks: every one must be refused with 5xx.  The company domain is a
+# relay domain on mx1; sender-specified routing to it is never honoured.
+RELAY_TRICKS = [
+    "alice@gmail.test",
+    f"alice%gmail.test@{DOMAIN}",
+    f"alice%gmail.test@mx1.{DOMAIN}",
+    f'"alice@gmail.test"@{DOMAIN}',
+    f'"alice%gmail.test"@{DOMAIN}',
+    f"gmail.test!alice@{DOMAIN}",
+    f"gmail.test!alice@mx1.{DOMAIN}",
+    f"@{DOMAIN}:alice@gmail.test",
+    f"@mx1.{DOMAIN}:alice@gmail.test",
+    f"alice@gmail.test@{DOMAIN}",
+    "alice@gmail.test.",
+    "alice@[198.51.100.40]",
+    "alice%gmail.test@[198.51.100.10]",
+    "alice@gmail.test@[198.51.100.10]",
+    '"alice@gmail.test"',
+    "alice@GMAIL.TEST",
+    f"alice@gmail.test%{DOMAIN}",
+    f"{DOMAIN}!gmail.test!alice",
+]
+
+
+@pytest.mark.parametrize("server", ["mx1", "mail1"])
+def test_relay_tricks_are_refused(server: str, evidence: list[str]) -> None:
+    accepted = []
+    for rcpt in RELAY_TRICKS:
+        res = swaks(
+            "inbox",
+            f"--server {HOSTS[server]['fqdn']} --from alice@gmail.test "
+            f"--to '{rcpt}' --quit-after RCPT",
+        )
+        reply = smtp_reply(res)
+        if not reply.startswith("<** 5"):
+            accepted.append(f"{rcpt} -> {reply}")
+    assert not accepted, f"{server} did not refuse with 5xx: {accepted}"
+    evidence.append(f"{server}: {len(RELAY_TRICKS)} relay tricks refused with 5xx")
+
+
+def test_app1_relays_through_mx1_with_sasl_over_tls(evidence: list[str]) -> None:
+    tag = token()
+    res = sh(
+        "app1",
+        f"printf 'Subject: relay {tag}\\n\\nhello\\n'"
+        f" | sendmail -f ops@{DOMAIN} carol@outlook.test",
+    )
+    assert res.rc == 0, res.err
+    msg = wait_for_maildir("carol@outlook.test", tag)
+    log = sh("mx1", f"grep -F 'sasl_username=app1@{DOMAIN}' /var/log/mail.log | tail -1").out
+    assert "sasl_method=" in log, "mx1 logged no SASL login from app1"
+    tls = sh("app1", "grep -F 'Verified TLS connection established to mx1' /var/log/mail.log")
+    assert tls.out, "app1 did not verify mx1's certificate"
+    # Internal Received headers (app1's own and mx1's record of app1) are stripped.
+    received = [v for n, v in headers(msg) if n == "Received"]
+    assert not [r for r in received if "app1" in r], received
+    evidence.append(log.split(": ", 1)[-1].strip()[:120])
+    evidence.append(f"Received headers at inbox: {len(received)}, none naming app1")
+
+
+def test_wrong_password_is_refused_and_logged(evidence: list[str]) -> None:
+    res = swaks(
+        "app1",
+        f"--server {MX['fqdn']}:587 --tls --auth LOGIN --auth-user app1@{DOMAIN} "
+        "--auth-password wrong-password --from ops@company.test --to alice@gmail.test",
+    )
+    reply = smtp_reply(res)
+    assert reply.startswith("<** 535"), res.out
+    log = sh("mx1", "grep -F 'authentication failed' /var/log/mail.log | tail -1").out
+    assert "app1.company.test[198.51.100.30]" in log, log
+    evidence.append(reply.strip())
+
+
+def test_auth_is_not_offered_before_starttls(evidence: list[str]) -> None:
+    res = swaks("app1", f"--server {MX['fqdn']}:587 --quit-after EHLO")
+    ehlo = res.out
+    assert "250-STARTTLS" in ehlo and "AUTH" not in ehlo, ehlo
+    res = swaks("app1", f"--server {MX['fqdn']}:587 --tls --quit-after EHLO")
+    assert "AUTH PLAIN LOGIN" in res.out, res.out
+    evidence.append("587: no AUTH before STARTTLS, AUTH PLAIN LOGIN after")
+
+
+def test_app1_submits_bulk_mail_to_mail1(evidence: list[str]) -> None:
+    tag = token()
+    res = swaks(
+        "app1",
+        f"--server mail1.{DOMAIN} --from bounces@{DOMAIN} --to dave@outlook.test "
+        f"--header 'Subject: bulk {tag}'",
+    )
+    assert "250 2.0.0 Ok: queued" in res.out, res.out
+    msg = wait_for_maildir("dave@outlook.test", tag)
+    received = [v for n, v in headers(msg) if n == "Received"]
+    assert any(f"mail1.{DOMAIN} [{HOSTS['mail1']['ip']}]" in r for r in received), received
+    evidence.append(f"delivered from mail1 ({HOSTS['mail1']['ip']}, its own address)")
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "expect"),
+    [
+        ("own domain in HELO", f"--ehlo forged.{DOMAIN} --from alice@gmail.test", "<** 5"),
+        ("non-FQDN HELO", "--ehlo notqualified --from alice@gmail.test", "<** 5"),
+        ("unknown sender domain", "--from someone@no-such-domain.test", "<** 5"),
+        ("sender in sender_access", "--from spammer@dodgy.test", "<** 5"),
+        ("client in the DNSBL", f"--local-interface {LISTED} --from alice@gmail.test", "<** 5"),
+    ],
+)
+def test_mx_refuses(name: str, args: str, expect: str, evidence: list[str]) -> None:
+    res = swaks("inbox", f"--server {MX['fqdn']} {args} --to bill@{DOMAIN} --quit-after RCPT")
+    reply = smtp_reply(res)
+    assert reply.startswith(expect), f"{name}: {res.out}"
+    evidence.append(reply.strip()[:150])
+
+
+def test_bulk_nodes_refuse_the_internet_at_large(evidence: list[str]) -> None:
+    res = swaks("inbox", f"--server mail2.{DOMAIN} --from alice@gmail.test --to bob@gmail.test "
+                "--quit-after RCPT")  # fmt: skip
+    reply = smtp_reply(res)
+    assert reply.startswith("<** 5"), res.out
+    evidence.append(reply.strip()[:150])
