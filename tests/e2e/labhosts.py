@@ -60,6 +60,25 @@ def token() -> str:
     return uuid.uuid4().hex[:12]
 
 
+def letters(n: int = 12) -> str:
+    """A token of letters only: Postgrey folds digits and +extensions out of senders,
+    so only letters make a triplet it has never seen."""
+    return "".join(chr(ord("a") + b % 26) for b in uuid.uuid4().bytes[:n])
+
+
+def reply_to(res: Result, command: str) -> str:
+    """The server's reply to one command (e.g. 'RCPT'), as '<- 250 ...' or '<** 450 ...'."""
+    lines = res.out.splitlines()
+    for i, ln in enumerate(lines):
+        if ln.lstrip(" ~->").startswith(command) and ln.lstrip().startswith(("->", "~>")):
+            for nxt in lines[i + 1 :]:
+                if nxt.startswith(("<**", "<~*")):
+                    return "<** " + nxt[3:].strip()
+                if nxt.startswith(("<-", "<~")):
+                    return "<- " + nxt[2:].strip()
+    return ""
+
+
 def swaks(host: str, args: str, timeout: float = 60) -> Result:
     """Run swaks in a lab host (the real SMTP dialogue is in the output)."""
     return sh(host, f"swaks --timeout 20 {args} 2>&1", timeout=timeout)
