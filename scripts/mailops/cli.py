@@ -16,7 +16,9 @@ from mailops import __version__, exitcodes
 from mailops.config import ConfigError
 
 # One line per tool module (mailops.<name>), each providing register(subparsers).
-TOOLS: tuple[str, ...] = ()
+TOOLS: tuple[str, ...] = (
+    "queues",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
