@@ -204,7 +204,12 @@ def fetch(spec: HostSpec, opts: SSHOptions) -> HostReport:
         return _error(spec, f"host key mismatch for {exc.hostname}: refusing to connect", started)
     except paramiko.AuthenticationException as exc:
         return _error(spec, f"authentication failed: {exc}", started)
+    except paramiko.ssh_exception.NoValidConnectionsError as exc:
+        why = "; ".join(f"{e.strerror or e}" for e in exc.errors.values())
+        return _error(spec, f"cannot connect to {spec.address}:{spec.port}: {why}", started)
     except (OSError, EOFError, paramiko.SSHException) as exc:
+        if time.monotonic() >= deadline - 0.05:
+            return _error(spec, f"timed out after {opts.timeout:g} s ({_describe(exc)})", started)
         return _error(spec, _describe(exc), started)
     finally:
         client.close()
@@ -261,6 +266,9 @@ def collect(
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     if not Path(opts.known_hosts).is_file():
         msg = f"known_hosts file {opts.known_hosts} not found"
+        return {h.name: HostReport(host=h.name, error=msg) for h in hosts}
+    if not Path(opts.key).is_file():
+        msg = f"key file {opts.key} not found"
         return {h.name: HostReport(host=h.name, error=msg) for h in hosts}
     results: dict[str, HostReport] = {}
     if not hosts:
