@@ -9,6 +9,7 @@ import stat
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -532,3 +533,37 @@ def test_hosts_from_ansible_inventory() -> None:
     assert {h.name for h in hosts_from_inventory(inv, None)} == {"mx1", "mail1", "mail2", "monitor"}
     with pytest.raises(HostSpecError):
         hosts_from_inventory(inv, "nope")
+
+
+def test_auto_falls_back_to_postqueue_when_the_queue_is_unreadable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unprivileged collector user: queue dirs are postfix-owned 0700, postqueue works."""
+    q = make_queue(tmp_path / "spool", counts={"deferred": 4})
+    postconf = fake_postqueue(tmp_path, f"echo {q}")
+    (tmp_path / "pq").mkdir()
+    exe = fake_postqueue(tmp_path / "pq", f"cat {DATA / 'postqueue_j.jsonl'}")
+    real = os.access
+    # as if not root: the deferred directory is postfix's, mode 0700
+    monkeypatch.setattr(
+        local.os, "access", lambda p, m, **k: not str(p).endswith("deferred") and real(p, m)
+    )
+    rep = local.scan("auto", postconf=str(postconf), postqueue=str(exe))
+    assert rep["method"] == "postqueue"
+    assert rep["queues"]["deferred"] == 3
+
+
+def test_permission_denied_names_the_remedy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_queue(tmp_path, counts={"deferred": 1})
+    real = os.scandir
+
+    def scandir(path: str) -> Any:
+        if str(path).endswith("deferred"):
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(local.os, "scandir", scandir)
+    with pytest.raises(local.QueueError, match="run as root or postfix, or use --method postqueue"):
+        local.scan("files", queue_dir=str(tmp_path))

@@ -183,6 +183,7 @@ def test_collect_cli_good_host_beside_failing_ones(lab: Lab) -> None:
     )
     out = lab.base / "www" / "mailqueues.json"
     out.parent.mkdir()
+    prom = out.parent / "metrics"
     rc = cli.main(
         [
             "queues",
@@ -201,6 +202,8 @@ def test_collect_cli_good_host_beside_failing_ones(lab: Lab) -> None:
             "8",
             "--output",
             str(out),
+            "--prometheus-output",
+            str(prom),
         ]
     )
     assert rc == 1  # some host failed; the file is written all the same
@@ -215,6 +218,10 @@ def test_collect_cli_good_host_beside_failing_ones(lab: Lab) -> None:
     assert doc["hosts"]["mail1"]["host"] == "mail1"
     assert doc["hosts"]["mx1"]["error"] == mq["mx1"]["error"]
     assert doc["generated_at"].endswith("Z")
+    families = parse_exposition(prom.read_text())
+    up = {labels["host"]: v for labels, v in families["mailops_queue_collect_up"]}
+    assert up == {"mail1": 1.0, "mail2": 0.0, "mx1": 0.0}
+    assert stat.S_IMODE(prom.stat().st_mode) == 0o644
 
 
 def test_collect_prometheus_all_up(lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:

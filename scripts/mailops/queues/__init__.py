@@ -8,6 +8,7 @@ Usage::
                            [--user U] [--key FILE] [--known-hosts FILE] [--port P]
                            [--timeout S] [--parallel N] [--command CMD]
                            [--format json|prometheus] [--output FILE]
+                           [--prometheus-output FILE]
 
 ``local`` prints one host's report (counts of incoming, active, deferred, hold, maildrop
 and corrupt; age of the oldest deferred message; top deferred destinations with their
@@ -15,6 +16,24 @@ last error).  ``collect`` runs on the monitor host: it opens an SSH session to e
 whose authorized_keys entry forces ``mailops queues local --json``, and prints (or writes
 atomically, mode 0644) the collection: ``{"mailqueues": {...legacy shape...}, "hosts":
 {...}, "generated_at": ...}`` or its Prometheus text exposition.
+
+Privileges.  The queue directories belong to ``postfix`` (mode 0700), so counting files
+needs root or the postfix user; ``postqueue -j`` works for anyone (setgid postdrop,
+answered by showq) but showq reads every queue file in full, so it is slower on big
+queues.  ``--method auto`` (the default) counts files when it can read the queue and
+streams ``postqueue -j`` otherwise, so one forced command serves both set-ups on a node::
+
+    # no sudo at all (postqueue -j): ~mailops-queues/.ssh/authorized_keys
+    from="MONITOR_IP",command="/opt/mailops/bin/mailops queues local --json",restrict KEY
+    # fast (files), as postfix rather than root:
+    from="MONITOR_IP",command="sudo -n -u postfix /opt/mailops/bin/mailops queues local \\
+      --json",restrict KEY      (one line in the file)
+    # /etc/sudoers.d/mailops-queues (exactly this command line, nothing else):
+    mailops-queues ALL=(postfix) NOPASSWD: /opt/mailops/bin/mailops queues local --json
+
+sshd runs the forced command whatever the client asks (``SSH_ORIGINAL_COMMAND`` is
+ignored); ``restrict`` forbids pty, forwarding and agent use.  The settings file, when
+present, must be readable by whoever runs the count.
 
 Exit codes: ``local`` 0, or 66 when the queue cannot be read.  ``collect`` 0 when every
 host answered, 1 when some did not (the output is still written, with an ``"error"`` for
@@ -43,6 +62,7 @@ Settings (table ``[queues]`` of the mailops settings file; flags override them):
     command = "mailops queues local --json"  # what the client asks; the node forces its own
     format = "json"
     output = ""                 # "" = stdout
+    prometheus_output = ""      # also write the Prometheus text here (same collection run)
 """
 
 from __future__ import annotations
@@ -86,6 +106,7 @@ DEFAULTS: dict[str, Any] = {
     "command": DEFAULT_COMMAND,
     "format": "json",
     "output": "",
+    "prometheus_output": "",
 }
 
 METHODS = ("auto", "files", "postqueue")
@@ -215,13 +236,16 @@ def cmd_collect(args: argparse.Namespace) -> int:
         text = render.prometheus(reports, now)
     else:
         text = json.dumps(render.collection(reports, local_mod.iso(now)), indent=1) + "\n"
-    if s["output"]:
+    outputs = [(s["output"], text)] if s["output"] else []
+    if s["prometheus_output"]:
+        outputs.append((s["prometheus_output"], render.prometheus(reports, now)))
+    for path, body in outputs:
         try:
-            render.write_atomic(s["output"], text)
+            render.write_atomic(path, body)
         except OSError as exc:
-            print(f"mailops queues collect: {s['output']}: {exc.strerror}", file=sys.stderr)
+            print(f"mailops queues collect: {path}: {exc.strerror}", file=sys.stderr)
             return exitcodes.CANTCREAT
-    else:
+    if not s["output"]:
         sys.stdout.write(text)
     failed = sorted(name for name, rep in reports.items() if "error" in rep)
     for name in failed:
@@ -261,4 +285,10 @@ def register(subparsers: Any) -> None:
     cp.add_argument("--command", metavar="CMD", help="command asked for (the node forces its own)")
     cp.add_argument("--format", choices=("json", "prometheus"))
     cp.add_argument("--output", metavar="FILE", help="write atomically (mode 0644)")
+    cp.add_argument(
+        "--prometheus-output",
+        dest="prometheus_output",
+        metavar="FILE",
+        help="also write the Prometheus text there, from the same run",
+    )
     cp.set_defaults(func=cmd_collect)
