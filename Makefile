@@ -15,9 +15,10 @@ export PATH            := $(BIN):$(PATH)
 
 # Debian packages the controller needs: podman and its runtime for the lab, debootstrap
 # to build the base image without a registry, pflogsumm to compare reports against,
-# PostgreSQL for the shared-store tests, swaks for hand checks.
+# PostgreSQL for the shared-store tests, sshd for the queue collector's tests, nsd for
+# the DNS tests, swaks for hand checks.  Tests start their own servers on loopback.
 DEB_PACKAGES := podman runc catatonit debootstrap uidmap pflogsumm postgresql swaks \
-                openssh-client openssl python3-venv git make
+                openssh-client openssh-server nsd openssl python3-venv git make
 
 .PHONY: help deps deps-system venv lab lab-down lint unit molecule e2e aws test test-faults bench clean
 
@@ -34,11 +35,16 @@ deps-system:
 	if [ -n "$$missing" ]; then
 	  echo ">>> installing Debian packages:" $$missing
 	  apt-get update -qq
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null
-	fi
-	# PostgreSQL is only a test dependency here: keep the packaged cluster from running.
-	if command -v pg_lsclusters >/dev/null && pg_lsclusters -h | grep -q online; then
-	  pg_ctlcluster --force $$(pg_lsclusters -h | awk '/online/{print $$1, $$2; exit}') stop || true
+	  # The servers among them (sshd, PostgreSQL, nsd) are for tests, which start their
+	  # own on loopback: keep the packages from starting system-wide ones.
+	  blocker=""
+	  if [ ! -e /usr/sbin/policy-rc.d ]; then
+	    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d
+	    blocker=/usr/sbin/policy-rc.d
+	  fi
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
+	    || { [ -z "$$blocker" ] || rm -f "$$blocker"; exit 1; }
+	  [ -z "$$blocker" ] || rm -f "$$blocker"
 	fi
 
 venv: $(VENV)/.installed
