@@ -347,7 +347,8 @@ def checks() -> list[Check]:
     log("end-to-end checks (pytest tests/e2e)")
     cmd = [
         sys.executable, "-m", "pytest", "-m", "lab", "-p", "no:cacheprovider",
-        "-o", "junit_logging=no", "-o", "junit_family=xunit1", f"--junitxml={junit}", "-q", str(ROOT / "tests" / "e2e"),
+        "-o", "junit_logging=no", "-o", "junit_family=xunit1", f"--junitxml={junit}", "-q",
+        str(ROOT / "tests" / "e2e"),
     ]  # fmt: skip
     env = dict(os.environ, MAILOPS_LAB_RUNNING="1")
     subprocess.run(cmd, cwd=ROOT, env=env, check=False)

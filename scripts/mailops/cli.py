@@ -17,6 +17,7 @@ from mailops.config import ConfigError
 
 # One line per tool module (mailops.<name>), each providing register(subparsers).
 TOOLS: tuple[str, ...] = (
+    # one per line, so tools land without touching each other's lines
     "queues",
 )
 
