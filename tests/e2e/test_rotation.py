@@ -15,6 +15,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.labhosts import (
     ROOT,
     headers,
@@ -54,6 +56,7 @@ def _dkim(msg: str) -> str:
     return "missing"
 
 
+@pytest.mark.slow
 def test_rotation_while_mail_flows(evidence: list[str]) -> None:
     tags: list[tuple[str, str]] = []
     refused: list[str] = []
