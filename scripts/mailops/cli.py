@@ -18,7 +18,9 @@ from mailops.config import ConfigError
 # One line per tool module (mailops.<name>), each providing register(subparsers).
 TOOLS: tuple[str, ...] = (
     # one per line, so tools land without touching each other's lines
+    "config",
     "queues",
+    "saslblock",
 )
 
 

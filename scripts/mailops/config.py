@@ -53,3 +53,30 @@ def section(data: dict[str, Any], name: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(f"[{name}] must be a table, not {type(value).__name__}")
     return value
+
+
+# --------------------------------------------------------------------------- mailops config
+
+
+def _check(args: Any) -> int:
+    """`mailops config check|show`: parse the settings file, say what is wrong or print it."""
+    data = load(args.config)
+    for name, value in data.items():
+        if not isinstance(value, dict):
+            raise ConfigError(f"top-level key {name!r} must be a table ([{name}])")
+    if args.action == "show":
+        for name in sorted(data):
+            print(f"[{name}]")
+            for key, value in sorted(data[name].items()):
+                shown = "********" if key in {"url", "password"} and "@" in str(value) else value
+                print(f"{key} = {shown!r}")
+    else:
+        path, _ = config_path(args.config)
+        print(f"{path}: ok ({len(data)} tables)")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("config", help="check or show the settings file")
+    parser.add_argument("action", choices=["check", "show"])
+    parser.set_defaults(func=_check)
