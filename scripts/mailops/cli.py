@@ -20,6 +20,7 @@ TOOLS: tuple[str, ...] = (
     # one per line, so tools land without touching each other's lines
     "config",
     "queues",
+    "dns",
     "saslblock",
 )
 

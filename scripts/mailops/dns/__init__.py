@@ -1,0 +1,319 @@
+"""``mailops dns``: plan every record the cluster needs, and check the live state.
+
+Usage::
+
+    mailops dns plan  --inventory PATH [--format zone|json|route53] [--zone ZONE]
+                      [--dkim-keys DIR] [--playbook-dir DIR] [--mta-sts-policy-out FILE]
+    mailops dns check DOMAIN [--nameserver IP[:PORT]] [--json] [--inventory PATH]
+                      [--dkim-keys DIR] [--sending-ip IP ...] [--dnsbl ZONE ...]
+                      [--mta-sts-url-base URL] [--cafile FILE] [--timeout S]
+                      [--smtp-timeout S] [--smtp-port PORT]
+
+``plan`` reads the inventory through ``ansible-inventory --list`` and prints the MX,
+A/AAAA, cluster round-robin, PTR, SPF, DKIM, DMARC, MTA-STS and TLS-RPT records (see
+docs/dns.md for the variables).  ``--zone`` keeps only the records of one zone (the mail
+domain or a reverse zone), with owner names relative to it, ready to follow that zone's
+SOA and NS records.  ``check`` resolves the live records with dnspython and prints one
+row per check (pass, warn or fail) with the evidence and the fix.
+
+Exit codes: ``plan`` 0; 65 when the inventory implies a record that must not be
+published (SPF over 10 lookups, two hosts on one address); 66 when a DKIM key cannot be
+read; 73 when the policy file cannot be written; 78 when the inventory cannot be read.
+``check`` 0 when nothing failed (warnings allowed), 1 when a check failed, 2 when it
+could not check at all (no answer from DNS, unreadable inventory or keys).
+
+Settings (table ``[dns]`` of the mailops settings file; flags override them)::
+
+    inventory = ""            # inventory for plan and check ("" = none)
+    playbook_dir = ""         # what {{ playbook_dir }} means ("" = nearest playbooks/)
+    dkim_keys = ""            # key directory ("" = opendkim__keys_dir of the inventory)
+    ansible_inventory = ""    # the ansible-inventory program ("" = beside python, PATH)
+    format = "zone"
+    nameserver = ""           # IP[:PORT]; "" = the system's resolvers
+    sending_ips = []          # when there is no inventory
+    dnsbls = []               # zones, when there is no inventory (or to override it)
+    mta_sts_url_base = ""     # e.g. "https://mta-sts.example.com": fetch the policy
+    cafile = ""               # extra CA for the MX certificates and the policy server
+    timeout = 5.0             # seconds per DNS query
+    smtp_timeout = 5.0        # seconds per SMTP connection
+    smtp_port = 25
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from mailops import config, exitcodes
+from mailops.config import ConfigError
+
+DEFAULTS: dict[str, Any] = {
+    "inventory": "",
+    "playbook_dir": "",
+    "dkim_keys": "",
+    "ansible_inventory": "",
+    "format": "zone",
+    "nameserver": "",
+    "sending_ips": [],
+    "dnsbls": [],
+    "mta_sts_url_base": "",
+    "cafile": "",
+    "timeout": 5.0,
+    "smtp_timeout": 5.0,
+    "smtp_port": 25,
+}
+FORMATS = ("zone", "json", "route53")
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Defaults, then the [dns] table, then the flags that were given."""
+    table = config.section(config.load(getattr(args, "config", None)), "dns")
+    merged = dict(DEFAULTS)
+    for key, value in table.items():
+        if key not in DEFAULTS:
+            raise ConfigError(f"[dns] unknown key {key!r}")
+        want = type(DEFAULTS[key])
+        ok = isinstance(value, want) or (want is float and isinstance(value, int))
+        if not ok or isinstance(value, bool):
+            raise ConfigError(f"[dns] {key} must be {want.__name__}")
+        if want is list and not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"[dns] {key} must be a list of strings")
+        merged[key] = value
+    for key in DEFAULTS:
+        value = getattr(args, key, None)
+        if value is not None:
+            merged[key] = value
+    if merged["format"] not in FORMATS:
+        raise ConfigError(f"[dns] format must be one of {', '.join(FORMATS)}")
+    return merged
+
+
+def _err(cmd: str, message: str) -> None:
+    print(f"mailops dns {cmd}: {message}", file=sys.stderr)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from mailops.dns import dkim, inventory, plan, records
+
+    s = settings(args)
+    if not s["inventory"]:
+        _err("plan", "no inventory (--inventory PATH or [dns] inventory)")
+        return exitcodes.USAGE
+    try:
+        inv = inventory.load(
+            s["inventory"], s["ansible_inventory"] or None, s["playbook_dir"] or None
+        )
+        st = inventory.settings(inv, s["dkim_keys"] or None)
+    except inventory.InventoryError as exc:
+        _err("plan", str(exc))
+        return exitcodes.CONFIG
+    keys: list[dkim.DkimKey] = []
+    notes: list[str] = []
+    if st.dkim_keys_dir is None:
+        notes.append("no DKIM key directory (--dkim-keys or opendkim__keys_dir)")
+    else:
+        try:
+            keys, notes = dkim.load(st.dkim_keys_dir, st.domain)
+        except dkim.KeyError_ as exc:
+            _err("plan", str(exc))
+            return exitcodes.NOINPUT
+    try:
+        p = plan.build(st, keys)
+    except plan.PlanError as exc:
+        _err("plan", str(exc))
+        return exitcodes.DATAERR
+    for note in notes + p.notes:
+        _err("plan", f"note: {note}")
+    chosen = records.select(p.records, args.zone)
+    if args.zone and not chosen:
+        _err("plan", f"note: no planned record is in zone {args.zone}")
+    if args.mta_sts_policy_out:
+        if p.mta_sts_policy is None:
+            _err("plan", "no MTA-STS policy planned (dns_mta_sts_mode: off)")
+            return exitcodes.USAGE
+        try:
+            with open(args.mta_sts_policy_out, "w", encoding="utf-8", newline="") as fh:
+                fh.write(p.mta_sts_policy)
+        except OSError as exc:
+            _err("plan", f"{args.mta_sts_policy_out}: {exc.strerror}")
+            return exitcodes.CANTCREAT
+    fmt = s["format"]
+    if fmt == "json":
+        sys.stdout.write(records.render_json(chosen))
+    elif fmt == "route53":
+        sys.stdout.write(records.render_route53(chosen))
+    else:
+        header = (
+            f"Records for {p.domain} planned by `mailops dns plan` from {s['inventory']}.\n"
+            f"SPF needs {p.spf_lookups} DNS lookups of its own (limit 10, includes' own not "
+            "counted here: `mailops dns check` counts them)."
+        )
+        if p.mta_sts_id:
+            header += f"\nMTA-STS policy id {p.mta_sts_id} (--mta-sts-policy-out writes it)."
+        sys.stdout.write(records.render_zone(chosen, header, args.zone))
+    return exitcodes.OK
+
+
+def _expect(args: argparse.Namespace, s: dict[str, Any], domain: str) -> Any:
+    """Expectations for the check: from the plan of an inventory, then the flags."""
+    from mailops.dns import check, dkim, inventory, plan
+
+    e = check.Expect(domain=domain)
+    notes: list[str] = []
+    if s["inventory"]:
+        inv = inventory.load(
+            s["inventory"], s["ansible_inventory"] or None, s["playbook_dir"] or None
+        )
+        st = inventory.settings(inv, s["dkim_keys"] or None)
+        if st.domain != domain:
+            raise inventory.InventoryError(f"{s['inventory']} plans {st.domain}, not {domain}")
+        keys: list[dkim.DkimKey] = []
+        if st.dkim_keys_dir is not None:
+            keys, notes = dkim.load(st.dkim_keys_dir, domain)
+        p = plan.build(st, keys)
+        e.sending = [(a, h.fqdn) for h in st.sending_hosts for a in h.addresses]
+        e.mx_names = [h.fqdn for h in st.mx_hosts]
+        e.keys = keys
+        e.keys_source = "; ".join(notes)
+        e.dnsbls = list(st.dnsbls)
+        e.mta_sts_policy = p.mta_sts_policy
+        e.mta_sts_id = p.mta_sts_id
+        e.mta_sts_planned = p.mta_sts_policy is not None
+        e.tlsrpt_planned = bool(st.tlsrpt_rua)
+    elif s["dkim_keys"]:
+        keys, notes = dkim.load(Path(s["dkim_keys"]).expanduser(), domain)
+        e.keys = keys
+        e.keys_source = "; ".join(notes)
+    if args.sending_ip or (not s["inventory"] and s["sending_ips"]):
+        ips = args.sending_ip or s["sending_ips"]
+        e.sending = [(str(ipaddress.ip_address(a)), None) for a in ips]
+    if args.dnsbl is not None or (not s["inventory"] and s["dnsbls"]):
+        e.dnsbls = [z.lower().rstrip(".") for z in (args.dnsbl or s["dnsbls"])]
+    return e
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from mailops.dns import check, dkim, inventory, plan, resolve
+
+    s = settings(args)
+    domain = args.domain.lower().rstrip(".")
+    try:
+        e = _expect(args, s, domain)
+    except (inventory.InventoryError, dkim.KeyError_, plan.PlanError) as exc:
+        _err("check", f"could not check: {exc}")
+        return exitcodes.USAGE
+    except ValueError as exc:  # a --sending-ip that is not an address
+        _err("check", f"could not check: {exc}")
+        return exitcodes.USAGE
+    ns, port = None, 53
+    if s["nameserver"]:
+        try:
+            ns, port = resolve.parse_nameserver(s["nameserver"])
+        except ValueError as exc:
+            _err("check", f"--nameserver: {exc}")
+            return exitcodes.USAGE
+    d = resolve.Dns(nameserver=ns, port=port, timeout=float(s["timeout"]))
+    o = check.Options(
+        smtp_port=int(s["smtp_port"]),
+        smtp_timeout=float(s["smtp_timeout"]),
+        cafile=s["cafile"] or None,
+        mta_sts_url_base=s["mta_sts_url_base"] or None,
+    )
+    try:
+        rows = check.run(d, e, o)
+    except check.CannotCheck as exc:
+        _err("check", f"could not check: {exc}")
+        return exitcodes.USAGE
+    failed = any(r["status"] == "fail" for r in rows)
+    if args.json:
+        summary = {st: sum(1 for r in rows if r["status"] == st) for st in ("pass", "warn", "fail")}
+        print(json.dumps({"domain": domain, "rows": rows, "summary": summary}, indent=1))
+    else:
+        sys.stdout.write(check.render_text(rows))
+    return exitcodes.FAIL if failed else exitcodes.OK
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 300:
+        raise argparse.ArgumentTypeError("must be between 0 and 300 seconds")
+    return value
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "dns",
+        help="plan the DNS records of the cluster and check the live ones",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    sub = parser.add_subparsers(dest="dns_command", metavar="ACTION")
+    sub.required = True
+
+    pp = sub.add_parser("plan", help="print every record the inventory implies")
+    pp.add_argument("--inventory", metavar="PATH", help="Ansible inventory (file or directory)")
+    pp.add_argument("--format", choices=FORMATS, help="zone (default), json or route53")
+    pp.add_argument("--zone", metavar="ZONE", help="only the records of this zone")
+    pp.add_argument(
+        "--dkim-keys",
+        dest="dkim_keys",
+        metavar="DIR",
+        help="DKIM key directory (default: the inventory's opendkim__keys_dir)",
+    )
+    pp.add_argument(
+        "--playbook-dir",
+        dest="playbook_dir",
+        metavar="DIR",
+        help="what {{ playbook_dir }} means in the inventory",
+    )
+    pp.add_argument(
+        "--mta-sts-policy-out",
+        dest="mta_sts_policy_out",
+        metavar="FILE",
+        help="write the MTA-STS policy file there",
+    )
+    pp.set_defaults(func=cmd_plan)
+
+    cp = sub.add_parser("check", help="check the live records, one row per check")
+    cp.add_argument("domain", metavar="DOMAIN")
+    cp.add_argument("--nameserver", metavar="IP[:PORT]", help="ask this server only")
+    cp.add_argument("--json", action="store_true", help="rows as JSON")
+    cp.add_argument("--inventory", metavar="PATH", help="expect what this inventory plans")
+    cp.add_argument(
+        "--dkim-keys", dest="dkim_keys", metavar="DIR", help="compare DKIM records with these keys"
+    )
+    cp.add_argument("--playbook-dir", dest="playbook_dir", metavar="DIR")
+    cp.add_argument(
+        "--sending-ip",
+        dest="sending_ip",
+        action="append",
+        metavar="IP",
+        help="a sending address (repeat; overrides the inventory's)",
+    )
+    cp.add_argument(
+        "--dnsbl",
+        nargs="+",
+        action="extend",
+        metavar="ZONE",
+        help="DNSBL zones to query (override the inventory's dns_dnsbls)",
+    )
+    cp.add_argument(
+        "--mta-sts-url-base",
+        dest="mta_sts_url_base",
+        metavar="URL",
+        help="fetch the MTA-STS policy from URL/.well-known/mta-sts.txt",
+    )
+    cp.add_argument("--cafile", metavar="FILE", help="extra CA certificates to trust")
+    cp.add_argument("--timeout", type=_seconds, metavar="S", help="seconds per DNS query")
+    cp.add_argument("--smtp-timeout", dest="smtp_timeout", type=_seconds, metavar="S")
+    cp.add_argument(
+        "--smtp-port",
+        dest="smtp_port",
+        type=int,
+        metavar="PORT",
+        help="SMTP port of the MX hosts (25; other values for tests)",
+    )
+    cp.set_defaults(func=cmd_check)

@@ -1,0 +1,527 @@
+"""mailops dns plan: records from real inventories (the lab's and fixtures in tests/data/dns).
+
+The inventories are read by the real ``ansible-inventory`` (in .venv/bin next to the
+test's Python); DKIM keys are made by the openssl CLI in temporary directories, laid
+out as the opendkim role and dkim_rotate.yml leave them.  Zone output is parsed back
+with dnspython's master-file reader, so "loads into a DNS server" is checked too.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import dns.rdatatype
+import dns.zone
+import pytest
+import yaml
+
+from mailops import cli, exitcodes
+from mailops.dns import dkim, inventory, records, spf
+from mailops.dns.plan import reverse_zone
+
+ROOT = Path(__file__).resolve().parent.parent
+LAB = ROOT / "inventories" / "lab"
+DATA = ROOT / "tests" / "data" / "dns"
+FIXTURE = DATA / "inventory"
+WEIGHTED = DATA / "weighted"
+
+SOA = "@ 300 IN SOA ns1.{z}. hostmaster.{z}. 1 3600 600 604800 60\n@ 300 IN NS ns1.{z}.\n"
+
+
+# --- helpers shared with test_dns_check -------------------------------------------
+
+
+def make_key(directory: Path, selector: str, kind: str = "rsa") -> Path:
+    """A private key as the opendkim role makes it (<selector>.private), plus .pem/.txt."""
+    directory.mkdir(parents=True, exist_ok=True)
+    private = directory / f"{selector}.private"
+    algo = (
+        ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]
+        if kind == "rsa"
+        else [
+            "-algorithm",
+            "ed25519",
+        ]
+    )
+    subprocess.run(
+        ["openssl", "genpkey", *algo, "-out", str(private)], check=True, capture_output=True
+    )
+    der = subprocess.run(
+        ["openssl", "pkey", "-in", str(private), "-pubout", "-outform", "DER"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    pem = base64.b64encode(der).decode()
+    (directory / f"{selector}.pem").write_text(
+        "-----BEGIN PUBLIC KEY-----\n"
+        + "\n".join(pem[i : i + 64] for i in range(0, len(pem), 64))
+        + "\n-----END PUBLIC KEY-----\n"
+    )
+    if kind == "rsa":  # what roles/opendkim/tasks/keys.yml writes
+        (directory / f"{selector}.txt").write_text(f"v=DKIM1; k=rsa; p={pem}")
+    return private
+
+
+def public_p(private: Path) -> str:
+    der = subprocess.run(
+        ["openssl", "pkey", "-in", str(private), "-pubout", "-outform", "DER"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    return base64.b64encode(der).decode()
+
+
+def run_mailops(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def plan_argv(inv: Path, *extra: str) -> list[str]:
+    return ["dns", "plan", "--inventory", str(inv), *extra]
+
+
+def zone_with_soa(zone: str, fragment: str) -> str:
+    return f"$ORIGIN {zone}.\n" + SOA.format(z=zone) + fragment
+
+
+def load_zone(zone: str, fragment: str) -> dns.zone.Zone:
+    return dns.zone.from_text(zone_with_soa(zone, fragment), origin=zone, relativize=False)
+
+
+def txt_of(z: dns.zone.Zone, name: str) -> list[str]:
+    node = z.get_node(name + ".")
+    assert node is not None, f"no {name} in zone"
+    rds = node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.TXT)
+    assert rds is not None
+    return [b"".join(r.strings).decode() for r in rds]
+
+
+@pytest.fixture(autouse=True)
+def _no_settings_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    empty = tmp_path / "mailops.toml"
+    empty.write_text("")
+    monkeypatch.setenv("MAILOPS_CONFIG", str(empty))
+
+
+# --- the lab inventory ------------------------------------------------------------
+
+
+def test_lab_plan_has_every_record(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    make_key(keys / "company.test", "mail")
+    code, out, err = run_mailops(
+        plan_argv(LAB, "--zone", "company.test", "--dkim-keys", str(keys)), capsys
+    )
+    assert code == 0, err
+    z = load_zone("company.test", out)
+    mx = z.get_rdataset("company.test.", "MX")
+    assert mx is not None and {r.exchange.to_text() for r in mx} == {"mx1.company.test."}
+    for host, ip in [("mx1", "198.51.100.10"), ("mail1", "198.51.100.21"), ("ns1", "198.51.100.2")]:
+        a = z.get_rdataset(f"{host}.company.test.", "A")
+        assert a is not None and [r.address for r in a] == [ip]
+    cluster = z.get_rdataset("mail.company.test.", "A")
+    assert cluster is not None
+    assert sorted(r.address for r in cluster) == ["198.51.100.21", "198.51.100.22"]
+    (spf_text,) = [t for t in txt_of(z, "company.test") if t.startswith("v=spf1")]
+    # every sending host (MX and bulk), not the relay client that sends through the MX
+    assert spf_text == "v=spf1 ip4:198.51.100.10 ip4:198.51.100.21 ip4:198.51.100.22 -all"
+    dkim_txt = txt_of(z, "mail._domainkey.company.test")
+    assert dkim_txt == [f"v=DKIM1; k=rsa; p={public_p(keys / 'company.test' / 'mail.private')}"]
+    assert txt_of(z, "_dmarc.company.test") == [
+        "v=DMARC1; p=quarantine; rua=mailto:dmarc@company.test"
+    ]
+    assert txt_of(z, "_smtp._tls.company.test") == ["v=TLSRPTv1; rua=mailto:tlsrpt@company.test"]
+    assert txt_of(z, "_mta-sts.company.test")[0].startswith("v=STSv1; id=")
+    # the outside world's host is not in the company zone
+    assert z.get_node("inbox.company.test.") is None
+    assert "inbox.outside.test is outside company.test" in err
+
+
+def test_lab_reverse_zone(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, _ = run_mailops(
+        plan_argv(LAB, "--zone", "100.51.198.in-addr.arpa", "--dkim-keys", str(tmp_path)), capsys
+    )
+    assert code == 0
+    z = load_zone("100.51.198.in-addr.arpa", out)
+    ptr = {
+        name.to_text(): rds[0].target.to_text()
+        for name, rds in [
+            (n, node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.PTR))
+            for n, node in z.nodes.items()
+        ]
+        if rds is not None
+    }
+    assert ptr["10.100.51.198.in-addr.arpa."] == "mx1.company.test."
+    assert ptr["21.100.51.198.in-addr.arpa."] == "mail1.company.test."
+    assert ptr["22.100.51.198.in-addr.arpa."] == "mail2.company.test."
+    assert ptr["40.100.51.198.in-addr.arpa."] == "inbox.outside.test."
+    assert "IN MX" not in out and "TXT" not in out
+
+
+def test_lab_keys_dir_resolved_from_the_inventory(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """opendkim__keys_dir is "{{ lab_secrets_dir }}/dkim", lab_secrets_dir is
+    "{{ playbook_dir }}/../.lab/secrets": with playbook_dir given, keys are found there."""
+    playbooks = tmp_path / "repo" / "playbooks"
+    playbooks.mkdir(parents=True)
+    key = make_key(tmp_path / "repo" / ".lab" / "secrets" / "dkim" / "company.test", "s1")
+    code, out, err = run_mailops(
+        plan_argv(LAB, "--format", "json", "--playbook-dir", str(playbooks)), capsys
+    )
+    assert code == 0, err
+    recs = {(r["name"], r["type"]): r for r in json.loads(out)}
+    value = records.unquote_txt(recs[("s1._domainkey.company.test", "TXT")]["values"][0])
+    assert value == f"v=DKIM1; k=rsa; p={public_p(key)}"
+
+
+def test_lab_default_keys_dir_is_the_repos_lab_secrets(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    inv = inventory.load(str(LAB))
+    s = inventory.settings(inv)
+    assert s.dkim_keys_dir == (ROOT / ".lab" / "secrets" / "dkim").resolve()
+
+
+# --- a fixture with IPv6, weights, includes and a DMARC dictionary -----------------
+
+
+def test_weighted_cluster_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, err = run_mailops(
+        plan_argv(WEIGHTED, "--format", "json", "--dkim-keys", str(tmp_path)), capsys
+    )
+    assert code == 0, err
+    recs = json.loads(out)
+    cluster = [r for r in recs if r["name"] == "bulk.example.com"]
+    got = {(r["type"], r["set_id"], r["values"][0], r["weight"]) for r in cluster}
+    assert got == {
+        ("A", "mail1", "192.0.2.21", 100),
+        ("A", "mail2", "192.0.2.22", 100),
+        ("A", "mail3", "198.51.100.23", 10),
+        ("A", "mail4", "198.51.100.24", 0),
+        ("AAAA", "mail1", "2001:db8:10::21", 100),
+    }
+    mx = next(r for r in recs if r["type"] == "MX")
+    assert mx["values"] == ["10 mx1.example.com.", "20 mx2.example.com."]
+    assert all(r["ttl"] == 600 for r in recs)
+    ptr6 = next(
+        r
+        for r in recs
+        if r["type"] == "PTR"
+        and r["values"] == ["mx1.example.com."]
+        and r["name"].endswith("ip6.arpa")
+    )
+    assert ptr6["zone"] == reverse_zone("2001:db8:10::10")
+    assert ptr6["name"].startswith("0.1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.")
+    spf_rec = next(r for r in recs if r["type"] == "TXT" and r["name"] == "example.com")
+    assert records.unquote_txt(spf_rec["values"][0]) == (
+        "v=spf1 ip4:192.0.2.10 ip4:192.0.2.11 ip4:192.0.2.21 ip4:192.0.2.22 "
+        "ip4:198.51.100.23 ip4:198.51.100.24 ip6:2001:db8:10::10 ip6:2001:db8:10::21 "
+        "include:_spf.google.com a:relay.example.com ~all"
+    )
+    dmarc = next(r for r in recs if r["name"] == "_dmarc.example.com")
+    assert records.unquote_txt(dmarc["values"][0]) == (
+        "v=DMARC1; p=quarantine; pct=50; "
+        "rua=mailto:dmarc@example.com,mailto:reports@dmarc.example.org; "
+        "ruf=mailto:forensic@example.com; adkim=s; aspf=r"
+    )
+    assert "example.com._report._dmarc.dmarc.example.org" in err
+    # the monitor's name is in another domain: PTR yes, A not here
+    assert any(r["values"] == ["status.example.net."] for r in recs)
+    assert not any(r["name"] == "status.example.net" for r in recs)
+
+
+def test_weighted_cluster_route53(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, _ = run_mailops(
+        plan_argv(WEIGHTED, "--format", "route53", "--dkim-keys", str(tmp_path)), capsys
+    )
+    assert code == 0
+    items = json.loads(out)
+    assert not any(i["type"] == "PTR" for i in items)
+    assert all(set(i) >= {"zone", "record", "type", "ttl", "value"} for i in items)
+    assert all(i["zone"] == "example.com" and isinstance(i["value"], list) for i in items)
+    weighted = [i for i in items if "weight" in i]
+    assert {(i["identifier"], i["weight"]) for i in weighted if i["type"] == "A"} == {
+        ("mail1", 100),
+        ("mail2", 100),
+        ("mail3", 10),
+        ("mail4", 0),
+    }
+    txt = next(i for i in items if i["record"] == "_mta-sts.example.com")
+    assert txt["value"][0].startswith('"v=STSv1; id=')
+
+
+def test_weighted_cluster_zone_comments(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, _ = run_mailops(
+        plan_argv(WEIGHTED, "--zone", "example.com", "--dkim-keys", str(tmp_path)), capsys
+    )
+    assert code == 0
+    # a weight-0 node gets no traffic: its line is there but commented out
+    assert "; bulk" in out and "198.51.100.24 ; mail4, weight 0" in out
+    z = load_zone("example.com", out)
+    cluster = z.get_rdataset("bulk.example.com.", "A")
+    assert cluster is not None
+    assert sorted(r.address for r in cluster) == ["192.0.2.21", "192.0.2.22", "198.51.100.23"]
+
+
+def test_mta_sts_policy_file_and_id(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    policy = tmp_path / "mta-sts.txt"
+    code, out, _ = run_mailops(
+        plan_argv(
+            WEIGHTED,
+            "--format",
+            "json",
+            "--dkim-keys",
+            str(tmp_path),
+            "--mta-sts-policy-out",
+            str(policy),
+        ),
+        capsys,
+    )
+    assert code == 0
+    body = policy.read_bytes()
+    assert body == (
+        b"version: STSv1\r\nmode: testing\r\nmx: mx1.example.com\r\nmx: mx2.example.com\r\n"
+        b"max_age: 86400\r\n"
+    )
+    rec = next(r for r in json.loads(out) if r["name"] == "_mta-sts.example.com")
+    pid = hashlib.sha256(body).hexdigest()[:20]
+    assert records.unquote_txt(rec["values"][0]) == f"v=STSv1; id={pid}"
+
+
+# --- SPF: lookup counting and refusal ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("record", "lookups"),
+    [
+        ("v=spf1 ip4:192.0.2.1 ip6:2001:db8::1 -all", 0),
+        ("v=spf1 a mx ptr include:x.example exists:%{i}.y.example ~all", 5),
+        ("v=spf1 a:b.example/24 mx/24//64 redirect=z.example", 3),
+        ("v=spf1 ip4:192.0.2.0/24 exp=explain.example -all", 0),
+    ],
+)
+def test_spf_lookup_count(record: str, lookups: int) -> None:
+    assert spf.parse(record).lookups == lookups
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        "v=spf1 ip4:300.1.1.1 -all",
+        "v=spf1 ip4:2001:db8::1",
+        "v=spf1 include: -all",
+        "v=spf1 foo:bar",
+        "v=spf1 all:x",
+        "v=spf1 a/33",
+        "v=spf1 redirect=a.example redirect=b.example",
+        "spf1 -all",
+    ],
+)
+def test_spf_syntax_errors(record: str) -> None:
+    with pytest.raises(spf.SpfSyntaxError):
+        spf.parse(record)
+
+
+def write_inventory(root: Path, group_vars: dict[str, Any], extra_hosts: str = "") -> Path:
+    (root / "group_vars" / "all").mkdir(parents=True)
+    (root / "hosts.yml").write_text(
+        "all:\n  children:\n    mail_mx:\n      hosts:\n        mx1:\n"
+        "          public_ipv4: 192.0.2.10\n    mail_bulk:\n      hosts:\n        mail1:\n"
+        "          public_ipv4: 192.0.2.21\n" + extra_hosts
+    )
+    (root / "group_vars" / "all" / "main.yml").write_text(
+        yaml.safe_dump({"mail_domain": "example.com", **group_vars})
+    )
+    return root
+
+
+def test_spf_over_ten_lookups_is_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    includes = [f"_spf{i}.example.net" for i in range(10)] + ["mx"]
+    inv = write_inventory(tmp_path / "inv", {"dns_spf_includes": includes})
+    code, out, err = run_mailops(plan_argv(inv, "--dkim-keys", str(tmp_path)), capsys)
+    assert code == exitcodes.DATAERR
+    assert out == ""
+    assert "11 DNS lookups" in err and "limit of 10" in err
+
+
+def test_spf_ten_lookups_is_accepted(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    includes = [f"_spf{i}.example.net" for i in range(9)] + ["mx"]
+    inv = write_inventory(tmp_path / "inv", {"dns_spf_includes": includes})
+    code, out, err = run_mailops(plan_argv(inv, "--dkim-keys", str(tmp_path)), capsys)
+    assert code == 0, err
+    assert "SPF needs 10 DNS lookups" in out
+
+
+def test_long_spf_is_split_into_255_byte_strings(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    hosts = "".join(
+        f'        bulk{i}:\n          public_ipv6: "2001:db8:{i:x}::{i:x}"\n' for i in range(1, 41)
+    )
+    inv = write_inventory(tmp_path / "inv", {}, hosts)
+    code, out, err = run_mailops(
+        plan_argv(inv, "--zone", "example.com", "--dkim-keys", str(tmp_path)), capsys
+    )
+    assert code == 0, err
+    z = load_zone("example.com", out)
+    rds = z.get_rdataset("example.com.", "TXT")
+    assert rds is not None
+    (rd,) = [r for r in rds if r.strings[0].startswith(b"v=spf1")]
+    assert len(rd.strings) >= 3
+    assert all(len(s) <= 255 for s in rd.strings)
+    joined = b"".join(rd.strings).decode()
+    assert all(f"ip6:2001:db8:{i:x}::{i:x}" in joined for i in range(1, 41))
+    spf.parse(joined)
+
+
+def test_split_and_quote_round_trip() -> None:
+    text = 'a"b\\c' + "x" * 600
+    parts = records.split_txt(text)
+    assert [len(p) for p in parts] == [255, 255, 95]
+    assert b"".join(parts).decode() == text
+    assert records.unquote_txt(records.txt_value(text)) == text
+    assert records.split_txt("") == [b""]
+
+
+# --- DKIM keys: rotation state, file formats ---------------------------------------
+
+
+def test_rotation_state_lists_the_selectors_in_force(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    d = tmp_path / "example.com"
+    old = make_key(d, "mail")
+    new = make_key(d, "s20260101000000")
+    make_key(d / "retired", "gone")
+    make_key(d, "stray")  # a file not in state.yml is not in force
+    # the shape dkim_rotate.yml writes with to_nice_yaml (indent 4)
+    state = {
+        "active": "s20260101000000",
+        "retiring": {"mail": 1767225600},
+        "selectors": ["mail", "s20260101000000"],
+    }
+    (d / "state.yml").write_text(yaml.dump(state, indent=4, default_flow_style=False))
+    keys, notes = dkim.load(tmp_path, "example.com")
+    assert [k.selector for k in keys] == ["mail", "s20260101000000"]
+    assert [k.p for k in keys] == [public_p(old), public_p(new)]
+    assert notes == []
+    inv = write_inventory(tmp_path / "inv", {})
+    code, out, _ = run_mailops(
+        plan_argv(inv, "--format", "json", "--dkim-keys", str(tmp_path)), capsys
+    )
+    assert code == 0
+    names = {r["name"] for r in json.loads(out) if "_domainkey" in r["name"]}
+    assert names == {"mail._domainkey.example.com", "s20260101000000._domainkey.example.com"}
+
+
+def test_state_flow_list_and_quotes(tmp_path: Path) -> None:
+    (tmp_path / "state.yml").write_text("---\nactive: 'b'\nselectors: [a, \"b\"]\nretiring: {}\n")
+    assert dkim.read_state(tmp_path / "state.yml") == ["a", "b"]
+    (tmp_path / "state.yml").write_text("active: a\nretiring: {}\n")
+    with pytest.raises(dkim.KeyError_, match="no 'selectors'"):
+        dkim.read_state(tmp_path / "state.yml")
+
+
+def test_opendkim_genkey_txt_and_ed25519(tmp_path: Path) -> None:
+    d = tmp_path / "example.com"
+    d.mkdir()
+    p = "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA" + "A" * 20
+    (d / "old.txt").write_text(
+        'old._domainkey\tIN\tTXT\t( "v=DKIM1; h=sha256; k=rsa; "\n\t  "p='
+        + p[:30]
+        + '"\n\t  "'
+        + p[30:]
+        + '" )  ; ----- DKIM key old for example.com\n'
+    )
+    ed = make_key(d, "ed", kind="ed25519")
+    keys, _ = dkim.load(tmp_path, "example.com")
+    by = {k.selector: k for k in keys}
+    assert by["old"].p == p and by["old"].key_type == "rsa"
+    assert by["ed"].key_type == "ed25519" and len(by["ed"].public) == 32
+    assert by["ed"].source == ed
+
+
+def test_txt_that_disagrees_with_the_private_key_is_noted(tmp_path: Path) -> None:
+    d = tmp_path / "example.com"
+    make_key(d, "mail")
+    other = make_key(tmp_path / "other", "x")
+    (d / "mail.txt").write_text(f"v=DKIM1; k=rsa; p={public_p(other)}")
+    keys, notes = dkim.load(tmp_path, "example.com")
+    assert keys[0].p == public_p(d / "mail.private")
+    assert len(notes) == 1 and "does not match" in notes[0]
+
+
+def test_unreadable_private_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = tmp_path / "example.com"
+    d.mkdir()
+    (d / "mail.private").write_text("not a key\n")
+    inv = write_inventory(tmp_path / "inv", {})
+    code, _, err = run_mailops(plan_argv(inv, "--dkim-keys", str(tmp_path)), capsys)
+    assert code == exitcodes.NOINPUT
+    assert "mail.private: openssl cannot read the key" in err
+
+
+# --- inventory errors ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("group_vars", "message"),
+    [
+        ({"dns_spf_all": "?all"}, "dns_spf_all"),
+        ({"dns_mta_sts_mode": "strict"}, "dns_mta_sts_mode"),
+        ({"dns_dmarc": {"p": "block"}}, "dns_dmarc.p"),
+        ({"dns_dmarc": {"rua": "dmarc@example.com"}}, "mailto"),
+        ({"dns_dmarc": {"policy": "reject"}}, "unknown keys policy"),
+        ({"dns_ttl": "soon"}, "dns_ttl"),
+        ({"opendkim__keys_dir": "{{ lookup('env', 'HOME') }}/dkim"}, "does not render"),
+        ({"opendkim__keys_dir": "{{ nowhere }}/dkim"}, "nowhere, which is not defined"),
+    ],
+)
+def test_bad_variables_are_named(
+    group_vars: dict[str, Any], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = write_inventory(tmp_path / "inv", group_vars)
+    code, out, err = run_mailops(plan_argv(inv), capsys)
+    assert code == exitcodes.CONFIG
+    assert out == ""
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_two_hosts_on_one_address(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inv = write_inventory(
+        tmp_path / "inv", {}, "        mail2:\n          public_ipv4: 192.0.2.21\n"
+    )
+    code, _, err = run_mailops(plan_argv(inv, "--dkim-keys", str(tmp_path)), capsys)
+    assert code == exitcodes.DATAERR
+    assert "both have address 192.0.2.21" in err
+
+
+def test_missing_inventory_and_missing_ansible(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, _, err = run_mailops(plan_argv(tmp_path / "nope"), capsys)
+    assert code == exitcodes.CONFIG and "no such inventory" in err
+    settings = tmp_path / "s.toml"
+    settings.write_text(f'[dns]\nansible_inventory = "{tmp_path / "no-ansible"}"\n')
+    monkeypatch.setenv("MAILOPS_CONFIG", str(settings))
+    code, _, err = run_mailops(plan_argv(FIXTURE), capsys)
+    assert code == exitcodes.CONFIG and "cannot run" in err
+
+
+def test_resolve_references() -> None:
+    v = {"a": "{{ b }}/x", "b": "{{ c }}", "c": "/root", "l": ["{{ c }}", 3], "n": 5}
+    assert inventory.resolve("{{ a }}", v, "t") == "/root/x"
+    assert inventory.resolve("{{ l }}", v, "t") == ["/root", 3]
+    assert inventory.resolve("port {{n}}", v, "t") == "port 5"
+    with pytest.raises(inventory.InventoryError, match="nest too deep"):
+        inventory.resolve("{{ x }}", {"x": "{{ x }}"}, "t")
