@@ -175,7 +175,10 @@ def _expect(args: argparse.Namespace, s: dict[str, Any], domain: str) -> Any:
         if st.dkim_keys_dir is not None:
             keys, notes = dkim.load(st.dkim_keys_dir, domain)
         p = plan.build(st, keys)
-        e.sending = [(a, h.fqdn) for h in st.sending_hosts for a in h.addresses]
+        e.sending = sorted(
+            ((a, h.fqdn) for h in st.sending_hosts for a in h.addresses),
+            key=lambda pair: (ipaddress.ip_address(pair[0]).version, ipaddress.ip_address(pair[0])),
+        )
         e.mx_names = [h.fqdn for h in st.mx_hosts]
         e.keys = keys
         e.keys_source = "; ".join(notes)

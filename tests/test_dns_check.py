@@ -1,0 +1,873 @@
+"""mailops dns check against a real authoritative server (nsd) on 127.0.0.1.
+
+The zones nsd serves are written from ``mailops dns plan --format zone`` for the fixture
+inventory in tests/data/dns/inventory (so plan and check are tested together), then
+broken one thing at a time: a PTR deleted, an address dropped from SPF, a DKIM key
+replaced, a sending address listed in a DNSBL.  Each time exactly the matching check
+must fail, with a message that names the record and the fix.  The MX host is an SMTP
+server in this process on 127.0.0.10 (the fixture's MX address) with STARTTLS and a
+certificate from a throwaway CA; the MTA-STS policy is served over HTTP on loopback.
+
+Needs /usr/sbin/nsd (Debian package nsd) and the openssl CLI.
+"""
+
+from __future__ import annotations
+
+import http.server
+import ipaddress
+import json
+import os
+import shutil
+import socket
+import socketserver
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailops import exitcodes
+from mailops.dns import spf
+from mailops.dns.resolve import Dns, parse_nameserver
+from tests.test_dns_plan import FIXTURE, SOA, make_key, run_mailops
+
+NSD = Path("/usr/sbin/nsd")
+DOMAIN = "dnscheck.test"
+REVERSE = "0.0.127.in-addr.arpa"
+MX_ADDRESS = "127.0.0.10"
+SENDING = ["127.0.0.10", "127.0.0.21", "127.0.0.22"]
+
+pytestmark = pytest.mark.skipif(
+    not NSD.exists() or shutil.which("openssl") is None,
+    reason="needs /usr/sbin/nsd (Debian package nsd) and openssl to serve and sign test zones",
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_settings_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    empty = tmp_path / "mailops.toml"
+    empty.write_text("")
+    monkeypatch.setenv("MAILOPS_CONFIG", str(empty))
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 (nsd binds both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port: int = u.getsockname()[1]
+            with socket.socket() as t:
+                try:
+                    t.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port")
+
+
+# --- nsd --------------------------------------------------------------------------
+
+
+class Nsd:
+    """nsd serving the given zones from a temporary directory, foreground (-d)."""
+
+    def __init__(self, root: Path, zones: dict[str, str]) -> None:
+        self.root = root
+        self.port = free_port()
+        root.mkdir(parents=True, exist_ok=True)
+        conf = [
+            "server:",
+            f"    ip-address: 127.0.0.1@{self.port}",
+            f"    port: {self.port}",
+            '    username: ""',
+            '    chroot: ""',
+            f'    zonesdir: "{root}"',
+            '    database: ""',
+            f'    pidfile: "{root}/nsd.pid"',
+            f'    xfrdfile: "{root}/xfrd.state"',
+            f'    zonelistfile: "{root}/zone.list"',
+            f'    xfrdir: "{root}"',
+            f'    logfile: "{root}/nsd.log"',
+            "    server-count: 1",
+            "    do-ip6: no",
+            "    verbosity: 1",
+            "remote-control:",
+            "    control-enable: no",
+        ]
+        for name, text in zones.items():
+            (root / f"{name}.zone").write_text(f"$ORIGIN {name}.\n" + SOA.format(z=name) + text)
+            conf += ["zone:", f'    name: "{name}"', f'    zonefile: "{name}.zone"']
+        self.conf = root / "nsd.conf"
+        self.conf.write_text("\n".join(conf) + "\n")
+        subprocess.run(["nsd-checkconf", str(self.conf)], check=True)
+        for name in zones:  # a zone nsd would refuse fails here, with nsd's reason
+            proc = subprocess.run(
+                ["nsd-checkzone", name, str(root / f"{name}.zone")],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+        self.proc = subprocess.Popen(
+            [str(NSD), "-c", str(self.conf), "-d"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self._wait(next(iter(zones)))
+
+    def _wait(self, zone: str) -> None:
+        d = Dns("127.0.0.1", self.port, timeout=0.5)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                log = (
+                    (self.root / "nsd.log").read_text() if (self.root / "nsd.log").exists() else ""
+                )
+                raise RuntimeError(f"nsd exited {self.proc.returncode}: {log}")
+            d._cache.clear()
+            if d.query(zone, "SOA").status == "ok":
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("nsd did not answer within 15 s")
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def nsd(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Nsd]]:
+    started: list[Nsd] = []
+
+    def start(zones: dict[str, str]) -> Nsd:
+        server = Nsd(tmp_path / f"nsd{len(started)}", zones)
+        started.append(server)
+        return server
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+# --- an MX that answers SMTP with STARTTLS, and an MTA-STS policy server -------------
+
+
+def openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+@dataclass
+class Pki:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    d = tmp_path_factory.mktemp("pki")
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        str(d / "ca.key"),
+        "-out",
+        str(d / "ca.crt"),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=mailops test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        str(d / "mx.key"),
+        "-out",
+        str(d / "mx.csr"),
+        "-subj",
+        f"/CN=mx1.{DOMAIN}",
+    )
+    (d / "ext").write_text(
+        f"subjectAltName=DNS:mx1.{DOMAIN}\nbasicConstraints=CA:FALSE\n"
+        "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+        "authorityKeyIdentifier=keyid\nsubjectKeyIdentifier=hash\n"
+    )
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(d / "mx.csr"),
+        "-CA",
+        str(d / "ca.crt"),
+        "-CAkey",
+        str(d / "ca.key"),
+        "-CAcreateserial",
+        "-out",
+        str(d / "mx.crt"),
+        "-days",
+        "2",
+        "-extfile",
+        str(d / "ext"),
+    )
+    return Pki(ca=d / "ca.crt", cert=d / "mx.crt", key=d / "mx.key")
+
+
+class SmtpHandler(socketserver.StreamRequestHandler):
+    server: SmtpServer
+
+    def handle(self) -> None:
+        sock: Any = self.request
+        sock.settimeout(5)
+        sock.sendall(b"220 mx1.dnscheck.test ESMTP test\r\n")
+        buf = b""
+        while True:
+            while b"\n" not in buf:
+                chunk = sock.recv(1024)
+                if not chunk:
+                    return
+                buf += chunk
+            line, _, buf = buf.partition(b"\n")
+            verb = line.strip().upper().split(b" ")[0]
+            if verb == b"EHLO":
+                ext = b"250-STARTTLS\r\n" if self.server.starttls else b""
+                sock.sendall(b"250-mx1.dnscheck.test\r\n" + ext + b"250 8BITMIME\r\n")
+            elif verb == b"STARTTLS" and self.server.starttls:
+                sock.sendall(b"220 go ahead\r\n")
+                sock = self.server.tls.wrap_socket(sock, server_side=True)
+            elif verb == b"QUIT":
+                sock.sendall(b"221 bye\r\n")
+                return
+            else:
+                sock.sendall(b"502 not here\r\n")
+
+
+class SmtpServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, pki: Pki) -> None:
+        super().__init__((MX_ADDRESS, 0), SmtpHandler)
+        self.starttls = True
+        self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.tls.load_cert_chain(pki.cert, pki.key)
+
+
+@pytest.fixture(scope="module")
+def smtp(pki: Pki) -> Iterator[SmtpServer]:
+    server = SmtpServer(pki)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def serve_policy(body: bytes) -> tuple[http.server.ThreadingHTTPServer, str]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path != "/.well-known/mta-sts.txt":
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+# --- the planned zones ------------------------------------------------------------
+
+
+@dataclass
+class Planned:
+    playbooks: Path  # --playbook-dir: keys at ../secrets/dkim (the fixture's templates)
+    forward: str
+    reverse: str
+    policy: bytes
+
+
+DNSBL_OK = '2.0.0.127 IN A 127.0.0.2\n2.0.0.127 IN TXT "test entry"\n'
+
+
+def plan_zones(capsys: pytest.CaptureFixture[str], playbooks: Path, *extra: str) -> Planned:
+    policy = playbooks.parent / "mta-sts.txt"
+    zones = []
+    for zone in (DOMAIN, REVERSE):
+        code, out, err = run_mailops(
+            [
+                "dns",
+                "plan",
+                "--inventory",
+                str(FIXTURE),
+                "--playbook-dir",
+                str(playbooks),
+                "--zone",
+                zone,
+                "--mta-sts-policy-out",
+                str(policy),
+                *extra,
+            ],
+            capsys,
+        )
+        assert code == 0, err
+        zones.append(out)
+    return Planned(playbooks, zones[0], zones[1], policy.read_bytes())
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkout-like tree: playbooks/ and the fixture's secrets/dkim keys beside it."""
+    root = tmp_path_factory.mktemp("repo")
+    (root / "playbooks").mkdir()
+    make_key(root / "secrets" / "dkim" / DOMAIN, "mail")
+    return root
+
+
+@pytest.fixture
+def planned(capsys: pytest.CaptureFixture[str], repo: Path) -> Planned:
+    return plan_zones(capsys, repo / "playbooks")
+
+
+@pytest.fixture
+def policy_url(planned: Planned) -> Iterator[str]:
+    server, url = serve_policy(planned.policy)
+    yield url
+    server.shutdown()
+    server.server_close()
+
+
+def check(
+    capsys: pytest.CaptureFixture[str],
+    ns: Nsd,
+    planned: Planned,
+    smtp: SmtpServer,
+    pki: Pki,
+    *extra: str,
+    policy_url: str | None = None,
+) -> tuple[int, list[dict[str, str]], str]:
+    argv = [
+        "dns",
+        "check",
+        DOMAIN,
+        "--json",
+        "--nameserver",
+        ns.address,
+        "--inventory",
+        str(FIXTURE),
+        "--playbook-dir",
+        str(planned.playbooks),
+        "--smtp-port",
+        str(smtp.server_address[1]),
+        "--cafile",
+        str(pki.ca),
+        "--timeout",
+        "2",
+        "--smtp-timeout",
+        "3",
+    ]
+    if policy_url:
+        argv += ["--mta-sts-url-base", policy_url]
+    code, out, err = run_mailops(argv + list(extra), capsys)
+    if code == exitcodes.USAGE:
+        return code, [], err
+    return code, json.loads(out)["rows"], err
+
+
+def by_status(rows: list[dict[str, str]], status: str) -> list[tuple[str, str]]:
+    return [(r["check"], r["subject"]) for r in rows if r["status"] == status]
+
+
+def the_row(rows: list[dict[str, str]], check_name: str, subject: str) -> dict[str, str]:
+    (found,) = [r for r in rows if r["check"] == check_name and r["subject"] == subject]
+    return found
+
+
+# --- the whole picture ------------------------------------------------------------
+
+
+def test_planned_zones_pass_every_check(
+    capsys: pytest.CaptureFixture[str],
+    nsd: Callable[[dict[str, str]], Nsd],
+    planned: Planned,
+    smtp: SmtpServer,
+    pki: Pki,
+    policy_url: str,
+) -> None:
+    ns = nsd({DOMAIN: planned.forward, REVERSE: planned.reverse, "dnsbl.test": DNSBL_OK})
+    code, rows, err = check(capsys, ns, planned, smtp, pki, policy_url=policy_url)
+    assert code == 0, err
+    assert by_status(rows, "fail") == [] and by_status(rows, "warn") == [], rows
+    checks = {(r["check"], r["subject"]) for r in rows}
+    smtp_subject = f"mx1.{DOMAIN} [{MX_ADDRESS}]:{smtp.server_address[1]}"
+    expected = {
+        ("mx", DOMAIN),
+        ("mx-smtp", smtp_subject),
+        ("mx-starttls", smtp_subject),
+        ("spf", DOMAIN),
+        ("spf-lookups", DOMAIN),
+        ("dkim", f"mail._domainkey.{DOMAIN}"),
+        ("dmarc", f"_dmarc.{DOMAIN}"),
+        ("mta-sts", f"_mta-sts.{DOMAIN}"),
+        ("mta-sts-policy", f"https://mta-sts.{DOMAIN}/.well-known/mta-sts.txt"),
+        ("tls-rpt", f"_smtp._tls.{DOMAIN}"),
+    }
+    expected |= {("fcrdns", a) for a in SENDING} | {("spf-coverage", a) for a in SENDING}
+    expected |= {("dnsbl", f"{a} in dnsbl.test") for a in SENDING}
+    assert checks == expected
+    assert (
+        "certificate valid for mx1.dnscheck.test"
+        in the_row(rows, "mx-starttls", smtp_subject)["evidence"]
+    )
+
+
+def test_text_output_and_policy_not_fetched(
+    capsys: pytest.CaptureFixture[str],
+    nsd: Callable[[dict[str, str]], Nsd],
+    planned: Planned,
+    smtp: SmtpServer,
+    pki: Pki,
+) -> None:
+    ns = nsd({DOMAIN: planned.forward, REVERSE: planned.reverse, "dnsbl.test": DNSBL_OK})
+    code, out, _ = run_mailops(
+        [
+            "dns",
+            "check",
+            DOMAIN,
+            "--nameserver",
+            ns.address,
+            "--inventory",
+            str(FIXTURE),
+            "--playbook-dir",
+            str(planned.playbooks),
+            "--smtp-port",
+            str(smtp.server_address[1]),
+            "--cafile",
+            str(pki.ca),
+            "--timeout",
+            "2",
+        ],
+        capsys,
+    )
+    assert code == 0
+    assert "WARN  mta-sts-policy" in out and "policy not fetched" in out
+    assert "fix: pass --mta-sts-url-base" in out
+    assert out.rstrip().endswith("1 warn, 0 fail")
+
+
+# --- one thing broken at a time -----------------------------------------------------
+
+
+def test_missing_ptr_fails_fcrdns_only(
+    capsys: pytest.CaptureFixture[str],
+    nsd: Callable[[dict[str, str]], Nsd],
+    planned: Planned,
+    smtp: SmtpServer,
+    pki: Pki,
+    policy_url: str,
+) -> None:
+    reverse = "".join(
+        line for line in planned.reverse.splitlines(keepends=True) if not line.startswith("21 ")
+    )
+    assert reverse != planned.reverse
+    ns = nsd({DOMAIN: planned.forward, REVERSE: reverse, "dnsbl.test": DNSBL_OK})
+    code, rows, _ = check(capsys, ns, planned, smtp, pki, policy_url=policy_url)
+    assert code == exitcodes.FAIL
+    assert by_status(rows, "fail") == [("fcrdns", "127.0.0.21")]
+    r = the_row(rows, "fcrdns", "127.0.0.21")
+    assert "no PTR record at 21.0.0.127.in-addr.arpa" in r["evidence"]
+    assert "reverse DNS of 127.0.0.21" in r["fix"] and f"mail1.{DOMAIN}" in r["fix"]
+
+
+def test_ptr_that_does_not_resolve_back(
+    capsys: pytest.CaptureFixture[str],
+    nsd: Callable[[dict[str, str]], Nsd],
+    planned: Planned,
+    smtp: SmtpServer,
+    pki: Pki,
+    policy_url: str,
+) -> None:
+    reverse = planned.reverse.replace(f"mail2.{DOMAIN}.", f"elsewhere.{DOMAIN}.")
+    ns = nsd({DOMAIN: planned.forward, REVERSE: reverse, "dnsbl.test": DNSBL_OK})
+    code, rows, _ = check(capsys, ns, planned, smtp, pki, policy_url=policy_url)
+    assert code == exitcodes.FAIL
+    assert by_status(rows, "fail") == [("fcrdns", "127.0.0.22")]
+    assert "does not resolve back" in the_row(rows, "fcrdns", "127.0.0.22")["evidence"]
+
+
+def test_spf_missing_an_address_fails_coverage_only(
+    capsys: pytest.CaptureFixture[str],
+    nsd: Callable[[dict[str, str]], Nsd],
+    planned: Planned,
+    smtp: SmtpServer,
+    pki: Pki,
+    policy_url: str,
+) -> None:
+    forward = planned.forward.replace(" ip4:127.0.0.22", "")
+    assert forward != planned.forward
+    ns = nsd({DOMAIN: forward, REVERSE: planned.reverse, "dnsbl.test": DNSBL_OK})
+    code, rows, _ = check(capsys, ns, planned, smtp, pki, policy_url=policy_url)
+    assert code == exitcodes.FAIL
+    assert by_status(rows, "fail") == [("spf-coverage", "127.0.0.22")]
+    r = the_row(rows, "spf-coverage", "127.0.0.22")
+    assert "gives fail for 127.0.0.22" in r["evidence"]
+    assert r["fix"] == f"add ip4:127.0.0.22 to the SPF record of {DOMAIN}"
+
+
+def test_spf_over_ten_lookups_live(
+    capsys: pytest.CaptureFixture[str],
+    nsd: Callable[[dict[str, str]], Nsd],
+    planned: Planned,
+    smtp: SmtpServer,
+    pki: Pki,
+    policy_url: str,
+) -> None:
+    forward = planned.forward.replace(" -all", f" include:_s1.{DOMAIN} -all", 1)
+    forward += f'_s1 300 IN TXT "v=spf1 include:_s2.{DOMAIN} a mx a mx -all"\n'
+    forward += '_s2 300 IN TXT "v=spf1 a mx a mx a mx ?all"\n'
+    ns = nsd({DOMAIN: forward, REVERSE: planned.reverse, "dnsbl.test": DNSBL_OK})
+    code, rows, _ = check(capsys, ns, planned, smtp, pki, policy_url=policy_url)
+    assert code == exitcodes.FAIL
+    assert by_status(rows, "fail") == [("spf-lookups", DOMAIN)]
+    assert the_row(rows, "spf-lookups", DOMAIN)["evidence"].startswith("12 lookups")
+
+
+def test_dkim_key_mismatch_fails_dkim_only(
+    capsys: pytest.CaptureFixture[str],
+    nsd: Callable[[dict[str, str]], Nsd],
+    planned: Planned,
+    smtp: SmtpServer,
+    pki: Pki,
+    policy_url: str,
+    tmp_path: Path,
+) -> None:
+    other = tmp_path / "other-keys"
+    make_key(other / DOMAIN, "mail")
+    published = plan_zones(capsys, planned.playbooks, "--dkim-keys", str(other))
+    ns = nsd({DOMAIN: published.forward, REVERSE: published.reverse, "dnsbl.test": DNSBL_OK})
+    code, rows, _ = check(capsys, ns, planned, smtp, pki, policy_url=policy_url)
+    assert code == exitcodes.FAIL
+    assert by_status(rows, "fail") == [("dkim", f"mail._domainkey.{DOMAIN}")]
+    r = the_row(rows, "dkim", f"mail._domainkey.{DOMAIN}")
+    assert "differs from" in r["evidence"] and "mail.private" in r["evidence"]
+    assert r["fix"].startswith(f"publish mail._domainkey.{DOMAIN} TXT")
+
+
+def test_dnsbl_listing_fails_and_blocked_answer_warns(
+    capsys: pytest.CaptureFixture[str],
+    nsd: Callable[[dict[str, str]], Nsd],
+    planned: Planned,
+    smtp: SmtpServer,
+    pki: Pki,
+    policy_url: str,
+) -> None:
+    listed = DNSBL_OK + '22.0.0.127 IN A 127.0.0.2\n22.0.0.127 IN TXT "spam trap hits"\n'
+    blocked = "* IN A 127.255.255.254\n"
+    ns = nsd(
+        {
+            DOMAIN: planned.forward,
+            REVERSE: planned.reverse,
+            "dnsbl.test": listed,
+            "blocked.test": blocked,
+        }
+    )
+    code, rows, _ = check(
+        capsys,
+        ns,
+        planned,
+        smtp,
+        pki,
+        "--dnsbl",
+        "dnsbl.test",
+        "blocked.test",
+        policy_url=policy_url,
+    )
+    assert code == exitcodes.FAIL
+    assert by_status(rows, "fail") == [("dnsbl", "127.0.0.22 in dnsbl.test")]
+    r = the_row(rows, "dnsbl", "127.0.0.22 in dnsbl.test")
+    assert "listed in dnsbl.test (127.0.0.2): spam trap hits" in r["evidence"]
+    assert "delisting" in r["fix"]
+    warned = [r for r in rows if r["status"] == "warn"]
+    assert [(r["check"], r["subject"]) for r in warned] == [("dnsbl", "blocked.test")]
+    assert "query refused/blocked by the list operator" in warned[0]["evidence"]
+    assert "DNSBL error" in warned[0]["evidence"]
+
+
+def test_blocked_answer_for_one_address_is_not_a_listing(
+    capsys: pytest.CaptureFixture[str],
+    nsd: Callable[[dict[str, str]], Nsd],
+    planned: Planned,
+    smtp: SmtpServer,
+    pki: Pki,
+    policy_url: str,
+) -> None:
+    zone = DNSBL_OK + "21.0.0.127 IN A 127.255.255.254\n"
+    ns = nsd({DOMAIN: planned.forward, REVERSE: planned.reverse, "dnsbl.test": zone})
+    code, rows, _ = check(capsys, ns, planned, smtp, pki, policy_url=policy_url)
+    assert code == 0
+    assert by_status(rows, "warn") == [("dnsbl", "127.0.0.21 in dnsbl.test")]
+    assert "not a listing" in the_row(rows, "dnsbl", "127.0.0.21 in dnsbl.test")["evidence"]
+
+
+def test_untrusted_certificate_fails_starttls_only(
+    capsys: pytest.CaptureFixture[str],
+    nsd: Callable[[dict[str, str]], Nsd],
+    planned: Planned,
+    smtp: SmtpServer,
+    policy_url: str,
+    tmp_path: Path,
+) -> None:
+    ns = nsd({DOMAIN: planned.forward, REVERSE: planned.reverse, "dnsbl.test": DNSBL_OK})
+    empty_ca = tmp_path / "other-ca"
+    empty_ca.mkdir()
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        str(empty_ca / "k"),
+        "-out",
+        str(empty_ca / "ca.crt"),
+        "-days",
+        "1",
+        "-subj",
+        "/CN=unrelated",
+    )
+    code, rows, _ = check(
+        capsys, ns, planned, smtp, Pki(empty_ca / "ca.crt", Path(), Path()), policy_url=policy_url
+    )
+    assert code == exitcodes.FAIL
+    (failed,) = by_status(rows, "fail")
+    assert failed[0] == "mx-starttls"
+    assert "certificate not valid for mx1.dnscheck.test" in the_row(rows, *failed)["evidence"]
+
+
+def test_policy_that_differs_from_the_plan(
+    capsys: pytest.CaptureFixture[str],
+    nsd: Callable[[dict[str, str]], Nsd],
+    planned: Planned,
+    smtp: SmtpServer,
+    pki: Pki,
+) -> None:
+    ns = nsd({DOMAIN: planned.forward, REVERSE: planned.reverse, "dnsbl.test": DNSBL_OK})
+    stale = planned.policy.replace(b"mx: mx1.dnscheck.test", b"mx: old.dnscheck.test")
+    server, url = serve_policy(stale)
+    try:
+        code, rows, _ = check(capsys, ns, planned, smtp, pki, policy_url=url)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == exitcodes.FAIL
+    assert by_status(rows, "fail") == [
+        ("mta-sts-policy", f"https://mta-sts.{DOMAIN}/.well-known/mta-sts.txt")
+    ]
+    evidence = rows[[r["check"] for r in rows].index("mta-sts-policy")]["evidence"]
+    assert "MX mx1.dnscheck.test not listed" in evidence and "differs from the planned" in evidence
+
+
+def test_no_answer_from_dns_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_mailops(
+        ["dns", "check", DOMAIN, "--nameserver", f"127.0.0.1:{free_port()}", "--timeout", "1"],
+        capsys,
+    )
+    assert code == exitcodes.USAGE
+    assert out == "" and "could not check" in err
+
+
+def test_without_inventory_guesses_and_says_so(
+    capsys: pytest.CaptureFixture[str],
+    nsd: Callable[[dict[str, str]], Nsd],
+    planned: Planned,
+    smtp: SmtpServer,
+    pki: Pki,
+) -> None:
+    ns = nsd({DOMAIN: planned.forward, REVERSE: planned.reverse})
+    code, out, _ = run_mailops(
+        [
+            "dns",
+            "check",
+            DOMAIN,
+            "--json",
+            "--nameserver",
+            ns.address,
+            "--smtp-port",
+            str(smtp.server_address[1]),
+            "--cafile",
+            str(pki.ca),
+            "--timeout",
+            "2",
+            "--sending-ip",
+            "127.0.0.21",
+            "--dkim-keys",
+            str(planned.playbooks.parent / "secrets" / "dkim"),
+        ],
+        capsys,
+    )
+    assert code == 0
+    rows = json.loads(out)["rows"]
+    assert ("fcrdns", "127.0.0.21") in by_status(rows, "pass")
+    assert ("dkim", f"mail._domainkey.{DOMAIN}") in by_status(rows, "pass")
+    assert ("dnsbl", DOMAIN) in by_status(rows, "warn")  # none configured
+
+
+# --- the SPF evaluator on its own ----------------------------------------------------
+
+
+class FakeDns:
+    def __init__(self, data: dict[tuple[str, str], list[str]]) -> None:
+        self.data = data
+        self.asked: list[tuple[str, str]] = []
+
+    def _get(self, name: str, rtype: str) -> list[str]:
+        self.asked.append((name, rtype))
+        if (name, rtype) == ("down.example", "TXT"):
+            raise spf.DnsFailure("down.example TXT: timed out")
+        return self.data.get((name, rtype), [])
+
+    def txt(self, name: str) -> list[str]:
+        return self._get(name, "TXT")
+
+    def addresses(self, name: str, version: int) -> list[str]:
+        return self._get(name, "A" if version == 4 else "AAAA")
+
+    def mx(self, name: str) -> list[str]:
+        return self._get(name, "MX")
+
+    def ptr(self, address: str) -> list[str]:
+        return self._get(address, "PTR")
+
+
+def evaluate(data: dict[tuple[str, str], list[str]], ip: str, domain: str = "example.com") -> str:
+    ctx = spf.Context(
+        ip=ipaddress.ip_address(ip),
+        sender=f"bob@{domain}",
+        helo=domain,
+        domain=domain,
+        dns=FakeDns(data),
+    )
+    return spf.check_host(ctx, domain)
+
+
+@pytest.mark.parametrize(
+    ("ip", "result"),
+    [
+        ("192.0.2.1", "pass"),  # ip4
+        ("192.0.2.77", "pass"),  # a:/24 of the include's name
+        ("198.51.100.9", "pass"),  # mx
+        ("2001:db8::5", "pass"),  # ip6 inside the redirect target
+        ("203.0.113.9", "softfail"),  # exists with %{i}: listed name -> ~
+        ("203.0.113.10", "fail"),  # falls to the redirect's -all
+    ],
+)
+def test_spf_evaluation(ip: str, result: str) -> None:
+    data = {
+        ("example.com", "TXT"): [
+            "v=spf1 ip4:192.0.2.1 include:inc.example mx "
+            "~exists:%{i}.bad.example redirect=red.example"
+        ],
+        ("inc.example", "TXT"): ["v=spf1 a:hosts.example/24 -all"],
+        ("hosts.example", "A"): ["192.0.2.200"],
+        ("example.com", "MX"): ["mx.example.com"],
+        ("mx.example.com", "A"): ["198.51.100.9"],
+        ("203.0.113.9.bad.example", "A"): ["127.0.0.2"],
+        ("red.example", "TXT"): ["v=spf1 ip6:2001:db8::/64 -all"],
+    }
+    assert evaluate(data, ip) == result
+
+
+def test_spf_errors() -> None:
+    assert evaluate({("example.com", "TXT"): ["v=spf1 -all", "v=spf1 ~all"]}, "192.0.2.1") == (
+        "permerror"
+    )
+    assert (
+        evaluate({("example.com", "TXT"): ["v=spf1 include:down.example -all"]}, "192.0.2.1")
+        == "temperror"
+    )
+    assert (
+        evaluate({("example.com", "TXT"): ["v=spf1 include:none.example -all"]}, "192.0.2.1")
+        == "permerror"
+    )
+    voids = "v=spf1 a:n1.example a:n2.example a:n3.example -all"
+    assert evaluate({("example.com", "TXT"): [voids]}, "192.0.2.1") == "permerror"
+    many = "v=spf1 " + " ".join(f"a:h{i}.example" for i in range(11)) + " -all"
+    data = {("example.com", "TXT"): [many]}
+    data |= {(f"h{i}.example", "A"): ["192.0.2.250"] for i in range(11)}
+    assert evaluate(data, "192.0.2.1") == "permerror"
+
+
+def test_spf_macros() -> None:
+    ctx = spf.Context(
+        ip=ipaddress.ip_address("192.0.2.3"),
+        sender="strong-bad@email.example.com",
+        helo="mx.example.org",
+        domain="email.example.com",
+        dns=FakeDns({}),
+    )
+    # examples from RFC 7208 section 7.4
+    assert spf.expand("%{s}", ctx, "email.example.com") == "strong-bad@email.example.com"
+    assert spf.expand("%{d4}", ctx, "email.example.com") == "email.example.com"
+    assert spf.expand("%{d2}", ctx, "email.example.com") == "example.com"
+    assert spf.expand("%{dr}", ctx, "email.example.com") == "com.example.email"
+    assert spf.expand("%{l-}", ctx, "email.example.com") == "strong.bad"
+    assert spf.expand("%{ir}.%{v}._spf.%{d2}", ctx, "email.example.com") == (
+        "3.2.0.192.in-addr._spf.example.com"
+    )
+    ctx6 = spf.Context(
+        ip=ipaddress.ip_address("2001:db8::cb01"),
+        sender="a@b.example",
+        helo="h",
+        domain="b.example",
+        dns=FakeDns({}),
+    )
+    assert spf.expand("%{ir}.%{v}._spf.%{d2}", ctx6, "email.example.com") == (
+        "1.0.b.c.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6._spf.example.com"
+    )
+
+
+def test_nameserver_parsing() -> None:
+    assert parse_nameserver("198.51.100.2") == ("198.51.100.2", 53)
+    assert parse_nameserver("127.0.0.1:5353") == ("127.0.0.1", 5353)
+    assert parse_nameserver("[2001:db8::1]:53") == ("2001:db8::1", 53)
+    assert parse_nameserver("2001:db8::1") == ("2001:db8::1", 53)
+    for bad in ("ns1.example.com", "127.0.0.1:0", "[::1"):
+        with pytest.raises(ValueError):
+            parse_nameserver(bad)
+
+
+def test_bad_nameserver_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_mailops(["dns", "check", DOMAIN, "--nameserver", "ns1.example"], capsys)
+    assert code == exitcodes.USAGE and "--nameserver" in err
+    assert os.environ["MAILOPS_CONFIG"]  # the empty settings file, not the host's
