@@ -525,3 +525,65 @@ def test_resolve_references() -> None:
     assert inventory.resolve("port {{n}}", v, "t") == "port 5"
     with pytest.raises(inventory.InventoryError, match="nest too deep"):
         inventory.resolve("{{ x }}", {"x": "{{ x }}"}, "t")
+
+
+def test_route53_items_load_into_moto(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The route53 items map one to one onto a ChangeResourceRecordSets batch (what the
+    amazon.aws.route53 module sends), and moto's Route53 takes and lists them back."""
+    moto = pytest.importorskip("moto")
+    boto3 = pytest.importorskip("boto3")
+    make_key(tmp_path / "example.com", "mail")
+    code, out, _ = run_mailops(
+        plan_argv(WEIGHTED, "--format", "route53", "--dkim-keys", str(tmp_path)), capsys
+    )
+    assert code == 0
+    items = json.loads(out)
+    changes = []
+    for i in items:
+        rrset: dict[str, Any] = {
+            "Name": i["record"],
+            "Type": i["type"],
+            "TTL": i["ttl"],
+            "ResourceRecords": [{"Value": v} for v in i["value"]],
+        }
+        if "weight" in i:
+            rrset |= {"SetIdentifier": i["identifier"], "Weight": i["weight"]}
+        changes.append({"Action": "CREATE", "ResourceRecordSet": rrset})
+    with moto.mock_aws():
+        r53 = boto3.client("route53", region_name="us-east-1")
+        zone = r53.create_hosted_zone(Name="example.com", CallerReference="mailops-test")
+        zid = zone["HostedZone"]["Id"]
+        r53.change_resource_record_sets(HostedZoneId=zid, ChangeBatch={"Changes": changes})
+        listed = r53.list_resource_record_sets(HostedZoneId=zid)["ResourceRecordSets"]
+    got = {
+        (r["Name"], r["Type"], r.get("SetIdentifier")): [v["Value"] for v in r["ResourceRecords"]]
+        for r in listed
+        if r["Type"] not in ("SOA", "NS")
+    }
+    assert got[("bulk.example.com.", "A", "mail3")] == ["198.51.100.23"]
+    dkim_value = got[("mail._domainkey.example.com.", "TXT", None)][0]
+    assert (
+        records.unquote_txt(dkim_value)
+        == f"v=DKIM1; k=rsa; p={public_p(tmp_path / 'example.com' / 'mail.private')}"
+    )
+    assert len(got) == len(items)
+
+
+def test_settings_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = tmp_path / "s.toml"
+    settings.write_text(
+        f'[dns]\ninventory = "{WEIGHTED}"\nformat = "json"\ndkim_keys = "{tmp_path}"\n'
+    )
+    monkeypatch.setenv("MAILOPS_CONFIG", str(settings))
+    code, out, _ = run_mailops(["dns", "plan"], capsys)
+    assert code == 0 and json.loads(out)[0]["name"] == "example.com"
+    code, out, _ = run_mailops(["dns", "plan", "--format", "zone", "--zone", "example.com"], capsys)
+    assert code == 0 and out.startswith("; Records for example.com")
+    settings.write_text("[dns]\nnameservers = 1\n")
+    code, _, err = run_mailops(["dns", "plan"], capsys)
+    assert code == exitcodes.CONFIG and "unknown key 'nameservers'" in err
+    settings.write_text("[dns]\n")
+    code, _, err = run_mailops(["dns", "plan"], capsys)
+    assert code == exitcodes.USAGE and "no inventory" in err
