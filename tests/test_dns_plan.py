@@ -320,6 +320,7 @@ def test_spf_lookup_count(record: str, lookups: int) -> None:
         "v=spf1 foo:bar",
         "v=spf1 all:x",
         "v=spf1 a/33",
+        "v=spf1 ip4:192.0.2.0/024",
         "v=spf1 redirect=a.example redirect=b.example",
         "spf1 -all",
     ],

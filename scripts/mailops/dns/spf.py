@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
+from urllib.parse import quote
 
 MAX_LOOKUPS = 10  # RFC 7208 4.6.4: include, a, mx, ptr, exists, redirect
 MAX_VOID_LOOKUPS = 2  # RFC 7208 4.6.4: lookups answering NXDOMAIN or no data
@@ -126,7 +127,8 @@ def parse_term(text: str) -> Term:
             raise SpfSyntaxError(f"{text!r}: {rest!r} is not an address or network") from None
         if (name == "ip4") != (net.version == 4):
             raise SpfSyntaxError(f"{text!r}: not an IPv{name[-1]} network")
-        if "/" in rest and rest.rsplit("/", 1)[1].startswith("0") and rest.rsplit("/", 1)[1] != "0":
+        length = rest.rpartition("/")[2] if "/" in rest else ""
+        if len(length) > 1 and length.startswith("0"):  # RFC 7208 5.6: no leading zeros
             raise SpfSyntaxError(f"{text!r}: leading zero in prefix length")
         return Term(text=text, kind=name, qualifier=qualifier, arg=rest)
     if name in ("include", "exists"):
@@ -243,8 +245,6 @@ def expand(spec: str, ctx: Context, domain: str) -> str:
             parts = parts[-keep:]
         out = ".".join(parts)
         if letter.isupper():
-            from urllib.parse import quote
-
             out = quote(out, safe="")
         return out
 
