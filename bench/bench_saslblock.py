@@ -1,9 +1,9 @@
 """saslblock's incremental run over 1,000,000 new log lines: target under 2 s.
 
-The log comes from bench/loggen.py: a day of a busy MX's mixed traffic (postscreen,
-inbound relay, authenticated submission with sent/deferred/bounced outcomes, rejects),
-with under 1 % SASL lines: guessers' bursts (some with addresses in their user names),
-people mistyping once or twice, and "Connection lost to authentication server".
+The log comes from bench/loggen.py (shared with the report benchmark): a day of a busy
+MX's mixed traffic, most of it ordinary session and delivery lines, with a small share
+of SASL failures: guessers' bursts (some with addresses in their user names), people
+mistyping, and "Connection lost to authentication server".
 
 A first run over a short earlier log makes the state file, as cron would have; then
 1,000,000 lines are appended and the next run is timed as cron starts it: a new
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from benchlib import Result, measure
-from loggen import write_log
+from loggen import LogStats, write_log
 
 ROOT = Path(__file__).resolve().parent.parent
 NEW_LINES = 1_000_000
@@ -56,7 +56,14 @@ def run(workdir: Path) -> list[Result]:
             for line in table.read_text().splitlines()
             if line and not line.startswith("#")
         }
-        expected = earlier.guessers | stats.guessers
+        # A guesser's burst may straddle the two logs: judge on both together.
+        both = LogStats(
+            times={
+                ip: earlier.times.get(ip, []) + stats.times.get(ip, [])
+                for ip in earlier.times.keys() | stats.times.keys()
+            }
+        )
+        expected = both.finish().guessers
         if blocked != expected or not stats.guessers:
             missed, wrong = sorted(expected - blocked), sorted(blocked - expected)
             raise RuntimeError(f"blocked the wrong clients: missed {missed[:5]}, wrong {wrong[:5]}")
