@@ -22,6 +22,7 @@ TOOLS: tuple[str, ...] = (
     "queues",
     "dns",
     "saslblock",
+    "store",
 )
 
 

@@ -1,0 +1,838 @@
+"""The store: bounces, complaints, unsubscribes and the suppression list in one database.
+
+SQLite (``sqlite:////var/lib/mailops/mailops.db``) on a single MX, PostgreSQL
+(``postgresql://user:password@host/dbname``, psycopg 3) when several hosts share it.  The
+schema is brought up to date on open (see :mod:`mailops.store.migrations`).
+
+Every write that belongs to one message happens in one transaction: either all the rows
+of a bounce report and the suppressions they cause are there, or none is.  Any database
+failure surfaces as :class:`StoreError`, which the Postfix pipes turn into exit 75 so the
+message stays queued and comes back later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from mailops.bounceparse.model import REASONS, Report
+from mailops.config import ConfigError
+from mailops.store import migrations
+from mailops.store.text import (
+    MAX_ADDRESS,
+    MAX_DIAGNOSTIC,
+    clean,
+    normalize_address,
+    valid_address,
+)
+
+DEFAULT_URL = "sqlite:////var/lib/mailops/mailops.db"
+DAY = 86400
+# pg_advisory_xact_lock key that serialises migrations between hosts ("mailops" in ASCII).
+_MIGRATION_LOCK = 0x6D61696C6F7073
+
+# Feedback types (RFC 5965, RFC 6650) that mean "the recipient does not want this mail".
+# not-spam and auth-failure reports are kept but suppress nothing.
+COMPLAINT_TYPES = frozenset(["", "abuse", "fraud", "virus", "other"])
+# DSN actions that report success: the address works, soft history is cleared.
+SUCCESS_ACTIONS = frozenset(["delivered", "relayed", "expanded"])
+
+
+class StoreError(Exception):
+    """The store cannot be reached, is locked, or refuses writes: retrying can help."""
+
+
+class StoreURLError(ConfigError):
+    """The store URL in the settings is not one this tool understands."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """When bounces turn into suppressions (table ``[suppression]``)."""
+
+    soft_threshold: int = 3  # soft bounces within the window that suppress; 0 = never
+    soft_window_days: float = 7.0
+    expire_days: float = 30.0  # life of a soft suppression; 0 = until removed
+
+    @property
+    def soft_window(self) -> int:
+        return int(self.soft_window_days * DAY)
+
+    def soft_expiry(self, now: int) -> int | None:
+        return None if self.expire_days <= 0 else now + int(self.expire_days * DAY)
+
+
+@dataclass(frozen=True)
+class RawInfo:
+    """What ingest knows about the message as it arrived, beside the classification."""
+
+    sha256: str
+    size: int
+    truncated: bool = False
+    envelope_to: str = ""
+
+
+@dataclass
+class Outcome:
+    """What one report did to the store."""
+
+    stored: int = 0  # rows added
+    duplicates: int = 0  # rows that an earlier arrival of the same report had added
+    suppressed: list[str] = field(default_factory=list)  # addresses (newly) suppressed
+    cleared: int = 0  # soft bounces and soft suppressions cleared by delivery reports
+
+
+@dataclass(frozen=True)
+class Suppression:
+    tenant: str
+    address: str
+    reason: str
+    source: str
+    created_at: int
+    updated_at: int
+    expires_at: int | None
+    note: str
+
+    @property
+    def permanent(self) -> bool:
+        return self.expires_at is None
+
+
+_SUPPRESSION_COLUMNS = "tenant, address, reason, source, created_at, updated_at, expires_at, note"
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable store url>"
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username}:***@{host}" if parts.username else f"***@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def sqlite_path(url: str) -> str:
+    """``sqlite:////abs/path`` -> ``/abs/path``; ``sqlite:///rel`` -> ``rel``."""
+    rest = url[len("sqlite:") :]
+    if rest in ("", "//", "///:memory:", "//:memory:"):
+        return ":memory:"
+    if not rest.startswith("///") or len(rest) == 3:
+        raise StoreURLError(
+            f"store url {url!r}: use sqlite:////absolute/path.db or sqlite:///relative.db"
+        )
+    return rest[3:]
+
+
+def _now(now: float | None) -> int:
+    return int(time.time() if now is None else now)
+
+
+def _key(*parts: object) -> str:
+    text = "\x00".join(clean(p, 2000) for p in parts)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# --------------------------------------------------------------------------- backends
+
+
+class _SQLite:
+    dialect = "sqlite"
+
+    def __init__(self, path: str, timeout: float) -> None:
+        self.errors: tuple[type[BaseException], ...] = (sqlite3.Error, OSError)
+        self.conn = sqlite3.connect(path, timeout=timeout, isolation_level=None)
+        try:
+            mode = str(self.conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+            if mode not in ("wal", "memory"):
+                # WAL: readers (sync, list) never block the pipes' writes.  Persistent.
+                self.conn.execute("PRAGMA journal_mode=WAL")
+            # A bounce acknowledged to Postfix must survive a power cut.
+            self.conn.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error:
+            self.conn.close()
+            raise
+
+    def begin(self, write: bool) -> None:
+        self.conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    def commit(self) -> None:
+        self.conn.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.conn.execute(sql, tuple(params))
+
+    def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        cur = self.conn.execute(sql, tuple(params))
+        while rows := cur.fetchmany(1000):
+            yield from rows
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class _Postgres:
+    dialect = "postgresql"
+
+    def __init__(self, url: str, timeout: float) -> None:
+        try:
+            import psycopg
+        except ImportError as exc:  # pragma: no cover - the pgsql extra is not installed
+            raise StoreError(f"PostgreSQL store needs psycopg (mailops[pgsql]): {exc}") from None
+        self.errors = (psycopg.Error, OSError)
+        millis = max(1, int(timeout * 1000))
+        self.conn = psycopg.connect(
+            url,
+            autocommit=True,
+            connect_timeout=max(1, int(timeout)),
+            options=f"-c statement_timeout={millis} -c lock_timeout={millis}",
+        )
+
+    def begin(self, write: bool) -> None:
+        self.conn.execute("BEGIN")
+
+    def commit(self) -> None:
+        self.conn.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if not self.conn.closed:
+            self.conn.execute("ROLLBACK")
+
+    @staticmethod
+    def _sql(sql: str) -> str:
+        return sql.replace("?", "%s")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.conn.execute(self._sql(sql), tuple(params))
+
+    def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        cur = self.conn.cursor()
+        yield from cur.stream(self._sql(sql), tuple(params))
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+_Backend = _SQLite | _Postgres
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class Store:
+    """One open connection to the store.  Use as a context manager, or call close()."""
+
+    def __init__(self, backend: _Backend, url: str, policy: Policy) -> None:
+        self._db = backend
+        self.url = url
+        self.policy = policy
+
+    # ----------------------------------------------------------------- opening
+
+    @classmethod
+    def open(
+        cls,
+        url: str = DEFAULT_URL,
+        *,
+        timeout: float = 30.0,
+        policy: Policy | None = None,
+        migrate: bool = True,
+    ) -> Store:
+        """Connect (and bring the schema up to date unless ``migrate`` is False)."""
+        scheme = url.split(":", 1)[0].lower()
+        backend: _Backend
+        try:
+            if scheme == "sqlite":
+                backend = _SQLite(sqlite_path(url), timeout)
+            elif scheme in ("postgresql", "postgres"):
+                backend = _Postgres(url, timeout)
+            else:
+                raise StoreURLError(
+                    f"store url {redact(url)!r}: scheme must be sqlite: or postgresql:"
+                )
+        except (StoreError, ConfigError):
+            raise
+        except Exception as exc:
+            raise StoreError(f"cannot open store {redact(url)}: {_describe(exc)}") from None
+        store = cls(backend, url, policy or Policy())
+        if migrate:
+            try:
+                store.migrate()
+            except BaseException:
+                store.close()
+                raise
+        return store
+
+    def close(self) -> None:
+        with suppress(Exception):  # closing a broken connection: nothing to do
+            self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def dialect(self) -> str:
+        return self._db.dialect
+
+    # ----------------------------------------------------------------- plumbing
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except StoreError:
+            raise
+        except self._db.errors as exc:
+            raise StoreError(f"store {redact(self.url)}: {_describe(exc)}") from None
+
+    def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        with self._errors():
+            return self._db.execute(sql, params)
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        with self._errors():
+            row = self._db.execute(sql, params).fetchone()
+        return None if row is None else tuple(row)
+
+    def _stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        with self._errors():
+            yield from self._db.stream(sql, params)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All or nothing: the writes inside commit together or not at all."""
+        with self._errors():
+            self._db.begin(True)
+        try:
+            yield
+        except BaseException:
+            with suppress(Exception):  # the original error is the one to report
+                self._db.rollback()
+            raise
+        with self._errors():
+            self._db.commit()
+
+    # ----------------------------------------------------------------- schema
+
+    def schema_version(self) -> int:
+        """Applied schema version; 0 for an empty database."""
+        if self.dialect == "sqlite":
+            exists = self._one(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+            )
+        else:
+            exists = self._one("SELECT to_regclass('schema_version')")
+            exists = exists if exists and exists[0] is not None else None
+        if not exists:
+            return 0
+        row = self._one("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+        return int(row[0]) if row else 0
+
+    def migrate(self) -> list[int]:
+        """Apply the migrations this database lacks, each in its own transaction."""
+        current = self.schema_version()
+        if current > migrations.LATEST:
+            raise StoreError(
+                f"store {redact(self.url)} has schema version {current}, newer than this "
+                f"mailops knows ({migrations.LATEST}): upgrade mailops"
+            )
+        if current == migrations.LATEST:
+            return []
+        applied: list[int] = []
+        for migration in migrations.MIGRATIONS:
+            with self.transaction():
+                if self.dialect == "postgresql":
+                    self._exec("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+                self._exec(migrations.SCHEMA_VERSION_TABLE.strip())
+                row = self._one("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+                current = int(row[0]) if row else 0
+                if migration.version <= current:
+                    continue  # applied meanwhile by another process
+                for step in migrations.steps_for(migration, self.dialect):
+                    self._exec(step)
+                self._exec(
+                    "INSERT INTO schema_version (version, description, applied_at) "
+                    "VALUES (?, ?, ?)",
+                    (migration.version, migration.description, _now(None)),
+                )
+                applied.append(migration.version)
+        return applied
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table (tables a partly migrated store lacks are left out)."""
+        out: dict[str, int] = {}
+        for table in ("bounces", "complaints", "unsubscribes", "suppressions", "autoreplies"):
+            try:
+                row = self._one(f"SELECT COUNT(*) FROM {table}")  # noqa: S608 - fixed names
+            except StoreError:
+                continue
+            out[table] = int(row[0]) if row else 0
+        return out
+
+    # ----------------------------------------------------------------- reports
+
+    def record_report(
+        self, report: Report, raw: RawInfo, *, tenant: str = "", now: float | None = None
+    ) -> Outcome:
+        """Store a bounce or feedback report and apply the suppression policy.
+
+        Other kinds store nothing.  One transaction for the whole report; a report that
+        was stored before (same dedup keys) adds no rows and changes nothing.
+        """
+        out = Outcome()
+        if report.kind not in ("bounce", "feedback"):
+            return out
+        when = _now(now)
+        tenant = clean(tenant, 64)
+        with self.transaction():
+            if report.kind == "bounce":
+                self._record_bounce(report, raw, tenant, when, out)
+            else:
+                self._record_feedback(report, raw, tenant, when, out)
+        return out
+
+    def _links(self, report: Report) -> tuple[str, str, str, str]:
+        return (
+            clean(report.message_id),
+            clean(report.original_message_id),
+            clean(report.x_message_id),
+            clean(report.verp_token),
+        )
+
+    def _record_bounce(
+        self, report: Report, raw: RawInfo, tenant: str, now: int, out: Outcome
+    ) -> None:
+        message_id, original, x_id, verp = self._links(report)
+        recipients = report.recipients or ()
+        rows = list(recipients) if recipients else [None]
+        for index, rcpt in enumerate(rows):
+            address = normalize_address(rcpt.address) if rcpt else ""
+            status = clean(rcpt.status, 32) if rcpt else ""
+            action = clean(rcpt.action, 32).lower() if rcpt else ""
+            reason = rcpt.reason if rcpt and rcpt.reason in REASONS else "undefined"
+            hard = bool(rcpt.hard) if rcpt else False
+            if action in SUCCESS_ACTIONS or reason == "delivered":
+                if valid_address(address):
+                    out.cleared += self._clear_soft(tenant, address, now)
+                continue
+            if message_id:
+                key = _key("mid", message_id, address, status, action, "" if address else index)
+            else:
+                key = _key("raw", raw.sha256, address, status, action, index)
+            added = self._exec(
+                "INSERT INTO bounces (tenant, dedup_key, received_at, address, status, reason,"
+                " hard, action, remote_mta, diagnostic, detector, message_id,"
+                " original_message_id, x_message_id, verp_token, envelope_to, raw_sha256,"
+                " raw_size, truncated)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (tenant, dedup_key) DO NOTHING",
+                (
+                    tenant,
+                    key,
+                    now,
+                    address,
+                    status,
+                    reason,
+                    int(hard),
+                    action,
+                    clean(rcpt.remote_mta) if rcpt else "",
+                    clean(rcpt.diagnostic, MAX_DIAGNOSTIC) if rcpt else "",
+                    clean(report.detector, 64),
+                    message_id,
+                    original,
+                    x_id,
+                    verp,
+                    normalize_address(raw.envelope_to),
+                    clean(raw.sha256, 64),
+                    int(raw.size),
+                    int(raw.truncated),
+                ),
+            ).rowcount
+            if not added:
+                out.duplicates += 1
+                continue
+            out.stored += 1
+            if not valid_address(address) or action == "delayed":
+                continue
+            if hard:
+                if self._suppress(tenant, address, reason, "bounce", None, "", now, False):
+                    out.suppressed.append(address)
+            elif self.policy.soft_threshold > 0:
+                row = self._one(
+                    "SELECT COUNT(*) FROM bounces WHERE tenant = ? AND address = ?"
+                    " AND hard = 0 AND cleared_at IS NULL AND action <> 'delayed'"
+                    " AND received_at > ?",
+                    (tenant, address, now - self.policy.soft_window),
+                )
+                count = int(row[0]) if row else 0
+                if count >= self.policy.soft_threshold:
+                    note = f"{count} soft bounces in {self.policy.soft_window_days:g} days"
+                    expiry = self.policy.soft_expiry(now)
+                    if self._suppress(tenant, address, reason, "soft", expiry, note, now, False):
+                        out.suppressed.append(address)
+
+    def _record_feedback(
+        self, report: Report, raw: RawInfo, tenant: str, now: int, out: Outcome
+    ) -> None:
+        message_id, original, x_id, verp = self._links(report)
+        feedback_type = clean(report.feedback_type, 32).lower()
+        rows = list(report.recipients) if report.recipients else [None]
+        for index, rcpt in enumerate(rows):
+            address = normalize_address(rcpt.address) if rcpt else ""
+            if message_id:
+                key = _key("mid", message_id, address, feedback_type, "" if address else index)
+            else:
+                key = _key("raw", raw.sha256, address, index)
+            added = self._exec(
+                "INSERT INTO complaints (tenant, dedup_key, received_at, address,"
+                " feedback_type, source_ip, reporting_mta, detector, message_id,"
+                " original_message_id, x_message_id, verp_token, envelope_to, raw_sha256,"
+                " raw_size, truncated)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (tenant, dedup_key) DO NOTHING",
+                (
+                    tenant,
+                    key,
+                    now,
+                    address,
+                    feedback_type,
+                    clean(report.source_ip, 64),
+                    clean(report.reporting_mta),
+                    clean(report.detector, 64),
+                    message_id,
+                    original,
+                    x_id,
+                    verp,
+                    normalize_address(raw.envelope_to),
+                    clean(raw.sha256, 64),
+                    int(raw.size),
+                    int(raw.truncated),
+                ),
+            ).rowcount
+            if not added:
+                out.duplicates += 1
+                continue
+            out.stored += 1
+            if valid_address(address) and feedback_type in COMPLAINT_TYPES:
+                note = f"feedback type {feedback_type}" if feedback_type else ""
+                if self._suppress(
+                    tenant, address, "complaint", "complaint", None, note, now, False
+                ):
+                    out.suppressed.append(address)
+
+    # ----------------------------------------------------------------- deliveries
+
+    def record_delivery(
+        self, address: str, *, tenant: str = "", at: float | None = None, now: float | None = None
+    ) -> int:
+        """A message to ``address`` was delivered at ``at``: forget its soft history.
+
+        Soft bounces received up to ``at`` stop counting, and a soft suppression decided
+        up to ``at`` is lifted.  Hard bounces, complaints and unsubscribes stay.
+        Returns how many bounces and suppressions were cleared.
+        """
+        address = normalize_address(address)
+        if not valid_address(address):
+            return 0
+        current = _now(now)
+        when = current if at is None else int(at)
+        with self.transaction():
+            return self._clear_soft(clean(tenant, 64), address, when, current)
+
+    def _clear_soft(self, tenant: str, address: str, at: int, now: int | None = None) -> int:
+        cleared = self._exec(
+            "UPDATE bounces SET cleared_at = ? WHERE tenant = ? AND address = ? AND hard = 0"
+            " AND cleared_at IS NULL AND received_at <= ?",
+            (now if now is not None else at, tenant, address, at),
+        ).rowcount
+        lifted = self._exec(
+            "DELETE FROM suppressions WHERE tenant = ? AND address = ? AND source = 'soft'"
+            " AND updated_at <= ?",
+            (tenant, address, at),
+        ).rowcount
+        return int(cleared) + int(lifted)
+
+    def soft_addresses(self, *, tenant: str = "", now: float | None = None) -> set[str]:
+        """Addresses whose soft history a delivery would clear (a bounded set)."""
+        since = _now(now) - self.policy.soft_window
+        found: set[str] = set()
+        for (address,) in self._stream(
+            "SELECT DISTINCT address FROM bounces WHERE tenant = ? AND hard = 0"
+            " AND cleared_at IS NULL AND address <> '' AND received_at > ?",
+            (tenant, since),
+        ):
+            found.add(str(address))
+        for (address,) in self._stream(
+            "SELECT address FROM suppressions WHERE tenant = ? AND source = 'soft'", (tenant,)
+        ):
+            found.add(str(address))
+        return found
+
+    # ----------------------------------------------------------------- suppressions
+
+    def _suppress(
+        self,
+        tenant: str,
+        address: str,
+        reason: str,
+        source: str,
+        expires_at: int | None,
+        note: str,
+        now: int,
+        force: bool,
+    ) -> bool:
+        # A permanent entry is only replaced by force (an operator's add); an expiring or
+        # expired one is replaced by whatever comes next.  created_at restarts when the
+        # entry it replaces had already expired.
+        changed = self._exec(
+            f"INSERT INTO suppressions ({_SUPPRESSION_COLUMNS})"  # noqa: S608 - constant
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (tenant, address) DO UPDATE SET"
+            " reason = excluded.reason, source = excluded.source,"
+            " created_at = CASE WHEN suppressions.expires_at IS NOT NULL"
+            "   AND suppressions.expires_at <= excluded.updated_at"
+            "   THEN excluded.created_at ELSE suppressions.created_at END,"
+            " updated_at = excluded.updated_at, expires_at = excluded.expires_at,"
+            " note = excluded.note"
+            " WHERE ? = 1 OR suppressions.expires_at IS NOT NULL",
+            (tenant, address, reason, source, now, now, expires_at, clean(note), int(force)),
+        ).rowcount
+        return bool(changed)
+
+    def suppress(
+        self,
+        address: str,
+        reason: str,
+        *,
+        tenant: str = "",
+        source: str = "manual",
+        expires_at: int | None = None,
+        note: str = "",
+        force: bool = True,
+        now: float | None = None,
+    ) -> bool:
+        """Add or replace one entry (its own transaction).  False if nothing changed."""
+        address = normalize_address(address)
+        if not valid_address(address):
+            raise ValueError(f"not a suppressible address: {address!r}")
+        with self.transaction():
+            return self._suppress(
+                clean(tenant, 64), address, reason, source, expires_at, note, _now(now), force
+            )
+
+    def suppress_many(
+        self,
+        entries: Iterable[tuple[str, str, int | None, str]],
+        *,
+        tenant: str = "",
+        source: str = "import",
+        force: bool = False,
+        now: float | None = None,
+    ) -> tuple[int, int]:
+        """(address, reason, expires_at, note) rows in one transaction: (changed, kept)."""
+        when = _now(now)
+        changed = kept = 0
+        with self.transaction():
+            for address, reason, expires_at, note in entries:
+                if self._suppress(
+                    clean(tenant, 64), address, reason, source, expires_at, note, when, force
+                ):
+                    changed += 1
+                else:
+                    kept += 1
+        return changed, kept
+
+    def record_unsubscribe(
+        self,
+        address: str,
+        *,
+        tenant: str = "",
+        dedup_key: str,
+        source: str = "mail",
+        message_id: str = "",
+        envelope_to: str = "",
+        subject: str = "",
+        now: float | None = None,
+    ) -> bool:
+        """Record an unsubscribe request and suppress the address, in one transaction.
+
+        Returns False when the same request (dedup_key) was recorded before.
+        """
+        address = normalize_address(address)
+        if not valid_address(address):
+            raise ValueError(f"not a suppressible address: {address!r}")
+        when = _now(now)
+        tenant = clean(tenant, 64)
+        with self.transaction():
+            added = self._exec(
+                "INSERT INTO unsubscribes (tenant, dedup_key, received_at, address, source,"
+                " message_id, envelope_to, subject) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (tenant, dedup_key) DO NOTHING",
+                (
+                    tenant,
+                    clean(dedup_key, 128),
+                    when,
+                    address,
+                    clean(source, 32),
+                    clean(message_id),
+                    normalize_address(envelope_to),
+                    clean(subject),
+                ),
+            ).rowcount
+            if added:
+                self._suppress(tenant, address, "unsubscribe", "unsubscribe", None, "", when, False)
+        return bool(added)
+
+    def unsuppress(
+        self, addresses: Iterable[str], *, tenant: str = "", now: float | None = None
+    ) -> int:
+        """Remove entries; their soft history is cleared too, so counting starts afresh."""
+        when = _now(now)
+        tenant = clean(tenant, 64)
+        removed = 0
+        with self.transaction():
+            for raw in addresses:
+                address = normalize_address(raw)
+                removed += int(
+                    self._exec(
+                        "DELETE FROM suppressions WHERE tenant = ? AND address = ?",
+                        (tenant, address),
+                    ).rowcount
+                )
+                self._exec(
+                    "UPDATE bounces SET cleared_at = ? WHERE tenant = ? AND address = ?"
+                    " AND hard = 0 AND cleared_at IS NULL",
+                    (when, tenant, address),
+                )
+        return removed
+
+    def get(
+        self, address: str, *, tenant: str = "", now: float | None = None
+    ) -> Suppression | None:
+        """The entry in force for ``address``, if any."""
+        row = self._one(
+            f"SELECT {_SUPPRESSION_COLUMNS} FROM suppressions"  # noqa: S608 - constant
+            " WHERE tenant = ? AND address = ?"
+            " AND (expires_at IS NULL OR expires_at > ?)",
+            (clean(tenant, 64), normalize_address(address), _now(now)),
+        )
+        return None if row is None else _suppression(row)
+
+    def suppressions(
+        self,
+        *,
+        tenant: str | None = "",
+        reason: str | None = None,
+        include_expired: bool = False,
+        now: float | None = None,
+    ) -> Iterator[Suppression]:
+        """Entries ordered by tenant and address, streamed (``tenant=None``: every tenant)."""
+        where: list[str] = []
+        params: list[Any] = []
+        if tenant is not None:
+            where.append("tenant = ?")
+            params.append(tenant)
+        if reason:
+            where.append("reason = ?")
+            params.append(reason)
+        if not include_expired:
+            where.append("(expires_at IS NULL OR expires_at > ?)")
+            params.append(_now(now))
+        sql = f"SELECT {_SUPPRESSION_COLUMNS} FROM suppressions"  # noqa: S608 - fixed columns
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY tenant, address"
+        for row in self._stream(sql, params):
+            yield _suppression(row)
+
+    def prune(self, *, now: float | None = None) -> int:
+        """Delete expired entries (they already count for nothing)."""
+        with self.transaction():
+            return int(
+                self._exec(
+                    "DELETE FROM suppressions WHERE expires_at IS NOT NULL AND expires_at <= ?",
+                    (_now(now),),
+                ).rowcount
+            )
+
+    # ----------------------------------------------------------------- autoreply
+
+    @contextmanager
+    def autoreply_slot(
+        self, address: str, *, period: int, tenant: str = "", now: float | None = None
+    ) -> Iterator[bool]:
+        """Yield whether ``address`` may get an automatic reply now; record it if so.
+
+        The record commits only when the block finishes without an exception, so a
+        reply that could not be handed to sendmail is tried again on the next delivery.
+        """
+        when = _now(now)
+        address = normalize_address(address)[:MAX_ADDRESS]
+        tenant = clean(tenant, 64)
+        with self.transaction():
+            row = self._one(
+                "SELECT last_sent_at FROM autoreplies WHERE tenant = ? AND address = ?",
+                (tenant, address),
+            )
+            allowed = row is None or int(row[0]) <= when - period
+            yield allowed
+            if allowed:
+                self._exec(
+                    "INSERT INTO autoreplies (tenant, address, last_sent_at, replies)"
+                    " VALUES (?, ?, ?, 1) ON CONFLICT (tenant, address) DO UPDATE SET"
+                    " last_sent_at = excluded.last_sent_at,"
+                    " replies = autoreplies.replies + 1",
+                    (tenant, address, when),
+                )
+
+    # ----------------------------------------------------------------- reading rows
+
+    def rows(self, table: str, **where: Any) -> list[dict[str, Any]]:
+        """Rows of one table as dicts (for tests, status and small reports)."""
+        if table not in ("bounces", "complaints", "unsubscribes", "suppressions", "autoreplies"):
+            raise ValueError(f"unknown table {table!r}")
+        sql = f"SELECT * FROM {table}"  # noqa: S608 - table checked above
+        params: list[Any] = []
+        if where:
+            sql += " WHERE " + " AND ".join(f"{name} = ?" for name in where)
+            params = list(where.values())
+        with self._errors():
+            cur = self._db.execute(sql, params)
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def _suppression(row: Sequence[Any]) -> Suppression:
+    return Suppression(
+        tenant=str(row[0]),
+        address=str(row[1]),
+        reason=str(row[2]),
+        source=str(row[3]),
+        created_at=int(row[4]),
+        updated_at=int(row[5]),
+        expires_at=None if row[6] is None else int(row[6]),
+        note=str(row[7]),
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    """One line about a database error."""
+    text = clean(str(exc), 300) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
