@@ -23,6 +23,7 @@ TOOLS: tuple[str, ...] = (
     "dns",
     "saslblock",
     "store",
+    "suppression",
 )
 
 
