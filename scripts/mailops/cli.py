@@ -24,6 +24,8 @@ TOOLS: tuple[str, ...] = (
     "saslblock",
     "store",
     "suppression",
+    "unsubscribe",
+    "autoreply",
 )
 
 

@@ -1,0 +1,117 @@
+"""``mailops unsubscribe``: the Postfix pipe on ``unsubscribe@`` (the List-Unsubscribe mailto).
+
+Usage (master.cf, ``flags=Rq user=mailops``)::
+
+    mailops unsubscribe [--sender ${sender}] [--recipient ${original_recipient}] [--tenant T]
+
+Whoever writes to unsubscribe@ is put on the suppression list with reason
+``unsubscribe`` (for good: only ``mailops suppression remove`` takes it off), and the
+request is recorded in the ``unsubscribes`` table.  The address is the envelope sender
+(``--sender``), or the From: address when no sender is given.  Mail sent by machines is
+ignored: bounces (null sender, MAILER-DAEMON), Auto-Submitted other than "no",
+auto-replies, list and bulk mail.  The same request delivered twice is recorded once.
+
+Exit status as ``bounces ingest``: 0 when recorded or deliberately ignored, 75 when the
+store or the settings are broken (Postfix keeps the message and retries).
+
+Settings (table ``[unsubscribe]``, plus ``[store]``)::
+
+    max_message_bytes = 1048576    # only the header is read; the rest is drained
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from typing import Any, BinaryIO
+
+from mailops import config, exitcodes
+from mailops.config import ConfigError
+from mailops.pipeio import (
+    automatic_message,
+    header,
+    header_address,
+    headers,
+    log,
+    machine_sender,
+    read_message,
+    run_pipe,
+)
+from mailops.store import open_from_config, store_settings
+from mailops.store.settings import read_table
+from mailops.store.text import normalize_address, valid_address
+
+TOOL = "unsubscribe"
+DEFAULTS: dict[str, Any] = {"max_message_bytes": 1024 * 1024}
+
+
+def unsubscribe(
+    stream: BinaryIO,
+    *,
+    config_path: str | None = None,
+    sender: str | None = None,
+    recipient: str = "",
+    tenant: str | None = None,
+    now: float | None = None,
+) -> int:
+    data = config.load(config_path)
+    store_values = store_settings(data)
+    values = read_table(data, "unsubscribe", DEFAULTS)
+    if values["max_message_bytes"] < 1024:
+        raise ConfigError("[unsubscribe] max_message_bytes must be at least 1024")
+    raw = read_message(stream, int(values["max_message_bytes"]))
+    msg = headers(raw.data)
+    source = "envelope sender" if sender is not None else "From:"
+    address = normalize_address(sender) if sender is not None else header_address(msg, "From")
+    why = machine_sender(address) or automatic_message(msg)
+    if why:
+        log(TOOL, f"ignored: {why} ({source} {address or '<>'})")
+        return exitcodes.OK
+    if not valid_address(address):
+        log(TOOL, f"ignored: {source} {address!r} is not an address that can be suppressed")
+        return exitcodes.OK
+    message_id = header(msg, "Message-ID")
+    if message_id:
+        material = f"mid\x00{message_id}\x00{address}"
+    else:
+        material = f"raw\x00{raw.sha256}\x00{address}"
+    key = hashlib.sha256(material.encode("utf-8")).hexdigest()
+    with open_from_config(data) as store:
+        added = store.record_unsubscribe(
+            address,
+            tenant=store_values["tenant"] if tenant is None else tenant,
+            dedup_key=key,
+            source="mail",
+            message_id=message_id,
+            envelope_to=recipient,
+            subject=header(msg, "Subject"),
+            now=now,
+        )
+    log(TOOL, f"{address} unsubscribed" if added else f"{address}: request already recorded")
+    return exitcodes.OK
+
+
+def cmd_unsubscribe(args: argparse.Namespace) -> int:
+    return run_pipe(
+        TOOL,
+        lambda: unsubscribe(
+            sys.stdin.buffer,
+            config_path=args.config,
+            sender=args.sender,
+            recipient=args.recipient or "",
+            tenant=args.tenant,
+        ),
+    )
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "unsubscribe",
+        help="Postfix pipe on unsubscribe@: suppress whoever asks (exit 0 or 75)",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    parser.add_argument("--sender", metavar="ADDR", help="envelope sender (${sender})")
+    parser.add_argument("--recipient", metavar="ADDR", help="envelope recipient (recorded)")
+    parser.add_argument("--tenant", metavar="T", help="client id ([store] tenant)")
+    parser.set_defaults(func=cmd_unsubscribe)
