@@ -5,16 +5,21 @@ No real mail is sent: sendmail is a script that records its arguments and input.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import email
 import io
 import sys
+import tempfile
 from email.message import EmailMessage
 from email.policy import default as default_policy
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from mailops import cli, exitcodes
+from mailops import autoreply, cli, exitcodes
 from mailops.store import Store
 
 DAY = 86400
@@ -233,3 +238,30 @@ def test_injected_headers_stay_in_the_subject(
     assert reply["Bcc"] is None
     assert "victim@example.com" in reply["Subject"]
     assert reply["In-Reply-To"] == "<x@y>"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.binary(max_size=3000), sender=st.one_of(st.text(max_size=60), st.emails()))
+def test_fuzz_never_a_traceback(data: bytes, sender: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        cfg = write_config(tmp_path, fake_sendmail(tmp_path))
+        err = io.StringIO()
+        stdin = sys.stdin
+        sys.stdin = io.TextIOWrapper(io.BytesIO(data))
+        try:
+            with contextlib.redirect_stderr(err):
+                rc = autoreply.cmd_autoreply(
+                    argparse.Namespace(
+                        config=str(cfg),
+                        sender=sender,
+                        recipient="donotreply@company.test",
+                        tenant=None,
+                    )
+                )
+        finally:
+            sys.stdin = stdin
+        assert rc == exitcodes.OK, err.getvalue()
+        assert "Traceback" not in err.getvalue()
+        for _, reply in sent(tmp_path):
+            assert reply["Auto-Submitted"] == "auto-replied"

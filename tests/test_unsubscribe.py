@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import io
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from mailops import cli, exitcodes
+from mailops import cli, exitcodes, unsubscribe
 from mailops.store import Store
 
 
@@ -87,3 +92,28 @@ def test_store_down_is_tempfail(
     assert run(cfg, request(), monkeypatch, "--sender", "r@example.com") == exitcodes.TEMPFAIL
     err = capsys.readouterr().err
     assert "kept queued" in err and "Traceback" not in err
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    data=st.binary(max_size=3000), sender=st.one_of(st.none(), st.text(max_size=60), st.emails())
+)
+def test_fuzz_stored_or_ignored_never_a_traceback(data: bytes, sender: str | None) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / "mailops.toml"
+        cfg.write_text(f'[store]\nurl = "sqlite:///{tmp}/mailops.db"\n')
+        err = io.StringIO()
+        stdin = sys.stdin
+        sys.stdin = io.TextIOWrapper(io.BytesIO(data))
+        try:
+            with contextlib.redirect_stderr(err):
+                rc = unsubscribe.cmd_unsubscribe(
+                    argparse.Namespace(config=str(cfg), sender=sender, recipient="", tenant=None)
+                )
+        finally:
+            sys.stdin = stdin
+        assert rc == exitcodes.OK, err.getvalue()
+        assert len(err.getvalue().splitlines()) == 1
+        with Store.open(url(cfg)) as s:
+            for row in s.rows("unsubscribes") + s.rows("suppressions"):
+                assert all("\n" not in str(v) and "\r" not in str(v) for v in row.values())

@@ -292,8 +292,10 @@ def text_input(path: str, newline: str | None = None) -> TextIO:
     return open(path, encoding="utf-8", errors="replace", newline=newline)
 
 
-def _open(data: dict[str, Any], *, write: bool = True) -> Store:
-    return open_from_config(data, migrate=write)
+def _open(data: dict[str, Any]) -> Store:
+    # Migrating an up-to-date store only reads schema_version, so a node with a read-only
+    # database login (sync, list, export) works as long as the MX has migrated.
+    return open_from_config(data)
 
 
 def cmd_list(args: argparse.Namespace, data: dict[str, Any]) -> int:
@@ -436,7 +438,7 @@ def cmd_sync(args: argparse.Namespace, data: dict[str, Any]) -> int:
     values = settings(data)
     path = Path(args.map or values["map"])
     map_type = args.map_type or values["map_type"]
-    with _open(data, write=False) as store:
+    with _open(data) as store:
         entries = store.suppressions(tenant=_tenant(args, data))
         try:
             result = mapfile.sync(
