@@ -1,0 +1,218 @@
+"""One parsed message as the detectors see it: headers, leaf parts, decoded text.
+
+Parsing uses the standard library's compat32 parser (fast, and it records defects
+instead of raising).  Before parsing, the input is cut to MAX_INPUT bytes and to at most
+MAX_NESTING multipart boundaries / message parts, so deep nesting cannot exhaust the
+recursion limit and a huge attachment cannot cost more than one bounded read.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from email.message import Message
+from email.parser import BytesParser
+from email.policy import compat32
+
+from mailops.bounceparse import _text
+
+MAX_INPUT = 1024 * 1024  # bytes of a message that we parse; the rest is ignored
+MAX_NESTING = 64  # multipart boundaries and message/* parts
+MAX_PARTS = 200  # leaf parts we keep
+MAX_DEPTH = 16  # multipart levels we walk
+
+_NESTING = re.compile(rb"(?i)boundary\s*=|content-type:\s*message/")
+
+# Parts that hold reports or returned messages: leaves for the walker.
+REPORT_TYPES = frozenset(
+    [
+        "message/delivery-status",
+        "message/global-delivery-status",
+        "message/feedback-report",
+    ]
+)
+ORIGINAL_MESSAGE_TYPES = frozenset(["message/rfc822", "message/global", "message/partial"])
+ORIGINAL_HEADERS_TYPES = frozenset(
+    [
+        "text/rfc822-headers",
+        "text/rfc822-header",
+        "message/rfc822-headers",
+        "message/global-headers",
+    ]
+)
+
+
+def bound_input(raw: bytes) -> tuple[bytes, list[str]]:
+    """Cut the input to what we parse; say what was cut."""
+    notes: list[str] = []
+    if len(raw) > MAX_INPUT:
+        raw = raw[:MAX_INPUT]
+        notes.append(f"input truncated to {MAX_INPUT} bytes")
+    for count, match in enumerate(_NESTING.finditer(raw), start=1):
+        if count > MAX_NESTING:
+            cut = raw.rfind(b"\n", 0, match.start())
+            raw = raw[: max(cut, 0)]
+            notes.append(f"input cut after {MAX_NESTING} nested parts")
+            break
+    return raw, notes
+
+
+def parse_bytes(raw: bytes) -> Message:
+    return BytesParser(policy=compat32).parsebytes(raw)
+
+
+def raw_headers(msg: Message, limit: int = _text.MAX_HEADERS) -> list[tuple[str, str]]:
+    """(lower-cased name, raw value) of a message's headers, bounded in count and size."""
+    out: list[tuple[str, str]] = []
+    for name, value in msg.raw_items():
+        if len(out) >= limit:
+            break
+        if not isinstance(value, str):
+            value = str(value)
+        out.append((str(name).strip().lower(), value[: _text.HEADER_LIMIT]))
+    return out
+
+
+_PARAM = re.compile(r";\s*([A-Za-z0-9_.*-]{1,40})\s*=\s*(\"(?:[^\"\\]|\\.){0,500}\"|[^;\s]{0,500})")
+
+
+def content_params(value: str) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for match in _PARAM.finditer(value[:4096]):
+        key = match.group(1).lower().split("*", 1)[0]
+        params.setdefault(key, match.group(2).strip('"'))
+    return params
+
+
+@dataclass
+class Part:
+    """One leaf part (or a report / returned-message part, which we do not descend into)."""
+
+    msg: Message
+    ctype: str
+    params: dict[str, str]
+    index: int
+    _text: str | None = field(default=None, repr=False)
+
+    def header(self, name: str) -> str:
+        for key, value in raw_headers(self.msg, 100):
+            if key == name:
+                return _text.decode_header(value)
+        return ""
+
+    @property
+    def is_attachment(self) -> bool:
+        return self.header("content-disposition").lower().startswith("attachment")
+
+    def text(self) -> str:
+        """The decoded text of the part (at most TEXT_LIMIT characters), cached."""
+        if self._text is None:
+            self._text = _decode_part(self)
+        return self._text
+
+
+def _raw_body(msg: Message) -> str:
+    """The undecoded body of a part; for message/* parts the parser split into
+    sub-messages, their headers and bodies put back together."""
+    payload = msg.get_payload()
+    if isinstance(payload, str):
+        return payload
+    if isinstance(payload, list):
+        chunks: list[str] = []
+        size = 0
+        for sub in payload[: _text.MAX_FIELDS]:
+            if not isinstance(sub, Message):
+                continue
+            lines = [f"{name}: {value}" for name, value in sub.raw_items()]
+            body = sub.get_payload()
+            chunk = "\n".join(lines) + "\n" + (body if isinstance(body, str) else "")
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > _text.ENCODED_LIMIT:
+                break
+        return "\n\n".join(chunks)
+    return ""
+
+
+def _decode_part(part: Part) -> str:
+    body = _raw_body(part.msg)
+    data = _text.decode_transfer(body, part.header("content-transfer-encoding"))
+    text = _text.decode_bytes(data[: _text.TEXT_LIMIT * 4], part.params.get("charset"))
+    text = text[: _text.TEXT_LIMIT].replace("\r\n", "\n").replace("\r", "\n")
+    if part.ctype == "text/html":
+        text = _text.html_to_text(text)
+    return text
+
+
+class Context:
+    """What detectors read: the top headers, the leaf parts, the main human text."""
+
+    def __init__(self, msg: Message, envelope_to: str = "") -> None:
+        self.msg = msg
+        self.envelope_to = envelope_to
+        self.headers = raw_headers(msg)
+        top_ctype = _ctype(msg)
+        self.ctype = top_ctype
+        self.params = content_params(_header_str(msg, "content-type"))
+        self.parts: list[Part] = []
+        self._walk(msg)
+        self._primary: str | None = None
+        self._decoded: dict[str, str] = {}
+
+    def _walk(self, top: Message) -> None:
+        stack: list[tuple[Message, int]] = [(top, 0)]
+        while stack and len(self.parts) < MAX_PARTS:
+            msg, depth = stack.pop()
+            ctype = _ctype(msg)
+            payload = msg.get_payload()
+            if ctype.startswith("multipart/"):
+                if isinstance(payload, list):
+                    if depth < MAX_DEPTH:
+                        children = [p for p in payload[:MAX_PARTS] if isinstance(p, Message)]
+                        stack.extend((child, depth + 1) for child in reversed(children))
+                    continue
+                ctype = "text/plain"  # a multipart without its boundary: read it as text
+            params = content_params(_header_str(msg, "content-type"))
+            self.parts.append(Part(msg, ctype, params, len(self.parts)))
+
+    def header(self, name: str) -> str:
+        """First value of a top-level header, decoded and unfolded ("" when absent)."""
+        if name not in self._decoded:
+            value = next((v for k, v in self.headers if k == name), None)
+            self._decoded[name] = "" if value is None else _text.decode_header(value)
+        return self._decoded[name]
+
+    def header_all(self, name: str) -> list[str]:
+        return [_text.decode_header(v) for k, v in self.headers if k == name]
+
+    def parts_of(self, types: frozenset[str]) -> list[Part]:
+        return [p for p in self.parts if p.ctype in types]
+
+    def primary_text(self) -> str:
+        """The human-readable notice: the first inline text/plain part, else the first
+        text/html part as text, else ""."""
+        if self._primary is None:
+            plain = [p for p in self.parts if p.ctype == "text/plain" and not p.is_attachment]
+            if not plain:
+                plain = [p for p in self.parts if p.ctype == "text/plain"]
+            if not plain:
+                plain = [p for p in self.parts if p.ctype == "text/html"]
+            self._primary = plain[0].text() if plain else ""
+        return self._primary
+
+    def texts(self) -> list[str]:
+        """The decoded text of every text/* part, in order."""
+        return [p.text() for p in self.parts if p.ctype in ("text/plain", "text/html")]
+
+
+def _header_str(msg: Message, name: str) -> str:
+    value = msg.get(name)
+    return "" if value is None else str(value)[: _text.HEADER_LIMIT]
+
+
+def _ctype(msg: Message) -> str:
+    try:
+        ctype = msg.get_content_type()
+    except Exception:  # a header object that does not stringify: treat as text
+        return "text/plain"
+    return ctype[:100] if isinstance(ctype, str) else "text/plain"

@@ -1,0 +1,327 @@
+"""From an RFC 3463 status and a diagnostic text to a reason and hard/soft.
+
+The order of evaluation, most trustworthy first:
+
+1. Success (2.x.x, or Action delivered/relayed/expanded): ``delivered``.
+2. Status codes whose meaning is never bent by MTAs (5.7.26 authentication, 5.2.2
+   mailbox full, ...).
+3. Phrases of the diagnostic text (``user unknown``, ``spamhaus``, ``quota``, ``PTR``,
+   ``rate limit``...), because many MTAs put a generic code (5.0.0, 5.7.1, 5.4.1) on a
+   specific reason.
+4. ``Action: failed`` with a 4.x.x status and no telling text: the MTA gave up
+   retrying, ``expired``.
+5. The status code's subject and detail (X.1.1 userunknown, X.4.1 networkerror, ...).
+6. Weak phrases (``mailbox unavailable``, ``rejected``, ``denied``).
+7. The subject of the code alone, else ``undefined``.
+
+``hard`` is True only for a permanent (5.x.x, or a failure the MTA calls permanent)
+address-level reason: the address does not exist, its domain does not, it moved, it
+refuses all mail, the account is disabled, or the address is syntactically invalid.
+Mailbox full, policy, reputation, network, temporary (4.x.x) and delays are soft.
+"""
+
+from __future__ import annotations
+
+import re
+
+from mailops.bounceparse.model import REASONS
+
+SUCCESS_ACTIONS = frozenset(["delivered", "relayed", "expanded"])
+HARD_REASONS = frozenset(["userunknown", "hostunknown", "hasmoved", "notaccept", "suspend"])
+
+_ENHANCED = re.compile(r"(?<![\w.])([245])\.(\d{1,3})\.(\d{1,3})(?!\.?\d)")
+_REPLY = re.compile(r"(?:^|[\s;:'\"(#\[=])([245])[0-5]\d(?=[\s:-]|$)")
+
+# (subject.detail) codes checked before any text.
+PRIORITY_STATUS: dict[str, str] = {
+    "1.6": "hasmoved",
+    "2.2": "mailboxfull",
+    "3.4": "mesgtoobig",
+    "4.7": "expired",
+    "7.13": "suspend",
+    "7.20": "authfailure",
+    "7.21": "authfailure",
+    "7.22": "authfailure",
+    "7.23": "authfailure",
+    "7.24": "authfailure",
+    "7.25": "requireptr",
+    "7.26": "authfailure",
+    "7.27": "rejected",
+}
+
+STATUS: dict[str, str] = {
+    "1.1": "userunknown",
+    "1.2": "hostunknown",
+    "1.3": "syntaxerror",
+    "1.4": "userunknown",
+    "1.6": "hasmoved",
+    "1.7": "rejected",
+    "1.8": "rejected",
+    "1.9": "systemerror",
+    "1.10": "userunknown",  # RFC 7505 null MX, and Office 365's "recipient not found"
+    "2.1": "suspend",
+    "2.2": "mailboxfull",
+    "2.3": "exceedlimit",
+    "2.4": "systemerror",
+    "3.0": "systemerror",
+    "3.1": "systemfull",
+    "3.2": "systemerror",
+    "3.3": "contenterror",
+    "3.4": "mesgtoobig",
+    "3.5": "systemerror",
+    "4.0": "networkerror",
+    "4.1": "networkerror",
+    "4.2": "networkerror",
+    "4.3": "networkerror",
+    "4.4": "hostunknown",
+    "4.5": "systemfull",
+    "4.6": "systemerror",
+    "4.7": "expired",
+    "5.0": "systemerror",
+    "5.1": "syntaxerror",
+    "5.2": "syntaxerror",
+    "5.3": "exceedlimit",
+    "5.4": "syntaxerror",
+    "5.5": "syntaxerror",
+    "5.6": "securityerror",
+    "7.0": "securityerror",
+    "7.1": "policyviolation",
+    "7.2": "policyviolation",
+    "7.13": "suspend",
+    "7.15": "policyviolation",
+    "7.16": "policyviolation",
+    "7.17": "policyviolation",
+    "7.18": "hasmoved",
+    "7.28": "speeding",
+}
+SUBJECT_DEFAULT: dict[str, str] = {
+    "3": "systemerror",
+    "4": "networkerror",
+    "6": "contenterror",
+    "7": "securityerror",
+}
+
+
+def _table(rows: list[tuple[str, str]]) -> list[tuple[str, re.Pattern[str]]]:
+    return [(reason, re.compile(pattern)) for reason, pattern in rows]
+
+
+# Checked in order against the lower-cased diagnostic; the first match wins, so the
+# specific phrases come before the general ones.
+STRONG = _table(
+    [
+        (
+            "authfailure",
+            r"\b(?:spf|dkim|dmarc)\b|unauthenticated (?:e-?)?mail|sender is unauthenticated",
+        ),
+        (
+            "requireptr",
+            r"\bptr\b|reverse dns|reverse lookup|reverse hostname|\brdns\b|fcrdns|"
+            r"cannot find your (?:reverse )?hostname|no reverse",
+        ),
+        ("virusdetected", r"virus|malware|infected|trojan"),
+        (
+            "blocked",
+            r"spamhaus|spamcop|sorbs|barracuda|\brbl\b|dnsbl|black ?list|block ?list|"
+            r"blocked using|(?<!not )listed (?:at|in|on|by)|\bbanned\b|client host rejected",
+        ),
+        ("badreputation", r"reputation|sender ?score"),
+        ("policyviolation", r"grey ?list|gray ?list"),
+        (
+            "toomanyconn",
+            r"too many (?:concurrent |simultaneous |open )?(?:connections|sessions)|"
+            r"connection (?:limit|count)",
+        ),
+        (
+            "speeding",
+            r"rate[ -]?limit|rate exceeded|too many (?:messages|mails|emails)|sending rate|"
+            r"unusual rate|throttl|slow down|too fast|unexpected volume|\[tss?\d\d\]|"
+            r"receiving mail at a rate|sending (?:quota|limit)|daily (?:sending )?(?:quota|limit)",
+        ),
+        ("spamdetected", r"spam|unsolicited|junk mail|bulk mail"),
+        (
+            "systemfull",
+            r"insufficient system storage|system storage|disk full|out of disk|"
+            r"file ?system (?:is )?full|no space left",
+        ),
+        (
+            "mailboxfull",
+            r"mailbox (?:is )?full|full mailbox|inbox is full|account is full|over ?quota|quota|"
+            r"mailbox size limit|mailbox has exceeded|exceeded storage|"
+            r"storage (?:space|allocation)|"
+            r"not enough (?:storage|space)|insufficient storage|mail ?folder is full",
+        ),
+        (
+            "rejected",
+            r"sender address rejected|sender rejected|sender denied|sender domain|"
+            r"sender verif|bad sender|invalid sender|sender not allowed|domain of sender|"
+            r"from address rejected|envelope sender",
+        ),
+        (
+            "notaccept",
+            r"null ?mx|(?:does not|doesn'?t|not) accept(?:ing)? (?:any )?(?:e-?)?mail|"
+            r"no mail service",
+        ),
+        (
+            "hostunknown",
+            r"host unknown|unknown host|host not found|host or domain name not found|"
+            r"domain (?:name )?not found|no such domain|domain (?:does not|doesn'?t) exist|"
+            r"unrou?teable (?:mail )?domain|\bno mx\b|nxdomain|name or service not known|"
+            r"(?:couldn'?t|could not) find any host|unknown domain|invalid domain",
+        ),
+        ("hasmoved", r"has moved|user moved|moved to|no longer (?:at|with|works|employed)"),
+        (
+            "suspend",
+            r"(?:account|mailbox|user) (?:has been |is )?(?:disabled|suspended|deactivated|"
+            r"inactive|locked|frozen)|disabled (?:account|mailbox|user)|\bis disabled|"
+            r"account expired|is no longer active",
+        ),
+        (
+            "userunknown",
+            r"user unknown|unknown user|no such (?:user|mailbox|recipient|address|account)|"
+            r"user not found|user (?:does not|doesn'?t) exist|(?:unknown|invalid) recipient|"
+            r"recipient (?:unknown|invalid|not found)|recip(?:ient)?notfound|"
+            r"recipient address rejected: access denied|mailbox (?:not found|does not exist|"
+            r"unknown)|no mailbox|not a valid (?:mailbox|user|recipient|address)|"
+            r"invalid (?:mailbox|address|user)|unrou?teable address|address not found|"
+            r"address couldn'?t be found|(?:does not|doesn'?t) exist|"
+            r"doesn'?t have an? [^ ]{1,40} account|undeliverable address|"
+            r"unknown (?:local[- ]part|address|mailbox)|bad destination mailbox|addressee unknown|"
+            r"no longer valid",
+        ),
+        ("blocked", r"\bblocked\b|\bblock(?:ed)? by\b"),
+        (
+            "norelaying",
+            r"relay(?:ing)? (?:access )?(?:denied|not permitted|not allowed|prohibited|refused)|"
+            r"(?:not permitted|not allowed|unable|cannot) to relay|we do not relay|no relaying",
+        ),
+        (
+            "securityerror",
+            r"starttls|\btls\b|\bssl\b|encryption (?:is )?required|authentication (?:is )?required|"
+            r"must authenticate|not authenticated|auth(?:entication)? failed|certificate",
+        ),
+        (
+            "notcompliantrfc",
+            r"rfc ?(?:5322|2822|822|5321|2821)|not (?:rfc|standards?)[- ]compliant|non-compliant|"
+            r"multiple (?:from|date|subject|message-id)|duplicate header|"
+            r"malformed (?:header|message)",
+        ),
+        (
+            "mesgtoobig",
+            r"message (?:is )?too (?:large|big)|message size exceeds|size exceeds|too big|"
+            r"exceeds (?:the )?(?:maximum|max)(?: allowed)? (?:message )?size|message size limit",
+        ),
+        ("exceedlimit", r"too many recipients|recipient limit|recipients? exceeded"),
+        (
+            "expired",
+            r"expired|retry time(?:out)? exceeded|(?:too long|for too long) in (?:the )?queue|"
+            r"in the queue too long|could not be delivered within",
+        ),
+        (
+            "networkerror",
+            r"timed out|timeout|connection refused|network is unreachable|no route to host|"
+            r"host is unreachable|lost connection|connection (?:reset|closed|dropped)|"
+            r"(?:could not|unable to|failed to) connect|requests to connect|broken pipe",
+        ),
+        (
+            "systemerror",
+            r"system error|internal (?:server )?error|local (?:error|problem)|loops back to myself|"
+            r"mail loop|routing loop|loop detected|too many hops|configuration error|misconfigur",
+        ),
+        (
+            "mailererror",
+            r"mailer error|command died|unknown mailer|procmail|exit status|pipe to \|",
+        ),
+        (
+            "contenterror",
+            r"message content|content (?:rejected|not accepted|restriction|filter)|attachment|"
+            r"\bmime\b",
+        ),
+        ("filtered", r"filtered|\bfilter\b|refused by recipient|rejected by (?:the )?recipient"),
+        ("policyviolation", r"policy|prohibited|not permitted|not allowed"),
+        ("syntaxerror", r"syntax|command unrecognized|unrecognized command"),
+    ]
+)
+WEAK = _table(
+    [
+        (
+            "userunknown",
+            r"mailbox unavailable|recipient address rejected|recipient rejected|"
+            r"address rejected|mailbox not available",
+        ),
+        ("blocked", r"blocked|refused|denied|not authorized|rejected"),
+    ]
+)
+
+
+def split_status(text: str) -> tuple[str, str, str] | None:
+    match = _ENHANCED.search(text[:2000])
+    return (match.group(1), match.group(2), match.group(3)) if match else None
+
+
+def choose_status(field: str, diagnostic: str) -> str:
+    """The most specific status we can name: the Status field, refined by an enhanced
+    code in the diagnostic when the field is generic (X.0.0), else the reply code class."""
+    given = split_status(field)
+    in_text = split_status(diagnostic)
+    if given and (given[1], given[2]) != ("0", "0"):
+        return ".".join(given)
+    if in_text and (not given or in_text[0] == given[0]):
+        return ".".join(in_text)
+    if given:
+        return ".".join(given)
+    reply = _REPLY.search(diagnostic[:2000])
+    return f"{reply.group(1)}.0.0" if reply else ""
+
+
+def _match(table: list[tuple[str, re.Pattern[str]]], text: str) -> str:
+    for reason, pattern in table:
+        if pattern.search(text):
+            return reason
+    return ""
+
+
+def reason_for(status: str, diagnostic: str, action: str = "") -> str:
+    action = action.strip().lower()
+    parts = status.split(".")
+    klass = parts[0] if len(parts) == 3 else ""
+    detail = f"{parts[1]}.{parts[2]}" if len(parts) == 3 else ""
+    if action in SUCCESS_ACTIONS or klass == "2":
+        return "delivered"
+    text = diagnostic[:2000].lower()
+    gave_up = "expired" if action == "failed" and klass == "4" else ""
+    reason = (
+        PRIORITY_STATUS.get(detail)
+        or _match(STRONG, text)
+        or gave_up
+        or STATUS.get(detail)
+        or _match(WEAK, text)
+        or SUBJECT_DEFAULT.get(parts[1] if klass else "", "")
+    )
+    return reason if reason in REASONS else "undefined"
+
+
+def is_hard(status: str, reason: str, action: str = "", permanent: bool | None = None) -> bool:
+    action = action.strip().lower()
+    klass = status[:1]
+    if action == "delayed" or action in SUCCESS_ACTIONS or klass in ("2", "4"):
+        return False
+    if klass != "5" and not permanent:
+        return False
+    if reason in HARD_REASONS:
+        return True
+    return reason == "syntaxerror" and status.startswith("5.1.")
+
+
+def classify(
+    status: str, diagnostic: str, action: str = "", permanent: bool | None = None
+) -> tuple[str, str, bool]:
+    """Return (status, reason, hard) for one recipient.
+
+    ``status`` is the Status field (may be ""), ``diagnostic`` the remote text,
+    ``action`` the RFC 3464 Action, ``permanent`` what a non-DSN notice says about the
+    failure (True: "permanent error", False: "delayed", None: it does not say).
+    """
+    code = choose_status(status, diagnostic)
+    reason = reason_for(code, diagnostic, action)
+    return code, reason, is_hard(code, reason, action, permanent)

@@ -1,0 +1,421 @@
+"""mailops.bounceparse: the sample corpus field by field, the reason table, links, limits."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailops.bounceparse import REASONS, Report, _text, detector_names, parse_message, reasons
+from mailops.bounceparse._mime import MAX_INPUT, MAX_NESTING
+
+DATA = Path(__file__).resolve().parent / "data" / "bounces"
+SAMPLES = sorted(DATA.glob("*.eml"))
+
+
+def as_dict(report: Report) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(report)))
+
+
+def expected(sample: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(sample.with_suffix(".expected.json").read_text())
+    return data
+
+
+# --- the corpus ------------------------------------------------------------------------
+
+
+def test_corpus_covers_at_least_eight_mtas_and_every_kind() -> None:
+    assert all(s.with_suffix(".expected.json").exists() for s in SAMPLES)
+    results = [expected(s) for s in SAMPLES]
+    # The producing MTA/provider is the first word of the sample name.
+    producers = {s.name.split("_")[0].rstrip("0123456789") for s in SAMPLES}
+    producers -= {"arf", "autoreply", "not"}
+    assert len(producers) >= 8, producers
+    assert {r["kind"] for r in results} == {"bounce", "feedback", "autoreply", "other"}
+    assert {r["detector"] for r in results} <= set(detector_names())
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.stem)
+def test_sample_every_field(sample: Path) -> None:
+    assert as_dict(parse_message(sample.read_bytes())) == expected(sample)
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.stem)
+def test_sample_with_crlf_line_ends_reads_the_same(sample: Path) -> None:
+    raw = sample.read_bytes().replace(b"\n", b"\r\n")
+    assert as_dict(parse_message(raw)) == expected(sample)
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.stem)
+def test_sample_strings_are_single_line(sample: Path) -> None:
+    report = parse_message(sample.read_bytes())
+    for value in _strings(report):
+        assert not set(value) & {"\r", "\n", "\x00", "\t"}, value
+    assert all(r.reason in REASONS for r in report.recipients)
+
+
+def _strings(report: Report) -> list[str]:
+    out = [v for v in dataclasses.asdict(report).values() if isinstance(v, str)]
+    out += list(report.notes)
+    for rcpt in report.recipients:
+        out += [v for v in dataclasses.asdict(rcpt).values() if isinstance(v, str)]
+    return out
+
+
+def test_detector_choice_per_sample() -> None:
+    """The table reads each dialect with its own detector (a regression guard on order)."""
+    by_name = {s.stem: expected(s)["detector"] for s in SAMPLES}
+    assert by_name["postfix_dsn"] == "rfc3464"
+    assert by_name["postfix_plain"] == "postfix"
+    assert by_name["exim_failed"] == "exim"
+    assert by_name["sendmail_plain"] == "sendmail"
+    assert by_name["qmail"] == "qmail"
+    assert by_name["yahoo"] == "yahoo"
+    assert by_name["exchange_ndr"] == "exchange"
+    assert by_name["gmail_legacy"] == "gmail"
+    assert by_name["ses_notification"] == "ses"
+    assert by_name["arf_abuse"] == "arf"
+    assert by_name["autoreply_rfc3834"] == "rfc3834"
+    assert by_name["not_a_bounce"] == "none"
+
+
+# --- reasons ---------------------------------------------------------------------------
+
+CASES = [
+    # status, diagnostic, action, reason, hard
+    (
+        "5.1.1",
+        "550 5.1.1 <a@example.com>: Recipient address rejected: User unknown",
+        "failed",
+        "userunknown",
+        True,
+    ),
+    ("", "550 No such user here", "failed", "userunknown", True),
+    (
+        "4.1.1",
+        "450 4.1.1 <a@example.com>: Recipient address rejected: unverified",
+        "delayed",
+        "userunknown",
+        False,
+    ),
+    (
+        "5.1.2",
+        "Host or domain name not found. Name service error for name=x.test type=MX",
+        "failed",
+        "hostunknown",
+        True,
+    ),
+    ("5.4.4", "Host or domain name not found", "failed", "hostunknown", True),
+    ("5.2.2", "552 5.2.2 Mailbox full", "failed", "mailboxfull", False),
+    (
+        "5.0.0",
+        "552 Requested mail action aborted: exceeded storage allocation",
+        "failed",
+        "mailboxfull",
+        False,
+    ),
+    (
+        "4.2.2",
+        "452 4.2.2 The email account that you tried to reach is over quota",
+        "delayed",
+        "mailboxfull",
+        False,
+    ),
+    (
+        "5.7.1",
+        "554 5.7.1 Client host [192.0.2.1] blocked using zen.spamhaus.org",
+        "failed",
+        "blocked",
+        False,
+    ),
+    (
+        "5.7.1",
+        "550 5.7.1 Message blocked by the recipient's administrator",
+        "failed",
+        "blocked",
+        False,
+    ),
+    (
+        "5.7.25",
+        "550 5.7.25 The IP address sending this message does not have a PTR record",
+        "failed",
+        "requireptr",
+        False,
+    ),
+    (
+        "5.7.1",
+        "550 5.7.1 Client host rejected: cannot find your reverse hostname",
+        "failed",
+        "requireptr",
+        False,
+    ),
+    ("4.7.0", "421 4.7.0 Rate limit exceeded, try again later", "delayed", "speeding", False),
+    (
+        "4.7.0",
+        "421 4.7.0 [TSS04] Messages temporarily deferred due to unexpected volume",
+        "delayed",
+        "speeding",
+        False,
+    ),
+    ("4.3.2", "421 4.3.2 Too many connections from your IP", "delayed", "toomanyconn", False),
+    (
+        "5.7.26",
+        "550 5.7.26 This mail has been blocked because the sender is unauthenticated",
+        "failed",
+        "authfailure",
+        False,
+    ),
+    (
+        "5.7.1",
+        "550 5.7.1 Our system has detected that this message is likely unsolicited mail",
+        "failed",
+        "spamdetected",
+        False,
+    ),
+    (
+        "5.7.0",
+        "554 5.7.0 Reject, id=12345 - VIRUS_FOUND: Win.Trojan",
+        "failed",
+        "virusdetected",
+        False,
+    ),
+    ("5.7.1", "554 5.7.1 <a@example.com>: Relay access denied", "failed", "norelaying", False),
+    ("5.1.6", "551 5.1.6 User has moved; please try b@example.org", "failed", "hasmoved", True),
+    ("5.1.10", "550 5.1.10 Recipient address has null MX", "failed", "notaccept", True),
+    ("5.1.10", "550 5.1.10 RESOLVER.ADR.RecipientNotFound", "failed", "userunknown", True),
+    ("5.0.0", "554 Your account has been suspended", "failed", "suspend", True),
+    ("5.0.0", "556 5.1.10 Domain does not accept mail (null MX)", "failed", "notaccept", True),
+    (
+        "5.2.1",
+        "550 5.2.1 The email account that you tried to reach is disabled",
+        "failed",
+        "suspend",
+        True,
+    ),
+    (
+        "5.3.4",
+        "552 5.3.4 Message size exceeds fixed maximum message size",
+        "failed",
+        "mesgtoobig",
+        False,
+    ),
+    (
+        "4.4.1",
+        "connect to mx.example.com[192.0.2.1]:25: Connection timed out",
+        "delayed",
+        "networkerror",
+        False,
+    ),
+    (
+        "4.4.1",
+        "connect to mx.example.com[192.0.2.1]:25: Connection timed out",
+        "failed",
+        "networkerror",
+        False,
+    ),
+    ("4.4.7", "", "failed", "expired", False),
+    ("4.0.0", "delivery temporarily suspended", "failed", "expired", False),
+    (
+        "5.1.8",
+        "553 5.1.8 <x@company.test>: Sender address rejected: Domain not found",
+        "failed",
+        "rejected",
+        False,
+    ),
+    ("5.7.1", "550 5.7.1 Message rejected by policy", "failed", "policyviolation", False),
+    (
+        "4.7.1",
+        "450 4.7.1 Greylisted, see https://example.org/greylist",
+        "delayed",
+        "policyviolation",
+        False,
+    ),
+    ("5.6.0", "", "failed", "contenterror", False),
+    ("5.7.1", "550 5.7.1 Message is not RFC 5322 compliant", "failed", "notcompliantrfc", False),
+    ("5.4.6", "554 5.4.6 Too many hops", "failed", "systemerror", False),
+    ("5.3.0", "Command died with status 1: /usr/bin/procmail", "failed", "mailererror", False),
+    ("4.3.1", "452 4.3.1 Insufficient system storage", "delayed", "systemfull", False),
+    ("5.7.0", "530 5.7.0 Must issue a STARTTLS command first", "failed", "securityerror", False),
+    ("5.0.0", "550 5.7.1 Rejected due to poor sender reputation", "failed", "badreputation", False),
+    ("2.0.0", "250 2.0.0 OK", "delivered", "delivered", False),
+    ("", "", "relayed", "delivered", False),
+    ("", "", "failed", "undefined", False),
+]
+
+
+@pytest.mark.parametrize(("status", "diag", "action", "reason", "hard"), CASES)
+def test_reason_and_hard(status: str, diag: str, action: str, reason: str, hard: bool) -> None:
+    _, got_reason, got_hard = reasons.classify(status, diag, action)
+    assert (got_reason, got_hard) == (reason, hard)
+
+
+def test_every_table_reason_is_in_the_vocabulary() -> None:
+    named = set(reasons.STATUS.values()) | set(reasons.PRIORITY_STATUS.values())
+    named |= {r for r, _ in reasons.STRONG} | {r for r, _ in reasons.WEAK}
+    named |= set(reasons.SUBJECT_DEFAULT.values())
+    assert named <= REASONS
+
+
+@pytest.mark.parametrize(
+    ("field", "diag", "want"),
+    [
+        ("5.0.0", "smtp; 550 5.1.1 user unknown", "5.1.1"),  # Exim DSNs say 5.0.0
+        ("5.1.1 (user unknown)", "", "5.1.1"),
+        ("", "Sorry, no mailbox here by that name. (#5.1.1)", "5.1.1"),
+        ("", "550 Requested action not taken", "5.0.0"),
+        ("", "host mx.example.com[10.4.4.1] said: 450 try later", "4.0.0"),  # not 4.4.1
+        ("4.0.0", "550 5.1.1 user unknown", "4.0.0"),  # a class that disagrees is ignored
+        ("", "no code at all", ""),
+    ],
+)
+def test_status_choice(field: str, diag: str, want: str) -> None:
+    assert reasons.choose_status(field, diag) == want
+
+
+# --- links -----------------------------------------------------------------------------
+
+
+def test_envelope_recipient_wins_for_the_verp_token() -> None:
+    raw = (DATA / "postfix_dsn.eml").read_bytes()
+    assert parse_message(raw).verp_token == "a1b2c3d4"
+    assert parse_message(raw, envelope_to="bounces+zz99@company.test").verp_token == "zz99"
+    # a plain bounces@ address is no token; the headers still are
+    assert parse_message(raw, envelope_to="bounces@company.test").verp_token == "a1b2c3d4"
+
+
+def test_verp_prefixes_are_configurable() -> None:
+    raw = (DATA / "postfix_dsn.eml").read_bytes().replace(b"bounces+", b"rp+")
+    assert parse_message(raw).verp_token == ""
+    assert parse_message(raw, verp_prefixes=("rp",)).verp_token == "a1b2c3d4"
+
+
+def test_verp_token_from_the_returned_message_when_headers_lack_it() -> None:
+    raw = (DATA / "sendmail_dsn.eml").read_bytes()
+    raw = raw.replace(b"Delivered-To: bounces+9d8e7f@company.test\n", b"")
+    raw = raw.replace(b"To: <bounces+9d8e7f@company.test>", b"To: <bounces@company.test>")
+    raw = raw.replace(b"for <bounces+9d8e7f@company.test>", b"for <bounces@company.test>")
+    assert parse_message(raw).verp_token == "9d8e7f"
+
+
+def test_encoded_x_message_id_is_decoded() -> None:
+    assert parse_message((DATA / "gmail_dsn.eml").read_bytes()).x_message_id == "alert-9901"
+
+
+def test_other_mail_carries_no_links() -> None:
+    report = parse_message((DATA / "not_a_bounce.eml").read_bytes())
+    assert (report.original_message_id, report.x_message_id, report.verp_token) == ("", "", "")
+
+
+# --- hostile and odd input -------------------------------------------------------------
+
+
+def test_header_injection_through_encoded_words_is_flattened() -> None:
+    raw = (
+        b"From: =?utf-8?q?Evil=0D=0ABcc:_x@example.com?= <MAILER-DAEMON@example.org>\n"
+        b"Subject: =?utf-8?b?VW5kZWxpdmVyZWQNClgtSW5qZWN0ZWQ6IDEA?=\n"
+        b"Content-Type: text/plain\n\n"
+        b"This is the mail system at host mx.example.org.\n\n"
+        b"<a\x00b@example.com>: host mx.example.com[192.0.2.1] said: 550 5.1.1\n"
+        b"    user unknown\r\nX-Evil: 1\n"
+    )
+    report = parse_message(raw)
+    assert report.subject == "Undelivered X-Injected: 1"
+    for value in _strings(report):
+        assert not set(value) & {"\r", "\n", "\x00"}
+
+
+def test_not_bytes_and_empty_input() -> None:
+    assert parse_message(b"").kind == "other"
+    assert parse_message(b"\x00\xff" * 100).detector == "none"
+    text: Any = "Subject: Undelivered Mail\n\nhello"  # a caller that passes str
+    assert parse_message(text).subject == "Undelivered Mail"
+
+
+def test_huge_input_is_cut_and_still_classified() -> None:
+    raw = (DATA / "postfix_dsn.eml").read_bytes()
+    big = raw.replace(b"Hello, here is what happened in June.", b"x" * (MAX_INPUT + 10))
+    report = parse_message(big)
+    assert report.kind == "bounce" and report.recipients[0].reason == "userunknown"
+    assert any("truncated" in n for n in report.notes)
+
+
+def test_deep_nesting_is_cut() -> None:
+    head = b"".join(
+        b'Content-Type: multipart/mixed; boundary="b%d"\n\n--b%d\n' % (i, i) for i in range(500)
+    )
+    report = parse_message(b"From: x@example.com\n" + head + b"Content-Type: text/plain\n\nhi\n")
+    assert report.kind == "other"
+    assert any(str(MAX_NESTING) in n for n in report.notes)
+
+
+def test_clean_strips_controls_and_surrogates() -> None:
+    assert _text.clean("a\r\nb\x00c\x85d\u2028e\udcff", 100) == "a b c d e\ufffd"
+    assert _text.clean("x" * 500, 10) == "x" * 10
+
+
+@pytest.mark.parametrize(
+    ("value", "want"),
+    [
+        ("rfc822; <User@Example.COM>", "user@example.com"),
+        ("RFC822;user@example.com", "user@example.com"),
+        ("x400; /G=a/S=b/", ""),
+        ("not an address", ""),
+        ("a@@example.com", ""),
+        ("<>", ""),
+    ],
+)
+def test_normalize_address(value: str, want: str) -> None:
+    assert _text.normalize_address(value) == want
+
+
+def test_arf_without_original_rcpt_to_uses_the_returned_to() -> None:
+    raw = (
+        (DATA / "arf_abuse.eml")
+        .read_bytes()
+        .replace(b"Original-Rcpt-To: <Walter@example.net>\n", b"")
+    )
+    report = parse_message(raw)
+    assert [r.address for r in report.recipients] == ["walter@example.net"]
+
+
+def test_not_spam_feedback_is_not_hard() -> None:
+    raw = (
+        (DATA / "arf_abuse.eml")
+        .read_bytes()
+        .replace(b"Feedback-Type: abuse", b"Feedback-Type: not-spam")
+    )
+    report = parse_message(raw)
+    assert report.kind == "feedback" and report.feedback_type == "not-spam"
+    assert [r.hard for r in report.recipients] == [False]
+
+
+def test_generic_reads_an_unknown_daemon_notice() -> None:
+    raw = (
+        b"From: Mail Administrator <postmaster@mail.example.org>\n"
+        b"To: bounces+g1@company.test\n"
+        b"Subject: Mail System Error - Returned Mail\n\n"
+        b"This Message was undeliverable due to the following reason:\n\n"
+        b"The user(s) account is temporarily over quota.\n\n"
+        b"<amy@example.org>\n  552 Mailbox limit exceeded\n"
+    )
+    report = parse_message(raw)
+    assert (report.kind, report.detector, report.verp_token) == ("bounce", "generic", "g1")
+    assert [(r.address, r.status) for r in report.recipients] == [("amy@example.org", "5.0.0")]
+
+
+def test_a_broken_detector_does_not_stop_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mailops.bounceparse as bp
+
+    def boom(ctx: object) -> None:
+        raise RuntimeError("bug")
+
+    table = tuple((n, boom if n == "rfc3464" else d) for n, d in bp.DETECTORS)
+    monkeypatch.setattr(bp, "DETECTORS", table)
+    report = bp.parse_message((DATA / "postfix_dsn.eml").read_bytes())
+    assert report.detector == "postfix"  # the notice text still names both recipients
+    assert [r.reason for r in report.recipients] == ["userunknown", "blocked"]
+    assert "detector rfc3464 failed: RuntimeError" in report.notes
