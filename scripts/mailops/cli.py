@@ -26,6 +26,7 @@ TOOLS: tuple[str, ...] = (
     "suppression",
     "unsubscribe",
     "autoreply",
+    "bounces",
 )
 
 

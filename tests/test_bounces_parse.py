@@ -1,0 +1,127 @@
+"""mailops bounces parse: output lines, formats, unreadable files; the bounces package."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import mailops.bounces as bounces_pkg
+from mailops import cli, exitcodes
+
+DATA = Path(__file__).resolve().parent / "data" / "bounces"
+SAMPLES = sorted(DATA.glob("*.eml"))
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = cli.main(["bounces", "parse", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_json_lines_match_the_expected_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["--json", *map(str, SAMPLES)], capsys)
+    assert (code, err) == (exitcodes.OK, "")
+    lines = [json.loads(line) for line in out.splitlines()]
+    want: list[dict[str, Any]] = []
+    for sample in SAMPLES:
+        exp = json.loads(sample.with_suffix(".expected.json").read_text())
+        links = {k: exp[k] for k in ("detector", "original_message_id", "x_message_id")}
+        links["verp_token"] = exp["verp_token"]
+        base = {"file": str(sample), "kind": exp["kind"], **links}
+        if not exp["recipients"]:
+            nulls = ("recipient", "status", "reason", "hard", "diagnostic", "action")
+            want.append({**base, **dict.fromkeys(nulls)})
+        for r in exp["recipients"]:
+            want.append(
+                {
+                    **base,
+                    "recipient": r["address"],
+                    "status": r["status"],
+                    "reason": r["reason"],
+                    "hard": r["hard"],
+                    "diagnostic": r["diagnostic"],
+                    "action": r["action"],
+                }
+            )
+    assert lines == want
+
+
+def test_text_format(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run([str(DATA / "postfix_dsn.eml"), str(DATA / "not_a_bounce.eml")], capsys)
+    assert code == exitcodes.OK
+    rows = [line.split("\t") for line in out.splitlines()]
+    assert [r[:7] for r in rows] == [
+        [str(DATA / "postfix_dsn.eml"), "bounce", "rfc3464", "nobody@gmail.test", "5.1.1",
+         "userunknown", "hard"],
+        [str(DATA / "postfix_dsn.eml"), "bounce", "rfc3464", "carol@example.net", "5.7.1",
+         "blocked", "soft"],
+        [str(DATA / "not_a_bounce.eml"), "other", "none", "-", "-", "-", "-"],
+    ]  # fmt: skip
+    assert rows[0][7].startswith("550 5.1.1 <nobody@gmail.test>")
+
+
+def test_unreadable_files_are_reported_and_the_rest_printed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "missing.eml"
+    code, out, err = run(["--json", str(missing), str(tmp_path), str(DATA / "qmail.eml")], capsys)
+    assert code == exitcodes.NOINPUT
+    assert f"{missing}: cannot read (No such file or directory)" in err
+    assert f"{tmp_path}: cannot read" in err
+    assert "Traceback" not in err
+    assert [json.loads(line)["recipient"] for line in out.splitlines()] == [
+        "karl@example.net",
+        "laura@example.org",
+    ]
+
+
+def test_stdin_and_envelope_to(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = (DATA / "yahoo.eml").read_bytes()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(raw)))
+    code, out, _ = run(["--json", "--envelope-to", "bounces+env1@company.test", "-"], capsys)
+    row = json.loads(out)
+    assert (code, row["file"], row["recipient"], row["verp_token"]) == (
+        0,
+        "-",
+        "rupert@yahoo.test",
+        "env1",
+    )
+
+
+def test_file_names_with_control_characters_stay_on_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    odd = tmp_path / "a\nb.eml"
+    odd.write_bytes((DATA / "not_a_bounce.eml").read_bytes())
+    code, out, _ = run([str(odd)], capsys)
+    assert code == 0 and len(out.splitlines()) == 1
+    assert out.startswith(f"{tmp_path}/a b.eml\tother")
+
+
+def test_bounces_registers_parse_and_skips_only_a_missing_subcommand(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(bounces_pkg, "SUBCOMMANDS", ("parse_cmd", "not_written_yet"))
+    parser = argparse.ArgumentParser()
+    bounces_pkg.register(parser.add_subparsers())
+    args = parser.parse_args(["bounces", "parse", "x.eml"])
+    assert args.files == ["x.eml"]
+
+    def broken(name: str) -> Any:
+        raise ModuleNotFoundError("No module named 'psycopg'", name="psycopg")
+
+    monkeypatch.setattr(bounces_pkg.importlib, "import_module", broken)
+    with pytest.raises(ModuleNotFoundError):
+        bounces_pkg.register(argparse.ArgumentParser().add_subparsers())
+
+
+def test_bounces_is_a_listed_tool() -> None:
+    assert "bounces" in cli.TOOLS
