@@ -337,10 +337,20 @@ def test_not_bytes_and_empty_input() -> None:
 
 def test_huge_input_is_cut_and_still_classified() -> None:
     raw = (DATA / "postfix_dsn.eml").read_bytes()
-    big = raw.replace(b"Hello, here is what happened in June.", b"x" * (MAX_INPUT + 10))
+    lines = b"x" * 76 + b"\n"
+    big = raw.replace(b"Hello, here is what happened in June.", lines * (MAX_INPUT // 70))
     report = parse_message(big)
     assert report.kind == "bounce" and report.recipients[0].reason == "userunknown"
     assert any("truncated" in n for n in report.notes)
+
+
+def test_a_megabyte_header_line_does_not_hide_the_report() -> None:
+    raw = (DATA / "postfix_dsn.eml").read_bytes()
+    big = raw.replace(b"\nSubject: ", b"\nSubject: " + b"\xff" * (2 * MAX_INPUT), 1)
+    report = parse_message(big)
+    assert [r.reason for r in report.recipients] == ["userunknown", "blocked"]
+    assert len(report.subject) <= _text.LINE_MAX
+    assert report.notes == ("lines cut to 65536 bytes",)
 
 
 def test_deep_nesting_is_cut() -> None:

@@ -1,0 +1,172 @@
+"""Fuzzing mailops.bounceparse with hypothesis: whatever arrives, parse_message returns a
+Report whose strings are single-line and capped and whose reasons are in REASONS."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mailops.bounceparse import REASONS, Report, parse_message
+from mailops.bounceparse._text import ADDRESS_MAX, DIAGNOSTIC_MAX, LINE_MAX
+
+DATA = Path(__file__).resolve().parent / "data" / "bounces"
+SAMPLES = [p.read_bytes() for p in sorted(DATA.glob("*.eml"))]
+KINDS = {"bounce", "feedback", "autoreply", "other"}
+FORBIDDEN = {"\r", "\n", "\x00"}
+
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+def check(report: Report) -> None:
+    """The contract every Report keeps."""
+    assert isinstance(report, Report)
+    assert report.kind in KINDS
+    assert report.detector
+    values: list[tuple[str, object]] = list(dataclasses.asdict(report).items())
+    values += [("note", n) for n in report.notes]
+    for rcpt in report.recipients:
+        assert rcpt.reason in REASONS
+        assert isinstance(rcpt.hard, bool)
+        assert len(rcpt.address) <= ADDRESS_MAX
+        assert len(rcpt.diagnostic) <= DIAGNOSTIC_MAX
+        if rcpt.hard:
+            assert rcpt.action not in ("delayed", "delivered", "relayed", "expanded")
+        values += list(dataclasses.asdict(rcpt).items())
+    for name, value in values:
+        if isinstance(value, str):
+            assert not FORBIDDEN & set(value), (name, value)
+            assert value == value.strip(), (name, value)
+            assert not any(0xD800 <= ord(c) <= 0xDFFF for c in value), (name, value)
+            value.encode("utf-8")  # storable as text anywhere
+            if name not in ("diagnostic", "address", "from_address"):
+                assert len(value) <= LINE_MAX, name
+
+
+@FUZZ
+@given(st.binary(max_size=20_000))
+def test_random_bytes(raw: bytes) -> None:
+    check(parse_message(raw))
+
+
+@FUZZ
+@given(st.text(max_size=5_000), st.text(max_size=200))
+def test_random_text_as_message_and_envelope(text: str, envelope: str) -> None:
+    raw = text.encode("utf-8", "surrogatepass")
+    check(parse_message(raw, envelope_to=envelope))
+    check(parse_message(b"Content-Type: multipart/report; boundary=x\n\n--x\n" + raw))
+
+
+samples = st.sampled_from(SAMPLES)
+
+
+@FUZZ
+@given(samples, st.data())
+def test_truncated_samples(raw: bytes, data: st.DataObject) -> None:
+    cut = data.draw(st.integers(0, len(raw)))
+    check(parse_message(raw[:cut]))
+
+
+@FUZZ
+@given(
+    samples,
+    st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), max_size=40),
+)
+def test_byte_flips(raw: bytes, flips: list[tuple[float, int]]) -> None:
+    buf = bytearray(raw)
+    for where, value in flips:
+        buf[int(where * len(buf))] = value
+    check(parse_message(bytes(buf)))
+
+
+@FUZZ
+@given(samples, st.binary(min_size=1, max_size=2_000), st.floats(0, 1))
+def test_junk_inserted(raw: bytes, junk: bytes, where: float) -> None:
+    at = int(where * len(raw))
+    check(parse_message(raw[:at] + junk + raw[at:]))
+
+
+ENCODING_BREAKS = [
+    (
+        b"Content-Type: message/delivery-status",
+        b"Content-Type: message/delivery-status\nContent-Transfer-Encoding: base64",
+    ),
+    (b"Content-Type: text/plain", b"Content-Type: text/plain\nContent-Transfer-Encoding: base64"),
+    (b"Content-Transfer-Encoding: base64", b"Content-Transfer-Encoding: quoted-printable"),
+    (b"Content-Transfer-Encoding: quoted-printable", b"Content-Transfer-Encoding: base64"),
+    (b"charset=utf-8", b"charset=x-no-such-charset"),
+    (b'charset="utf-8"', b'charset="zlib_codec"'),
+    (b"charset=us-ascii", b"charset=utf-7"),
+    (b'charset="UTF-8"', b'charset="idna"'),
+    (b"charset=ISO-8859-1", b"charset*=''%FF%FE"),
+    (b"=?UTF-8?", b"=?no-such?"),
+    (b"?Q?", b"?B?"),
+    (b"boundary=", b"boundary*0="),
+    (b"\n\n", b"\n=?utf-8?b?////?=\n\n"),
+    (b"\n", b"\r"),
+    (b"\n", b"\x00\n"),
+    (b"=", b"=\xff"),
+    (b"Final-Recipient: rfc822;", b"Final-Recipient: rfc822; \xff\xfe\x80@\xc3("),
+    (b"Status: 5", b"Status: 9"),
+    (b"Action: failed", b"Action: \xe2\x80\xa8failed\x85"),
+]
+
+
+@FUZZ
+@given(samples, st.lists(st.sampled_from(ENCODING_BREAKS), min_size=1, max_size=4))
+def test_broken_encodings_and_charsets(raw: bytes, breaks: list[tuple[bytes, bytes]]) -> None:
+    for old, new in breaks:
+        raw = raw.replace(old, new)
+    check(parse_message(raw))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(samples, st.sampled_from([b"a", b"\xff", b"=?utf-8?q?=0D=0A?= ", b"x\n ", b"a: b\n"]))
+def test_megabyte_headers(raw: bytes, unit: bytes) -> None:
+    big = unit * (1024 * 1024 // len(unit))
+    start = time.perf_counter()
+    check(parse_message(b"X-Huge: " + big + b"\n" + raw))
+    check(parse_message(raw.replace(b"\nSubject: ", b"\nSubject: " + big, 1)))
+    assert time.perf_counter() - start < 20
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1, 3000), st.sampled_from(["multipart", "rfc822", "mixed"]))
+def test_deep_nesting(depth: int, how: str) -> None:
+    parts = []
+    for i in range(depth):
+        if how == "multipart" or (how == "mixed" and i % 2):
+            parts.append(b'Content-Type: multipart/mixed; boundary="b%d"\n\n--b%d\n' % (i, i))
+        else:
+            parts.append(b"Content-Type: message/rfc822\n\n")
+    raw = b"From: MAILER-DAEMON@example.org\n" + b"".join(parts) + SAMPLES[0]
+    check(parse_message(raw))
+
+
+def test_many_small_headers_and_parts_finish_quickly() -> None:
+    headers = b"".join(b"X-H%d: v\n" % i for i in range(60_000))
+    parts = b"".join(b"--b\nContent-Type: text/plain\n\nhi\n" for i in range(20_000))
+    raw = headers + b'Content-Type: multipart/mixed; boundary="b"\n\n' + parts + b"--b--\n"
+    start = time.perf_counter()
+    check(parse_message(raw))
+    assert time.perf_counter() - start < 20
+
+
+@pytest.mark.parametrize("raw", SAMPLES[:3])
+def test_recursion_limit_is_not_reached_even_when_low(raw: bytes) -> None:
+    import sys
+
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(400)
+    try:
+        check(parse_message(b"Content-Type: message/rfc822\n\n" * 100 + raw))
+    finally:
+        sys.setrecursionlimit(old)
