@@ -36,3 +36,30 @@ def test_module_entry_point_runs() -> None:
     )
     assert proc.returncode == 0
     assert "usage: mailops" in proc.stdout
+
+
+def test_in_a_pipe_a_bad_command_line_makes_postfix_retry(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mailops import cli, exitcodes
+
+    monkeypatch.setenv("MAILOPS_PIPE", "1")
+    assert cli.main(["no-such-tool"]) == exitcodes.TEMPFAIL
+    assert "kept queued" in capsys.readouterr().err
+    monkeypatch.delenv("MAILOPS_PIPE")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["no-such-tool"])
+    assert exc.value.code == 2
+
+
+def test_in_a_pipe_a_broken_settings_file_makes_postfix_retry(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from mailops import cli, exitcodes
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[store\n")
+    monkeypatch.setenv("MAILOPS_PIPE", "1")
+    assert cli.main(["--config", str(bad), "config", "check"]) == exitcodes.TEMPFAIL
+    monkeypatch.delenv("MAILOPS_PIPE")
+    assert cli.main(["--config", str(bad), "config", "check"]) == exitcodes.CONFIG

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -48,16 +49,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PIPE_ENV = "MAILOPS_PIPE"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one tool.  Under a Postfix pipe (``MAILOPS_PIPE=1`` in the environment, set by
+    the mailops role's master.cf entries) every failure that is not the message's fault
+    (a wrong argument after an upgrade, a broken settings file, a bug) exits 75, so
+    Postfix keeps the message queued and retries instead of bouncing it."""
+    in_pipe = os.environ.get(PIPE_ENV) == "1"
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        if in_pipe and exc.code not in (0, None):
+            print("mailops: bad command line in the pipe; message kept queued", file=sys.stderr)
+            return exitcodes.TEMPFAIL
+        raise
     try:
         result: int = args.func(args)
     except ConfigError as exc:
         print(f"mailops: configuration error: {exc}", file=sys.stderr)
-        return exitcodes.CONFIG
+        return exitcodes.TEMPFAIL if in_pipe else exitcodes.CONFIG
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if not in_pipe:
+            raise
+        # One line for Postfix's log and the defer reason, never a traceback.
+        print(f"mailops: internal error, message kept queued: {type(exc).__name__}: {exc}"[:500],
+              file=sys.stderr)  # fmt: skip
+        return exitcodes.TEMPFAIL
     return result
 
 
