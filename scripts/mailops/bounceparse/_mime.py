@@ -61,6 +61,9 @@ def bound_input(raw: bytes) -> tuple[bytes, list[str]]:
     if len(raw) > MAX_INPUT:
         raw = raw[:MAX_INPUT]
         notes.append(f"input truncated to {MAX_INPUT} bytes")
+    lowered = raw.lower()
+    if lowered.count(b"boundary") + lowered.count(b"message/") <= MAX_NESTING:
+        return raw, notes
     for count, match in enumerate(_NESTING.finditer(raw), start=1):
         if count > MAX_NESTING:
             cut = raw.rfind(b"\n", 0, match.start())
@@ -130,12 +133,16 @@ class Part:
     params: dict[str, str]
     index: int
     _text: str | None = field(default=None, repr=False)
+    _headers: dict[str, str] | None = field(default=None, repr=False)
 
     def header(self, name: str) -> str:
-        for key, value in raw_headers(self.msg, 100):
-            if key == name:
-                return _text.decode_header(value)
-        return ""
+        """First value of one of the part's own headers, decoded ("" when absent)."""
+        if self._headers is None:
+            self._headers = {}
+            for key, value in raw_headers(self.msg, 100):
+                self._headers.setdefault(key, value)
+        found = self._headers.get(name, "")
+        return _text.decode_header(found) if found else ""
 
     @property
     def is_attachment(self) -> bool:
@@ -195,6 +202,7 @@ class Context:
         self._walk(msg)
         self._primary: str | None = None
         self._decoded: dict[str, str] = {}
+        self.original: list[tuple[str, str]] | None = None  # see links.original_headers
 
     def _walk(self, top: Message) -> None:
         stack: list[tuple[Message, int]] = [(top, 0)]

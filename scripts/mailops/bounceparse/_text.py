@@ -37,6 +37,14 @@ def clean(value: object, limit: int = LINE_MAX) -> str:
     """One line of printable text: no CR, LF, NUL or other control, no lone surrogate."""
     if not isinstance(value, str):
         value = "" if value is None else str(value)
+    if (
+        len(value) <= limit
+        and value.isprintable()
+        and "  " not in value
+        and value[:1] != " "
+        and value[-1:] != " "
+    ):
+        return value  # already one clean line: the common case
     text = value[: limit * 4 + 64]
     text = _SURROGATES.sub("\ufffd", text.translate(_CONTROLS))
     return " ".join(text.split())[:limit].rstrip()

@@ -69,7 +69,7 @@ def postfix(text: str, ctx: Context) -> list[Hit] | None:
 
 _EXIM_INTRO = "this message was created automatically by mail delivery software"
 _EXIM_LIST = re.compile(
-    r"(?im)^[^\n]*(?:address(?:\(es\)|es)? failed|has not yet been delivered|"
+    r"(?im)(?:address(?:\(es\)|es)? failed|has not yet been delivered|"
     r"not yet been delivered (?:is|are))[^\n]*:[ \t]*$"
 )
 _EXIM_RCPT = re.compile(r"^ {1,3}<?(" + _ADDR + r")>?:?\s*$")

@@ -22,7 +22,13 @@ _INLINE = re.compile(
 
 def original_headers(ctx: Context) -> list[tuple[str, str]]:
     """Headers of the returned message: an attached message/rfc822, else a
-    text/rfc822-headers part, else []."""
+    text/rfc822-headers part, else [] (computed once per message)."""
+    if ctx.original is None:
+        ctx.original = _find_original(ctx)
+    return ctx.original
+
+
+def _find_original(ctx: Context) -> list[tuple[str, str]]:
     for part in ctx.parts_of(ORIGINAL_MESSAGE_TYPES):
         payload = part.msg.get_payload()
         if isinstance(payload, list) and payload and isinstance(payload[0], Message):
