@@ -429,3 +429,96 @@ def test_a_broken_detector_does_not_stop_the_others(monkeypatch: pytest.MonkeyPa
     assert report.detector == "postfix"  # the notice text still names both recipients
     assert [r.reason for r in report.recipients] == ["userunknown", "blocked"]
     assert "detector rfc3464 failed: RuntimeError" in report.notes
+
+
+# --- DSN details -----------------------------------------------------------------------
+
+
+def _postfix_dsn(old: bytes, new: bytes) -> Report:
+    raw = (DATA / "postfix_dsn.eml").read_bytes()
+    assert old in raw
+    return parse_message(raw.replace(old, new))
+
+
+def test_original_recipient_is_the_address_we_sent_to() -> None:
+    original = b"\nOriginal-Recipient: rfc822;nobody@gmail.test"
+    report = _postfix_dsn(
+        b"Final-Recipient: rfc822; nobody@gmail.test" + original,
+        b"Final-Recipient: rfc822; forwarded@other.test" + original,
+    )
+    assert report.recipients[0].address == "nobody@gmail.test"
+
+
+def test_success_and_relay_notices_are_delivered_and_soft() -> None:
+    report = _postfix_dsn(b"Action: failed\nStatus: 5.1.1", b"Action: relayed\nStatus: 2.0.0")
+    first = report.recipients[0]
+    assert (report.kind, first.action, first.status, first.reason, first.hard) == (
+        "bounce",
+        "relayed",
+        "2.0.0",
+        "delivered",
+        False,
+    )
+
+
+def test_global_delivery_status_is_read() -> None:
+    report = _postfix_dsn(
+        b"Content-Type: message/delivery-status", b"Content-Type: message/global-delivery-status"
+    )
+    assert [r.reason for r in report.recipients] == ["userunknown", "blocked"]
+
+
+def test_base64_delivery_status_is_decoded() -> None:
+    raw = (DATA / "sendmail_dsn.eml").read_bytes()
+    head, _, rest = raw.partition(b"Content-Type: message/delivery-status\n\n")
+    body, sep, tail = rest.partition(b"\n--454BUKqV012345")
+    import base64
+
+    encoded = base64.encodebytes(body.replace(b"Status: 5.1.2", b"Status: 5.1.1"))
+    raw = (
+        head
+        + b"Content-Type: message/delivery-status\nContent-Transfer-Encoding: base64\n\n"
+        + encoded
+        + sep
+        + tail
+    )
+    report = parse_message(raw)
+    assert [(r.address, r.status) for r in report.recipients] == [
+        ("ivan@nonexistent.example.org", "5.1.1")
+    ]
+
+
+def test_recipient_without_status_that_failed_counts_as_permanent() -> None:
+    report = _postfix_dsn(
+        b"Action: failed\nStatus: 5.1.1\nRemote-MTA: dns; mx.gmail.test\n"
+        b"Diagnostic-Code: smtp; 550 5.1.1 <nobody@gmail.test>: Recipient address\n"
+        b"    rejected: User unknown in virtual mailbox table",
+        b"Action: failed\nDiagnostic-Code: x-local; no such user here",
+    )
+    first = report.recipients[0]
+    assert (first.status, first.reason, first.hard) == ("", "userunknown", True)
+
+
+def test_ses_delivery_and_delay_notifications() -> None:
+    raw = (DATA / "ses_complaint.eml").read_bytes()
+    start = raw.index(b'{"notificationType"')
+    end = raw.index(b"\n\n--\n")
+    delivery = (
+        b'{"notificationType":"Delivery","mail":{"source":"bounces+d1@company.test"},'
+        b'"delivery":{"recipients":["Ok@Example.net"],"smtpResponse":"250 2.6.0 Message '
+        b'received","reportingMTA":"a8-90.smtp-out.amazonses.test"}}'
+    )
+    report = parse_message(raw[:start] + delivery + raw[end:])
+    assert (report.kind, report.detector, report.verp_token) == ("bounce", "ses", "d1")
+    assert [(r.address, r.status, r.reason, r.hard) for r in report.recipients] == [
+        ("ok@example.net", "2.6.0", "delivered", False)
+    ]
+    delay = (
+        b'{"eventType":"DeliveryDelay","mail":{},"deliveryDelay":{"delayType":"MailboxFull",'
+        b'"delayedRecipients":[{"emailAddress":"full@example.net","status":"4.2.2",'
+        b'"diagnosticCode":"smtp; 452 4.2.2 Mailbox full"}]}}'
+    )
+    report = parse_message(raw[:start] + delay + raw[end:])
+    assert [(r.action, r.reason, r.hard) for r in report.recipients] == [
+        ("delayed", "mailboxfull", False)
+    ]
