@@ -18,6 +18,11 @@ DATA = Path(__file__).resolve().parent / "data" / "bounces"
 SAMPLES = sorted(DATA.glob("*.eml"))
 
 
+@pytest.fixture(autouse=True)
+def no_settings_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAILOPS_CONFIG", "/dev/null")
+
+
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     code = cli.main(["bounces", "parse", *argv])
     out, err = capsys.readouterr()
@@ -125,3 +130,32 @@ def test_bounces_registers_parse_and_skips_only_a_missing_subcommand(
 
 def test_bounces_is_a_listed_tool() -> None:
     assert "bounces" in cli.TOOLS
+
+
+def test_verp_prefixes_from_settings_and_flags(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sample = tmp_path / "b.eml"
+    sample.write_bytes((DATA / "qmail.eml").read_bytes().replace(b"bounces+", b"rp+"))
+    settings = tmp_path / "mailops.toml"
+    settings.write_text('[bounces]\nverp_prefixes = ["rp"]\nmax_message_bytes = 1024\n')
+
+    def token(argv: list[str]) -> str:
+        assert cli.main(argv) == 0
+        return str(json.loads(capsys.readouterr().out.splitlines()[0])["verp_token"])
+
+    parse = ["bounces", "parse", "--json"]
+    assert token([*parse, str(sample)]) == ""
+    assert token(["--config", str(settings), *parse, str(sample)]) == "0a0b0c"
+    assert token([*parse, "--verp-prefix", "x", "--verp-prefix", "rp", str(sample)]) == "0a0b0c"
+
+
+@pytest.mark.parametrize("value", ['"bounces"', "[]", '["a@b"]', '["bounces+"]', "[1]"])
+def test_bad_verp_prefixes_are_a_configuration_error(
+    tmp_path: Path, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = tmp_path / "mailops.toml"
+    settings.write_text(f"[bounces]\nverp_prefixes = {value}\n")
+    code = cli.main(["--config", str(settings), "bounces", "parse", str(DATA / "qmail.eml")])
+    assert code == exitcodes.CONFIG
+    assert "verp_prefixes" in capsys.readouterr().err

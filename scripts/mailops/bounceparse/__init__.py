@@ -40,6 +40,7 @@ from mailops.bounceparse.reports import arf, rfc3464
 from mailops.bounceparse.ses import ses
 
 __all__ = [
+    "DEFAULT_VERP_PREFIXES",
     "DETECTORS",
     "MAX_INPUT",
     "REASONS",

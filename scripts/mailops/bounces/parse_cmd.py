@@ -14,7 +14,12 @@ hard/soft, diagnostic.  ``-`` reads standard input.  At most the classifier's in
 limit (1 MiB) of each file is read: the report parts come first in a bounce.
 
 Exit codes: 0 when every file was read, 66 when some file could not be read (the others
-are still printed).  The classifier itself never fails on a message.
+are still printed), 78 for a broken settings file.  The classifier itself never fails
+on a message.
+
+Settings (table ``[bounces]``, shared with ``bounces ingest``; flags override)::
+
+    verp_prefixes = ["bounces"]   # local parts of VERP return paths: bounces+TOKEN@domain
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ import os
 import sys
 from typing import Any
 
-from mailops import exitcodes
-from mailops.bounceparse import MAX_INPUT, Report, parse_message
+from mailops import config, exitcodes
+from mailops.bounceparse import DEFAULT_VERP_PREFIXES, MAX_INPUT, Report, parse_message
 from mailops.bounceparse._text import clean
+from mailops.config import ConfigError
 
 
 def register(sub: Any) -> None:
@@ -44,7 +50,32 @@ def register(sub: Any) -> None:
         metavar="ADDR",
         help="envelope recipient of every message (for its VERP token)",
     )
+    parser.add_argument(
+        "--verp-prefix",
+        action="append",
+        metavar="LOCALPART",
+        help="local part of VERP return paths (repeatable; default from [bounces], 'bounces')",
+    )
     parser.set_defaults(func=cmd_parse)
+
+
+def verp_prefixes(args: argparse.Namespace) -> tuple[str, ...]:
+    """[bounces] verp_prefixes, overridden by --verp-prefix."""
+    table = config.section(config.load(getattr(args, "config", None)), "bounces")
+    value: object = args.verp_prefix or table.get("verp_prefixes", list(DEFAULT_VERP_PREFIXES))
+    if not isinstance(value, list) or not value or not all(_local_part(v) for v in value):
+        raise ConfigError(
+            "[bounces] verp_prefixes must be a non-empty list of local parts (no '@' or '+')"
+        )
+    return tuple(value)
+
+
+def _local_part(value: object) -> bool:
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= 64
+        and not any(c in value for c in "@+ \t\r\n<>")
+    )
 
 
 def rows(name: str, report: Report) -> list[dict[str, Any]]:
@@ -102,6 +133,7 @@ def _read(path: str) -> bytes:
 
 
 def cmd_parse(args: argparse.Namespace) -> int:
+    prefixes = verp_prefixes(args)
     status = exitcodes.OK
     out = sys.stdout
     for path in args.files:
@@ -113,7 +145,7 @@ def cmd_parse(args: argparse.Namespace) -> int:
             print(f"mailops bounces parse: {name}: cannot read ({reason})", file=sys.stderr)
             status = exitcodes.NOINPUT
             continue
-        report = parse_message(raw, envelope_to=args.envelope_to)
+        report = parse_message(raw, envelope_to=args.envelope_to, verp_prefixes=prefixes)
         try:
             for row in rows(name, report):
                 line = json.dumps(row, ensure_ascii=False) if args.json else text_line(row)
