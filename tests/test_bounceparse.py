@@ -522,3 +522,24 @@ def test_ses_delivery_and_delay_notifications() -> None:
     assert [(r.action, r.reason, r.hard) for r in report.recipients] == [
         ("delayed", "mailboxfull", False)
     ]
+
+
+@pytest.mark.parametrize(
+    ("headers", "kind"),
+    [
+        (b"From: Zoe <zoe@example.net>\nSubject: Re: Undelivered Mail\n", "other"),
+        (b"From: Zoe <zoe@example.net>\nSubject: Undelivered Mail\n", "other"),
+        (b"Return-Path: <>\nFrom: Zoe <zoe@example.net>\nSubject: Undelivered Mail\n", "bounce"),
+        (
+            b"From: x@example.net\nAuto-Submitted: auto-generated\nSubject: Undeliverable\n",
+            "bounce",
+        ),
+        (b"From: <MAILER-DAEMON@example.net>\nSubject: hello\n", "bounce"),
+    ],
+)
+def test_generic_needs_machine_mail(headers: bytes, kind: str) -> None:
+    body = b"\nMy mail to <someone@company.test> failed: 550 5.1.1 user unknown\n"
+    report = parse_message(headers + body)
+    assert report.kind == kind
+    if kind == "bounce":
+        assert [(r.address, r.hard) for r in report.recipients] == [("someone@company.test", True)]

@@ -63,14 +63,22 @@ _QUOTED_START = re.compile(
 )
 
 
+_REPLY_PREFIX = re.compile(r"(?i)^\s*(?:re|fwd?|aw|wg|sv|vs|tr|rv)\s*:")
+
+
 def looks_like_bounce(ctx: Context) -> bool:
-    sender = _text.first_address(ctx.header("from"))
-    local = sender.partition("@")[0]
-    return bool(
-        local in _DAEMONS
-        or ctx.header("x-failed-recipients")
-        or _BOUNCE_SUBJECT.search(ctx.header("subject"))
-    )
+    """From a mailer daemon, or naming failed recipients, or with a bounce subject on
+    machine mail (null return path or Auto-Submitted): a person's "Re: Undelivered
+    mail" must not suppress the addresses it quotes."""
+    local = _text.first_address(ctx.header("from")).partition("@")[0]
+    if local in _DAEMONS or ctx.header("x-failed-recipients"):
+        return True
+    subject = ctx.header("subject")
+    if not _BOUNCE_SUBJECT.search(subject) or _REPLY_PREFIX.match(subject):
+        return False
+    auto = ctx.header("auto-submitted").lower()
+    null_sender = ctx.header("return-path").replace(" ", "") == "<>"
+    return null_sender or (bool(auto) and not auto.startswith("no"))
 
 
 def generic(ctx: Context) -> Draft | None:
