@@ -169,7 +169,7 @@ def load(path: str, executable: str | None = None, playbook_dir: str | None = No
         data = json.loads(proc.stdout)
     except ValueError:
         raise InventoryError(f"ansible-inventory -i {path} printed no JSON") from None
-    pb = Path(playbook_dir) if playbook_dir else default_playbook_dir(p)
+    pb = Path(playbook_dir).expanduser().resolve() if playbook_dir else default_playbook_dir(p)
     return parse_listing(data, p, pb)
 
 
