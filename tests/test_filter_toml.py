@@ -1,4 +1,4 @@
-"""The to_toml filter writes what tomllib reads back unchanged, and refuses what TOML cannot hold."""
+"""to_toml writes what tomllib reads back unchanged, and refuses what TOML cannot hold."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from plugins.filter.toml import AnsibleFilterError, to_toml
 
 SETTINGS = {
     "mailops": {"ops_address": "ops@company.test"},
-    "store": {"url": "postgresql://mailops:p\"w\\d@monitor.company.test/mailops"},
+    "store": {"url": 'postgresql://mailops:p"w\\d@monitor.company.test/mailops'},
     "saslblock": {"threshold": 5, "window": 600, "allow": ["198.51.100.0/24"], "postmap": True},
     "report": {"ratio": 0.25, "sub": {"deep": "x"}},
 }

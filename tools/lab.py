@@ -52,7 +52,7 @@ NODE_PACKAGES = [
     "postfix", "postfix-pcre", "postfix-pgsql", "libsasl2-modules", "dovecot-core",
     "opendkim", "opendkim-tools", "opendmarc", "postgrey", "postfix-policyd-spf-python",
     "nsd", "unbound", "nginx-light", "openssh-server", "openssh-client",
-    "postgresql", "rsync", "tzdata",
+    "postgresql", "python3-psycopg2", "rsync", "tzdata",
 ]  # fmt: skip
 
 
@@ -273,6 +273,57 @@ def start_hosts(lab: Lab) -> None:
         )  # fmt: skip
 
 
+SSH_DIR = STATE / "secrets" / "ssh"
+
+# Run in every lab host (as root, through podman exec) before Ansible connects over SSH:
+# each container gets host keys of its own (the image's are shared by all), the lab's
+# key for root, and a running sshd.
+SSHD_SETUP = """set -e
+if [ ! -e /etc/ssh/.lab-host-keys ]; then
+  rm -f /etc/ssh/ssh_host_*; ssh-keygen -A >/dev/null; touch /etc/ssh/.lab-host-keys
+fi
+mkdir -p -m 0700 /root/.ssh; mkdir -p /run/sshd
+printf '%s\\n' "$1" > /root/.ssh/authorized_keys; chmod 0600 /root/.ssh/authorized_keys
+pgrep -x sshd >/dev/null || /usr/sbin/sshd
+cat /etc/ssh/ssh_host_ed25519_key.pub
+"""
+
+
+def ssh_setup(lab: Lab) -> None:
+    """Let Ansible reach the hosts over SSH with pipelining and persistent connections.
+
+    podman's connection plugin copies every module with `podman cp` and runs it with
+    several `podman exec` calls; SSH sends each task down one open connection, which
+    makes a converge of the running lab several times faster.  The key is made here at
+    run time (never committed); host keys are pinned in the lab's own known_hosts.
+    """
+    SSH_DIR.mkdir(parents=True, exist_ok=True)
+    key = SSH_DIR / "id_ed25519"
+    if not key.exists():
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "mailops lab", "-f", str(key)])
+    pub = key.with_suffix(".pub").read_text().strip()
+    lines = []
+    for h in lab.hosts:
+        hostkey = podman("exec", container(h), "sh", "-c", SSHD_SETUP, "sshd-setup", pub)
+        lines.append(f"{h.ip} {' '.join(hostkey.split()[:2])}")
+    (SSH_DIR / "known_hosts").write_text("\n".join(lines) + "\n")
+    for h in lab.hosts:
+        for _ in range(50):
+            probe = subprocess.run(
+                ["ssh", "-i", str(key), "-o", f"UserKnownHostsFile={SSH_DIR / 'known_hosts'}",
+                 "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+                 "-o", "ConnectTimeout=2", f"root@{h.ip}", "true"],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if probe.returncode == 0:
+                break
+            time.sleep(0.2)
+        else:
+            raise SystemExit(
+                f"lab: cannot reach {h.name} ({h.ip}) over SSH: {probe.stderr.strip()}"
+            )
+
+
 def down() -> None:
     names = podman("ps", "-a", "--filter", f"label={LABEL}", "--format", "{{.Names}}").split()
     if names:
@@ -416,6 +467,7 @@ def up(run_checks: bool = True, slow: bool = False) -> tuple[Lab, dict[str, dict
     preflight(lab)
     build_images()
     start_hosts(lab)
+    ssh_setup(lab)
     recap = converge("converge")
     results = checks(slow=slow) if run_checks else []
     ok = (
