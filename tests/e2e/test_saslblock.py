@@ -95,7 +95,15 @@ def test_wrong_passwords_were_refused_and_logged(
 ) -> None:
     replies = attack["replies"]
     assert isinstance(replies, list)
-    assert all(r.startswith("<** 535") for r in replies), replies
+    # Every attempt is refused: 535 for a wrong password; under a burst Dovecot may
+    # answer one with a temporary "Connection lost to authentication server" (454),
+    # which the blocker rightly does not count; and the cron job (every 5 minutes) may
+    # block the guesser halfway, after which it is refused at once (554).
+    allowed = ("<** 535", "<** 454", "<** 554")
+    assert all(r.startswith(allowed) for r in replies), "\n".join(map(str, replies))
+    assert sum(r.startswith("<** 535") for r in replies) >= int(str(attack["threshold"])), replies
+    late = [r for r in replies if r.startswith("<** 554")]
+    assert all("Client host rejected" in r for r in late), late
     log = sh("mx1", f"grep -F '[{STRANGER}]: SASL' /var/log/mail.log | tail -3").out
     assert "authentication failed" in log, log
     evidence.append(f"{len(replies)} wrong passwords from {STRANGER}: {replies[0][:60]}")
