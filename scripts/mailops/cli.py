@@ -28,6 +28,7 @@ TOOLS: tuple[str, ...] = (
     "unsubscribe",
     "autoreply",
     "bounces",
+    "report",
 )
 
 

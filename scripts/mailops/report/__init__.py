@@ -1,0 +1,229 @@
+"""``mailops report``: a daily summary of the Postfix log with pflogsumm's numbers.
+
+Usage::
+
+    mailops report [--log FILE ...] [--rotated | --no-rotated]
+                   [--day today|yesterday|YYYY-MM-DD|all] [--format text|json|html]
+                   [--mail-to ADDR ...] [--mail-from ADDR] [--year YYYY] [--top N]
+                   [--syslog-name NAME]
+
+Reads Postfix's log (syslog's file or Postfix's own ``maillog_file``; classic or ISO
+timestamps; plain or gzip, found by content), one stream in the order given, in
+bounded memory, and prints the grand totals pflogsumm 1.1.5 prints, with its meanings
+(see ``mailops.report.tally``), then traffic per hour and per day, per-destination
+delivered/deferred/bounced with average and maximum delay, top bounce, deferral and
+reject reasons, SASL authentication failures per client and per-sender-domain volume.
+
+``--rotated`` also reads ``FILE.1``, ``FILE.2.gz``..., ``FILE-YYYYMMDD[.gz]`` (oldest
+first), leaving out those last written before the day asked for.  ``--day`` keeps the
+lines of one day as pflogsumm's ``-d`` does (classic timestamps have no year: ``Nov 23``
+lines of any year count; ``--year`` names the year for the per-day table, which
+otherwise follows pflogsumm: this year, or last year for a month still to come).
+
+Formats: ``text`` (pflogsumm's layout with exact numbers, for grep), ``json`` (schema
+``mailops.report/1``, docs/report.md), ``html`` (a MIME mail: text alternative plus
+HTML with PNG charts of hourly traffic and outcomes per destination as
+``multipart/related`` parts, printed so it can be piped to ``sendmail -t`` or saved).
+``--mail-to`` sends the chosen format through ``sendmail`` instead of printing it.
+
+Run on the monitor host over every node's log (``--log mx1.log --log mail1.log ...``)
+it makes one report for the cluster.
+
+Exit codes: 0 done; 2 bad arguments; 66 a log cannot be read; 75 sendmail failed;
+78 bad settings or no sendmail.
+
+Settings (table ``[report]`` of the mailops settings file; flags override them)::
+
+    logs = ["/var/log/mail.log"]
+    rotated = false
+    day = "yesterday"
+    format = "text"
+    mail_to = []                 # e.g. ["ops@company.com"]: cron mails the report
+    mail_from = ""               # "" = mailops@<this host's FQDN>
+    subject = ""                 # "" = "Postfix log summary for DAY on HOST: ..."
+    sendmail = "/usr/sbin/sendmail"
+    year = 0                     # 0 = pflogsumm's guess for yearless timestamps
+    top = 20                     # rows per table
+    syslog_name = "postfix"      # also count lines of this syslog_name (multi-instance)
+    cap = 5000                   # entries kept per domain/reason table before pruning
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from mailops import config, exitcodes
+from mailops.config import ConfigError
+
+DEFAULTS: dict[str, Any] = {
+    "logs": ["/var/log/mail.log"],
+    "rotated": False,
+    "day": "yesterday",
+    "format": "text",
+    "mail_to": [],
+    "mail_from": "",
+    "subject": "",
+    "sendmail": "/usr/sbin/sendmail",
+    "year": 0,
+    "top": 20,
+    "syslog_name": "postfix",
+    "cap": 5000,
+}
+FORMATS = ("text", "json", "html")
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Defaults, then the [report] table, then the flags that were given."""
+    table = config.section(config.load(getattr(args, "config", None)), "report")
+    merged = dict(DEFAULTS)
+    for key, value in table.items():
+        if key not in DEFAULTS:
+            raise ConfigError(f"[report] unknown key {key!r}")
+        want = type(DEFAULTS[key])
+        if want is list:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"[report] {key} must be a list of strings")
+        elif want is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(f"[report] {key} must be true or false")
+        elif not isinstance(value, want) or isinstance(value, bool):
+            raise ConfigError(f"[report] {key} must be {want.__name__}")
+        merged[key] = value
+    flags = {
+        "logs": args.log,
+        "rotated": args.rotated,
+        "day": args.day,
+        "format": args.format,
+        "mail_to": args.mail_to,
+        "mail_from": args.mail_from,
+        "year": args.year,
+        "top": args.top,
+        "syslog_name": args.syslog_name,
+    }
+    for key, value in flags.items():
+        if value is not None:
+            merged[key] = value
+    if merged["format"] not in FORMATS:
+        raise ConfigError(f"[report] format must be one of {', '.join(FORMATS)}")
+    if merged["top"] < 1 or merged["cap"] < merged["top"]:
+        raise ConfigError("[report] top must be at least 1 and cap at least top")
+    if not merged["logs"]:
+        raise ConfigError("[report] logs is empty and no --log was given")
+    return merged
+
+
+def _err(text: str) -> None:
+    print(f"mailops report: {text}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mailops.report import build, render  # import the heavy parts only when running
+
+    s = settings(args)
+    try:
+        day = build.parse_day(s["day"])
+    except ValueError as exc:
+        _err(str(exc))
+        return exitcodes.USAGE
+    paths = list(build.iter_paths(s["logs"], s["rotated"], day))
+    try:
+        tally, sources = build.tally_files(paths, day, s["syslog_name"], s["cap"])
+    except build.LogError as exc:
+        _err(str(exc))
+        return exitcodes.NOINPUT
+    rep = build.report(tally, sources, day, top=s["top"], year=s["year"] or None)
+    if not s["mail_to"]:
+        if s["format"] == "json":
+            out = render.as_json(rep)
+        elif s["format"] == "text":
+            out = render.as_text(rep)
+        else:
+            out = render.mail(rep, "html", _mail_from(s), ["root"], s["subject"]).as_string()
+        sys.stdout.write(out)
+        return exitcodes.OK
+    return send(rep, s)
+
+
+def _mail_from(s: dict[str, Any]) -> str:
+    return str(s["mail_from"]) or f"mailops@{socket.getfqdn()}"
+
+
+def send(rep: dict[str, Any], s: dict[str, Any]) -> int:
+    """Hand the report to sendmail(1); a clear error when there is none."""
+    from mailops.report import render
+
+    sendmail = str(s["sendmail"])
+    if not (Path(sendmail).is_file() and os.access(sendmail, os.X_OK)):
+        _err(
+            f"cannot mail the report: {sendmail} is not an executable file "
+            "(install Postfix or set [report] sendmail)"
+        )
+        return exitcodes.CONFIG
+    msg = render.mail(rep, s["format"], _mail_from(s), list(s["mail_to"]), s["subject"])
+    try:
+        proc = subprocess.run(
+            [sendmail, "-oi", "--", *s["mail_to"]],
+            input=msg.as_bytes(),
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        _err(f"{sendmail} failed: {exc}")
+        return exitcodes.TEMPFAIL
+    if proc.returncode != 0:
+        detail = proc.stderr.decode("utf-8", "replace").strip()
+        _err(f"{sendmail} exited {proc.returncode}: {detail}")
+        return exitcodes.TEMPFAIL
+    return exitcodes.OK
+
+
+def _year(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a year such as 2024") from None
+    if not 1970 <= value <= 9999:
+        raise argparse.ArgumentTypeError("must be a year such as 2024")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="daily summary of the Postfix log (pflogsumm's totals, charts by mail)",
+        description=(__doc__ or "").split("\n\n")[0],
+    )
+    parser.add_argument(
+        "--log", action="append", metavar="FILE", help="log to read (repeat; default from settings)"
+    )
+    parser.add_argument(
+        "--rotated",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also read FILE.1, FILE.2.gz ... that may hold lines of the day",
+    )
+    parser.add_argument("--day", help="today, yesterday, YYYY-MM-DD or all (default yesterday)")
+    parser.add_argument("--format", choices=FORMATS)
+    parser.add_argument("--mail-to", action="append", metavar="ADDR", help="mail the report")
+    parser.add_argument("--mail-from", metavar="ADDR")
+    parser.add_argument("--year", type=_year, help="year of classic (yearless) timestamps")
+    parser.add_argument("--top", type=_positive, help="rows per table (default 20)")
+    parser.add_argument("--syslog-name", help="also count this Postfix syslog_name")
+    parser.set_defaults(func=run)

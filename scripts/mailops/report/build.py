@@ -1,0 +1,331 @@
+"""Read log files (plain, gzip, rotated sets) into a Tally; turn it into the report.
+
+The report is a plain dict, the documented JSON of ``mailops report --format json``
+(schema ``mailops.report/1``, described in docs/report.md).  Text and HTML are rendered
+from it, so all three always agree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import socket
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from mailops.report.tally import (
+    CHUNK,
+    D_BOUNCE,
+    D_BYTES,
+    D_DEFER,
+    D_DELAY_MAX,
+    D_DELAY_SUM,
+    D_SENT,
+    MONTH_NAMES,
+    DaySpec,
+    Tally,
+)
+
+SCHEMA = "mailops.report/1"
+TOTALS = (
+    "received",
+    "delivered",
+    "forwarded",
+    "deferred",
+    "deferrals",
+    "bounced",
+    "rejected",
+    "reject_warnings",
+    "held",
+    "discarded",
+    "bytes_received",
+    "bytes_delivered",
+    "senders",
+    "sending_hosts_domains",
+    "recipients",
+    "recipient_hosts_domains",
+)
+HOURLY = ("received", "delivered", "deferred", "bounced", "rejected")
+_MONTH = {name.encode(): i + 1 for i, name in enumerate(MONTH_NAMES)}
+_ROTATED = re.compile(r"^\.(\d+)(\.gz)?$|^-(\d{8})(\.gz)?$")
+
+
+class LogError(Exception):
+    """A log file cannot be read; the message names it and says why."""
+
+
+# ---------------------------------------------------------------------- choosing files
+
+
+def parse_day(text: str, today: dt.date | None = None) -> dt.date | None:
+    """``today``, ``yesterday``, ``YYYY-MM-DD`` -> a date; ``all`` -> None."""
+    today = today or dt.date.today()
+    if text == "all":
+        return None
+    if text == "today":
+        return today
+    if text == "yesterday":
+        return today - dt.timedelta(days=1)
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"--day: expected today, yesterday, all or YYYY-MM-DD, not {text!r}"
+        ) from None
+
+
+def rotated_set(path: Path, since: dt.date | None = None) -> list[Path]:
+    """``path`` with its rotated siblings (``.1``, ``.2.gz``, ``-20241123[.gz]``), oldest
+    first.  With ``since``, siblings last written before that day are left out: they
+    cannot hold a line of it."""
+    found: list[tuple[tuple[int, int], Path]] = []
+    if path.parent.is_dir():
+        for sibling in path.parent.iterdir():
+            if not sibling.name.startswith(path.name) or sibling == path:
+                continue
+            m = _ROTATED.match(sibling.name[len(path.name) :])
+            if not m:
+                continue
+            # .N: higher is older; -YYYYMMDD: lower is older
+            key = (0, -int(m.group(1))) if m.group(1) else (0, int(m.group(3)) - 10**9)
+            found.append((key, sibling))
+    found.sort()
+    chosen = [p for _, p in found]
+    if since is not None:
+        start = dt.datetime.combine(since, dt.time()).timestamp()
+        chosen = [p for p in chosen if _mtime(p) >= start]
+    return [*chosen, path]
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def open_log(path: Path) -> BinaryIO:
+    """Open a log for reading bytes: gzip is recognised by its magic number."""
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - returned to the caller
+    except FileNotFoundError:
+        raise LogError(f"{path}: no such file") from None
+    except PermissionError:
+        raise LogError(f"{path}: permission denied (run as root or a member of adm)") from None
+    except IsADirectoryError:
+        raise LogError(f"{path}: is a directory") from None
+    except OSError as exc:
+        raise LogError(f"{path}: {exc.strerror}") from None
+    if fh.peek(2)[:2] == b"\x1f\x8b":
+        return _GzipStream(fh, path)  # type: ignore[return-value]
+    return fh
+
+
+class _GzipStream:
+    """A gzip file (one or more members) read as bytes, in bounded blocks."""
+
+    def __init__(self, raw: BinaryIO, path: Path) -> None:
+        self.raw = raw
+        self.path = path
+        self.z = zlib.decompressobj(wbits=31)
+        self.pending = b""  # compressed input not yet given to the decompressor
+
+    def read(self, size: int = CHUNK) -> bytes:
+        while True:
+            data = self.pending or self.z.unconsumed_tail or self.raw.read(size)
+            self.pending = b""
+            if not data:
+                if not self.z.eof:
+                    raise LogError(f"{self.path}: gzip file is truncated")
+                return b""
+            try:
+                if self.z.eof:  # another gzip member follows
+                    self.z = zlib.decompressobj(wbits=31)
+                out = self.z.decompress(data, 4 * size)
+            except zlib.error as exc:
+                raise LogError(f"{self.path}: not a valid gzip file ({exc})") from None
+            if self.z.eof:
+                self.pending = self.z.unused_data
+            if out:
+                return out
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def tally_files(
+    paths: Sequence[Path],
+    day: dt.date | None = None,
+    syslog_name: str = "postfix",
+    cap: int = 5000,
+) -> tuple[Tally, list[dict[str, Any]]]:
+    """Count every file in turn (as one stream, the way pflogsumm reads several files)."""
+    tally = Tally(
+        syslog_name=syslog_name,
+        day=DaySpec(day.year, day.month, day.day) if day else None,
+        cap=cap,
+    )
+    sources: list[dict[str, Any]] = []
+    for path in paths:
+        before = tally.lines
+        fh = open_log(path)
+        try:
+            while block := fh.read(CHUNK):
+                tally.feed_bytes(block)
+            # a file that does not end in a newline ends its last line anyway
+            tally.flush()
+        except OSError as exc:
+            raise LogError(f"{path}: {exc.strerror or exc}") from None
+        finally:
+            fh.close()
+        sources.append({"path": str(path), "lines": tally.lines - before})
+    return tally, sources
+
+
+# ---------------------------------------------------------------------- the report
+
+
+def infer_year(month: int, now: dt.date) -> int:
+    """pflogsumm's rule for a classic (yearless) timestamp: a month after this one is
+    last year's."""
+    return now.year - 1 if month > now.month else now.year
+
+
+def bucket_time(key: bytes, year: int | None, now: dt.date) -> tuple[str, int] | None:
+    """A bucket key (``Nov 23 10`` or ``2024-11-23T10``) -> (ISO date, hour)."""
+    try:
+        if key[:1].isdigit():
+            return key[:10].decode(), int(key[11:13])
+        mon, day, hour = key.split()
+        month = _MONTH[mon]
+        when = dt.date(year or infer_year(month, now), month, int(day))
+        return when.isoformat(), int(hour)
+    except (KeyError, ValueError):
+        return None
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "replace")
+
+
+def _round(value: float) -> float:
+    return round(value, 3)
+
+
+def report(
+    tally: Tally,
+    sources: list[dict[str, Any]],
+    day: dt.date | None,
+    top: int = 20,
+    year: int | None = None,
+    now: dt.datetime | None = None,
+    host: str | None = None,
+) -> dict[str, Any]:
+    """The documented report dict (schema ``mailops.report/1``)."""
+    now = now or dt.datetime.now(dt.UTC)
+    today = now.date()
+    t = tally
+    total = t.delivered + t.rejected + t.discarded
+    totals = {
+        "received": t.received,
+        "delivered": t.delivered,
+        "forwarded": t.forwarded,
+        "deferred": t.deferred,
+        "deferrals": t.deferrals,
+        "bounced": t.bounced,
+        "rejected": t.rejected,
+        "rejected_percent": int(t.rejected / total * 100) if total else 0,
+        "reject_warnings": t.reject_warnings,
+        "held": t.held,
+        "discarded": t.discarded,
+        "discarded_percent": int(t.discarded / total * 100) if total else 0,
+        "bytes_received": t.bytes_received,
+        "bytes_delivered": t.bytes_delivered,
+        "senders": len(t.senders),
+        "sending_hosts_domains": len(t.sending_domains),
+        "recipients": len(t.recipients),
+        "recipient_hosts_domains": len(t.recipient_domains),
+    }
+    hourly = [dict.fromkeys(HOURLY, 0) for _ in range(24)]
+    daily: dict[str, dict[str, int]] = {}
+    for key, counts in t.buckets.items():
+        when = bucket_time(key, year, today)
+        if when is None:
+            continue
+        date, hour = when
+        day_row = daily.setdefault(date, dict.fromkeys(HOURLY, 0))
+        for name, value in zip(HOURLY, counts, strict=True):
+            hourly[hour % 24][name] += value
+            day_row[name] += value
+    rcpt = sorted(
+        t.rcpt_domains.items(),
+        key=lambda kv: (kv[1][D_SENT], kv[1][D_BYTES], kv[0]),
+        reverse=True,
+    )
+    senders = sorted(
+        t.sender_domains.items(), key=lambda kv: (kv[1][0], kv[1][1], kv[0]), reverse=True
+    )
+
+    def top_counts(table: dict[Any, int]) -> list[tuple[Any, int]]:
+        return sorted(table.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+
+    return {
+        "schema": SCHEMA,
+        "generated_at": now.isoformat(timespec="seconds"),
+        "host": host or socket.getfqdn(),
+        "day": day.isoformat() if day else "all",
+        "sources": sources,
+        "lines": t.lines,
+        "totals": totals,
+        "hourly": [{"hour": h, **row} for h, row in enumerate(hourly)],
+        "daily": [{"date": d, **daily[d]} for d in sorted(daily)],
+        "recipient_domains": [
+            {
+                "domain": _text(dom),
+                "delivered": int(row[D_SENT]),
+                "bytes": int(row[D_BYTES]),
+                "deferred": int(row[D_DEFER]),
+                "bounced": int(row[D_BOUNCE]),
+                "avg_delay": _round(row[D_DELAY_SUM] / row[D_SENT]) if row[D_SENT] else 0.0,
+                "max_delay": _round(row[D_DELAY_MAX]),
+            }
+            for dom, row in rcpt[:top]
+        ],
+        "sender_domains": [
+            {"domain": _text(dom), "messages": row[0], "bytes": row[1]}
+            for dom, row in senders[:top]
+        ],
+        "bounce_reasons": [
+            {"relay": _text(relay), "reason": _text(reason), "count": n}
+            for (relay, reason), n in top_counts(t.bounce_reasons)
+        ],
+        "deferral_reasons": [
+            {"program": _text(cmd), "reason": _text(reason), "count": n}
+            for (cmd, reason), n in top_counts(t.defer_reasons)
+        ],
+        "reject_reasons": [
+            {"action": _text(kind), "stage": _text(stage), "reason": _text(reason), "count": n}
+            for (kind, stage, reason), n in top_counts(t.reject_reasons)
+        ],
+        "sasl": {
+            "failures": t.sasl_failures,
+            "server_faults": t.sasl_server_faults,
+            "clients": [
+                {"client": _text(ip), "failures": n} for ip, n in top_counts(t.sasl_clients)
+            ],
+        },
+        "problems": {"fatal": t.fatal, "panic": t.panic},
+        "truncated": sorted(t.truncated),
+    }
+
+
+def iter_paths(logs: Sequence[str], rotated: bool, day: dt.date | None) -> Iterator[Path]:
+    """The files to read for these --log arguments, in reading order."""
+    for name in logs:
+        path = Path(name).expanduser()
+        if rotated:
+            yield from rotated_set(path, since=day)
+        else:
+            yield path

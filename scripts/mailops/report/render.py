@@ -1,0 +1,248 @@
+"""Render a report dict as greppable text, JSON, or a mail with inline charts."""
+
+from __future__ import annotations
+
+import html
+import json
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from typing import Any
+
+from mailops.report import png
+from mailops.report.build import HOURLY
+
+TOTAL_LINES = (
+    ("received", "received"),
+    ("delivered", "delivered"),
+    ("forwarded", "forwarded"),
+    ("deferred", "deferred"),
+    ("deferrals", "deferrals"),
+    ("bounced", "bounced"),
+    ("rejected", "rejected"),
+    ("rejected_percent", "rejected percent"),
+    ("reject_warnings", "reject warnings"),
+    ("held", "held"),
+    ("discarded", "discarded"),
+    ("discarded_percent", "discarded percent"),
+    ("bytes_received", "bytes received"),
+    ("bytes_delivered", "bytes delivered"),
+    ("senders", "senders"),
+    ("sending_hosts_domains", "sending hosts/domains"),
+    ("recipients", "recipients"),
+    ("recipient_hosts_domains", "recipient hosts/domains"),
+)
+
+
+def title(rep: dict[str, Any]) -> str:
+    day = "all days in the log" if rep["day"] == "all" else rep["day"]
+    return f"Postfix log summary for {day} on {rep['host']}"
+
+
+def subject(rep: dict[str, Any]) -> str:
+    t = rep["totals"]
+    return (
+        f"{title(rep)}: {t['delivered']} delivered, {t['deferred']} deferred, "
+        f"{t['bounced']} bounced, {t['rejected']} rejected"
+    )
+
+
+def as_json(rep: dict[str, Any]) -> str:
+    return json.dumps(rep, indent=2, ensure_ascii=False) + "\n"
+
+
+def _section(out: list[str], name: str) -> None:
+    out += ["", name, "-" * len(name)]
+
+
+def as_text(rep: dict[str, Any]) -> str:
+    """pflogsumm's layout, with exact numbers (no k/m) so that grep and awk can read it."""
+    out = [title(rep)]
+    _section(out, "Grand Totals")
+    t = rep["totals"]
+    for key, label in TOTAL_LINES:
+        out.append(f" {t[key]:>12}  {label}")
+
+    _section(out, "Per-Hour Traffic")
+    out.append(f"    {'time':12}" + "".join(f"{name:>11}" for name in HOURLY))
+    for row in rep["hourly"]:
+        h = row["hour"]
+        out.append(f"    {h:02d}00-{h + 1:02d}00   " + "".join(f"{row[n]:>11}" for n in HOURLY))
+    if len(rep["daily"]) > 1:
+        _section(out, "Per-Day Traffic")
+        for row in rep["daily"]:
+            out.append(f"    {row['date']:12}" + "".join(f"{row[n]:>11}" for n in HOURLY))
+
+    _section(out, "Recipient Domains (delivered, bytes, deferred, bounced, avg/max delay s)")
+    for d in rep["recipient_domains"]:
+        out.append(
+            f" {d['delivered']:>9} {d['bytes']:>13} {d['deferred']:>8} {d['bounced']:>8}"
+            f" {d['avg_delay']:>9.1f} {d['max_delay']:>9.1f}  {d['domain']}"
+        )
+    _section(out, "Sender Domains (messages, bytes)")
+    for d in rep["sender_domains"]:
+        out.append(f" {d['messages']:>9} {d['bytes']:>13}  {d['domain']}")
+    _section(out, "Bounce Reasons (by relay)")
+    for r in rep["bounce_reasons"]:
+        out.append(f" {r['count']:>9}  {r['relay']}: {r['reason']}")
+    _section(out, "Deferral Reasons")
+    for r in rep["deferral_reasons"]:
+        out.append(f" {r['count']:>9}  {r['program']}: {r['reason']}")
+    _section(out, "Reject Reasons")
+    for r in rep["reject_reasons"]:
+        out.append(f" {r['count']:>9}  {r['action']} {r['stage']}: {r['reason']}")
+    _section(out, "SASL Authentication Failures")
+    sasl = rep["sasl"]
+    out.append(f" {sasl['failures']:>9}  failures")
+    out.append(f" {sasl['server_faults']:>9}  authentication server faults (not counted)")
+    for c in sasl["clients"]:
+        out.append(f" {c['failures']:>9}  {c['client']}")
+    if rep["problems"]["fatal"] or rep["problems"]["panic"]:
+        _section(out, "Problems")
+        out.append(f" {rep['problems']['fatal']:>9}  fatal")
+        out.append(f" {rep['problems']['panic']:>9}  panic")
+    _section(out, "Sources")
+    for s in rep["sources"]:
+        out.append(f" {s['lines']:>9}  {s['path']}")
+    if rep["truncated"]:
+        out.append("")
+        out.append(
+            "note: tables capped, counts there are lower bounds: " + ", ".join(rep["truncated"])
+        )
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------- HTML mail
+
+_CSS_TD = "padding:2px 10px;border-bottom:1px solid #e2e6ea;"
+_CSS_NUM = _CSS_TD + "text-align:right;font-variant-numeric:tabular-nums;"
+
+
+def _table(headers: list[str], rows: list[list[Any]], numeric: set[int]) -> str:
+    head = "".join(
+        f'<th style="{_CSS_NUM if i in numeric else _CSS_TD}">{html.escape(h)}</th>'
+        for i, h in enumerate(headers)
+    )
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td style="{_CSS_NUM if i in numeric else _CSS_TD}">{html.escape(str(v))}</td>'
+            for i, v in enumerate(row)
+        )
+        + "</tr>"
+        for row in rows
+    )
+    if not rows:
+        body = f'<tr><td style="{_CSS_TD}" colspan="{len(headers)}">none</td></tr>'
+    return f'<table style="border-collapse:collapse;margin:4px 0 16px 0;">{head}{body}</table>'
+
+
+def as_html(rep: dict[str, Any], hourly_cid: str, domains_cid: str) -> str:
+    t = rep["totals"]
+    totals = [[label, f"{t[key]:,}"] for key, label in TOTAL_LINES]
+    parts = [
+        '<html><body style="font-family:Helvetica,Arial,sans-serif;color:#212529;">',
+        f"<h2>{html.escape(title(rep))}</h2>",
+        "<h3>Grand totals</h3>",
+        _table(["", "count"], totals, {1}),
+        "<h3>Traffic per hour</h3>",
+        f'<img src="cid:{hourly_cid}" alt="messages per hour">',
+        "<h3>Outcomes per destination</h3>",
+        f'<img src="cid:{domains_cid}" alt="delivered, deferred, bounced per domain">',
+        _table(
+            ["domain", "delivered", "bytes", "deferred", "bounced", "avg delay s", "max delay s"],
+            [
+                [
+                    d["domain"],
+                    f"{d['delivered']:,}",
+                    f"{d['bytes']:,}",
+                    f"{d['deferred']:,}",
+                    f"{d['bounced']:,}",
+                    f"{d['avg_delay']:.1f}",
+                    f"{d['max_delay']:.1f}",
+                ]
+                for d in rep["recipient_domains"]
+            ],
+            {1, 2, 3, 4, 5, 6},
+        ),
+        "<h3>Sending domains</h3>",
+        _table(
+            ["domain", "messages", "bytes"],
+            [[d["domain"], f"{d['messages']:,}", f"{d['bytes']:,}"] for d in rep["sender_domains"]],
+            {1, 2},
+        ),
+        "<h3>Bounce reasons</h3>",
+        _table(
+            ["count", "relay", "reason"],
+            [[r["count"], r["relay"], r["reason"]] for r in rep["bounce_reasons"]],
+            {0},
+        ),
+        "<h3>Deferral reasons</h3>",
+        _table(
+            ["count", "program", "reason"],
+            [[r["count"], r["program"], r["reason"]] for r in rep["deferral_reasons"]],
+            {0},
+        ),
+        "<h3>Reject reasons</h3>",
+        _table(
+            ["count", "action", "stage", "reason"],
+            [[r["count"], r["action"], r["stage"], r["reason"]] for r in rep["reject_reasons"]],
+            {0},
+        ),
+        "<h3>SASL authentication failures</h3>",
+        f"<p>{rep['sasl']['failures']:,} failures "
+        f"({rep['sasl']['server_faults']:,} authentication server faults not counted)</p>",
+        _table(
+            ["client", "failures"],
+            [[c["client"], c["failures"]] for c in rep["sasl"]["clients"]],
+            {1},
+        ),
+        '<p style="color:#6e7681;font-size:small;">'
+        + html.escape(
+            ", ".join(f"{s['path']} ({s['lines']:,} lines)" for s in rep["sources"])
+            + f"; generated {rep['generated_at']} by mailops report"
+        )
+        + "</p></body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def mail(
+    rep: dict[str, Any], fmt: str, mail_from: str, mail_to: list[str], subject_text: str = ""
+) -> EmailMessage:
+    """The report as a mail: html (text alternative + HTML with inline PNG charts as a
+    multipart/related part), or text/plain for text and json."""
+    msg = EmailMessage()
+    msg["From"] = mail_from
+    msg["To"] = ", ".join(mail_to)
+    msg["Subject"] = subject_text or subject(rep)
+    msg["Date"] = formatdate(localtime=True)
+    msg["Message-ID"] = make_msgid(domain=mail_from.rpartition("@")[2] or None)
+    msg["Auto-Submitted"] = "auto-generated"
+    if fmt == "json":
+        msg.set_content(as_json(rep), subtype="plain")
+        return msg
+    msg.set_content(as_text(rep))
+    if fmt != "html":
+        return msg
+    hourly_cid = make_msgid("hourly")
+    domains_cid = make_msgid("domains")
+    msg.add_alternative(as_html(rep, hourly_cid[1:-1], domains_cid[1:-1]), subtype="html")
+    parts = msg.get_payload()
+    assert isinstance(parts, list)
+    related = parts[1]
+    assert isinstance(related, EmailMessage)
+    related.add_related(
+        png.hourly_chart(rep["hourly"], HOURLY),
+        maintype="image",
+        subtype="png",
+        cid=hourly_cid,
+        filename="hourly.png",
+    )
+    related.add_related(
+        png.domains_chart(rep["recipient_domains"]),
+        maintype="image",
+        subtype="png",
+        cid=domains_cid,
+        filename="domains.png",
+    )
+    return msg
