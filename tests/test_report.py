@@ -1,0 +1,639 @@
+"""mailops report: pflogsumm's grand totals on crafted and generated logs, the outputs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email
+import gzip
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailops import cli, exitcodes
+from mailops.config import ConfigError
+from mailops.report import build, png, render
+from mailops.report.tally import Tally, gimme_domain, said_trim
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data" / "report"
+sys.path.insert(0, str(ROOT / "bench"))
+
+import loggen  # noqa: E402
+
+PFLOGSUMM = shutil.which("pflogsumm")
+needs_pflogsumm = pytest.mark.skipif(
+    PFLOGSUMM is None, reason="pflogsumm is not installed (Debian package pflogsumm)"
+)
+
+# The grand totals of tests/data/report/small.log, worked out by hand line by line (and
+# what pflogsumm 1.1.5 prints for it).
+SMALL_TOTALS = {
+    "received": 3,  # two smtpd client= lines and one pickup
+    "delivered": 3,  # bob, carol at last, ops (the alias copy); not the forward
+    "forwarded": 1,
+    "deferred": 1,  # one queue id...
+    "deferrals": 2,  # ...deferred twice
+    "bounced": 1,
+    "rejected": 4,  # smtpd, postscreen, cleanup header, cleanup milter-reject
+    "rejected_percent": 50,  # 4 / (3 delivered + 4 rejected + 1 discarded)
+    "reject_warnings": 1,
+    "held": 1,
+    "discarded": 1,
+    "discarded_percent": 12,
+    "bytes_received": 1800,  # 1000 (counted once, not at the retry) + 500 + 300
+    "bytes_delivered": 2700,  # 1000 + 1000 + 700
+    "senders": 3,  # Alice@example.com, root@mx1.example.net, from=<>
+    "sending_hosts_domains": 3,  # example.com, mx1.example.net, 203.0.113.5 (for <>)
+    "recipients": 3,  # bob@gmail.com, carol@outlook.com, ops@gmail.com
+    "recipient_hosts_domains": 2,  # gmail.com, outlook.com
+}
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    rc = cli.main(["--config", os.devnull, "report", *argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def json_report(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    rc, out, err = run_cli([*argv, "--format", "json"], capsys)
+    assert rc == 0, err
+    data: dict[str, Any] = json.loads(out)
+    return data
+
+
+# ---------------------------------------------------------------------- hand-checked
+
+
+def test_small_log_grand_totals_by_hand(capsys: pytest.CaptureFixture[str]) -> None:
+    rep = json_report(["--log", str(DATA / "small.log"), "--day", "all"], capsys)
+    assert rep["totals"] == SMALL_TOTALS
+    assert rep["schema"] == "mailops.report/1"
+    assert rep["lines"] == 34
+
+
+def test_small_log_tables(capsys: pytest.CaptureFixture[str]) -> None:
+    rep = json_report(["--log", str(DATA / "small.log"), "--day", "all", "--year", "2024"], capsys)
+    domains = {d["domain"]: d for d in rep["recipient_domains"]}
+    assert domains["gmail.com"] == {
+        "domain": "gmail.com",
+        "delivered": 2,
+        "bytes": 1700,
+        "deferred": 0,
+        "bounced": 0,
+        "avg_delay": 1.0,  # (1.5 + 0.5) / 2
+        "max_delay": 1.5,
+    }
+    assert domains["outlook.com"]["deferred"] == 2
+    assert domains["outlook.com"]["max_delay"] == 3601.0
+    assert domains["example.org"]["bounced"] == 1
+    assert domains["example.org"]["delivered"] == 0
+    hours = {h["hour"]: h for h in rep["hourly"]}
+    assert hours[10] == {
+        "hour": 10,
+        "received": 1,
+        "delivered": 1,
+        "deferred": 2,
+        "bounced": 0,
+        "rejected": 0,
+    }
+    assert hours[11]["delivered"] == 2 and hours[11]["received"] == 1
+    assert hours[12]["bounced"] == 1
+    assert hours[13]["rejected"] == 7  # rejects, the warning, the hold and the discard
+    assert rep["daily"] == [
+        {
+            "date": "2024-11-23",
+            "received": 3,
+            "delivered": 3,
+            "deferred": 2,
+            "bounced": 1,
+            "rejected": 7,
+        }
+    ]
+    assert rep["sasl"] == {
+        "failures": 1,
+        "server_faults": 1,
+        "clients": [{"client": "203.0.113.16", "failures": 1}],
+    }
+    senders = {d["domain"]: d for d in rep["sender_domains"]}
+    assert senders["example.com"] == {"domain": "example.com", "messages": 1, "bytes": 1000}
+    assert senders["203.0.113.5"]["messages"] == 1
+    reasons = {(r["action"], r["stage"], r["reason"]) for r in rep["reject_reasons"]}
+    assert ("reject", "RCPT", "Relay access denied") in reasons
+    assert ("reject", "RCPT", "blocked using zen.dnsbl.test") in reasons
+    assert ("reject", "header", "Subject: buy now") in reasons
+    assert rep["bounce_reasons"][0]["relay"] == "mx.example.org[198.51.100.3]:25"
+    assert rep["deferral_reasons"] == [
+        {
+            "program": "smtp",
+            "reason": "mx.outlook.com[198.51.100.2]:25: Connection timed out",
+            "count": 2,
+        }
+    ]
+
+
+def test_text_output_is_greppable(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run_cli(["--log", str(DATA / "small.log"), "--day", "all"], capsys)
+    assert rc == 0
+    totals = {}
+    for line in out.splitlines():
+        m = re.match(r"^ +(\d+)  ([a-z /]+)$", line)
+        if m and m.group(2) not in totals:
+            totals[m.group(2)] = int(m.group(1))
+    assert totals["received"] == 3
+    assert totals["bytes delivered"] == 2700
+    assert totals["recipient hosts/domains"] == 2
+    assert "Grand Totals" in out and "Per-Hour Traffic" in out
+
+
+def test_a_chunk_boundary_anywhere_changes_nothing() -> None:
+    data = (DATA / "tricky.log").read_bytes()
+    whole = Tally()
+    whole.feed_bytes(data)
+    whole.flush()
+    for step in (1, 7, 64, 333):
+        t = Tally()
+        for i in range(0, len(data), step):
+            t.feed_bytes(data[i : i + step])
+        t.flush()
+        assert (t.received, t.delivered, t.bytes_received, t.rejected, t.deferrals) == (
+            whole.received,
+            whole.delivered,
+            whole.bytes_received,
+            whole.rejected,
+            whole.deferrals,
+        )
+        assert t.lines == whole.lines == data.count(b"\n")
+
+
+def test_a_last_line_without_newline_counts() -> None:
+    t = Tally()
+    t.feed_bytes(
+        b"Nov 23 10:00:02 mx1 postfix/smtpd[100]: 1A2B3C4D5E: client=a.example.com[192.0.2.1]"
+    )
+    assert t.received == 0  # still waiting for the rest of the line
+    t.flush()
+    assert t.received == 1 and t.lines == 1
+
+
+def test_state_is_dropped_when_a_message_is_removed() -> None:
+    t = Tally()
+    t.feed((DATA / "small.log").read_bytes().splitlines(keepends=True))
+    t.flush()
+    assert t.sizes == {} and t.clients == {} and t.deferred_ids == {}
+
+
+def test_per_queue_id_state_is_capped() -> None:
+    t = Tally(state_cap=100)
+    lines = [
+        b"Nov 23 10:00:00 mx1 postfix/smtpd[1]: Q%08X: client=h.example[192.0.2.1]\n" % i
+        for i in range(1000)
+    ]
+    t.feed(lines)
+    assert t.received == 1000
+    assert len(t.clients) <= 100
+    assert "queue_ids" in t.truncated
+
+
+def test_tables_are_capped() -> None:
+    t = Tally(cap=10)
+    lines = [
+        b"Nov 23 10:00:00 mx1 postfix/smtp[1]: Q%08X: to=<u@d%d.example>, relay=x[192.0.2.1]:25, "
+        b"delay=1, delays=0/0/0/1, dsn=2.0.0, status=sent (ok)\n" % (i, i)
+        for i in range(500)
+    ]
+    t.feed(lines)
+    assert len(t.rcpt_domains) <= 20
+    assert len(t.recipient_domains) == 500  # the grand total stays exact
+    assert "recipient_domains" in t.truncated
+
+
+def test_gimme_domain_keeps_pflogsumm_quirks() -> None:
+    assert gimme_domain(b"mail.gmail.com[192.0.2.1]") == b"gmail.com"
+    assert gimme_domain(b"mx.example.co.uk[192.0.2.1]") == b"example.co.uk"
+    assert gimme_domain(b"mail.gmail.test[192.0.2.1]") == b"mail.gmail.test"  # 4-letter TLD
+    assert gimme_domain(b"unknown[192.0.2.1]") == b"192.0.2.1"
+    assert gimme_domain(b"unknown[2001:db8::1]") == b"2001:db8::1"
+    assert gimme_domain(b"garbage") is None
+
+
+def test_said_trim_drops_prefixes_like_pflogsumm() -> None:
+    long = b"host mx.example.org[198.51.100.3] said: 550 5.1.1 <x@example.org>: User unknown"
+    assert said_trim(long, 66) == b"550 5.1.1 <x@example.org>: User unknown"
+    assert said_trim(b"a" * 80, 66) == b"a" * 63 + b"..."
+
+
+# ---------------------------------------------------------------------- inputs
+
+
+def test_iso_and_classic_timestamps_agree(tmp_path: Path) -> None:
+    classic = tmp_path / "classic.log"
+    iso = tmp_path / "iso.log"
+    loggen.write(classic, 3000, seed=5)
+    loggen.write(iso, 3000, seed=5, fmt="iso")
+    a, _ = build.tally_files([classic])
+    b, _ = build.tally_files([iso])
+    assert (a.received, a.delivered, a.bytes_delivered, len(a.recipients)) == (
+        b.received,
+        b.delivered,
+        b.bytes_delivered,
+        len(b.recipients),
+    )
+    assert a.received > 0
+    assert sorted(a.buckets.values()) == sorted(b.buckets.values())
+
+
+def test_iso_offsets_pflogsumm_skips_are_read() -> None:
+    t = Tally()
+    t.feed(
+        [
+            b"2024-11-23T10:00:00+0100 mx1 postfix/smtpd[1]: AAAA: client=a.example[192.0.2.1]\n",
+            b"2024-11-23 10:00:00 mx1 postfix/smtpd[1]: BBBB: client=a.example[192.0.2.1]\n",
+        ]
+    )
+    assert t.received == 2
+
+
+def test_gzip_and_rotated_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lines = (DATA / "small.log").read_bytes().splitlines(keepends=True)
+    log = tmp_path / "mail.log"
+    log.write_bytes(b"".join(lines[24:]))
+    (tmp_path / "mail.log.1").write_bytes(b"".join(lines[11:24]))
+    with gzip.open(tmp_path / "mail.log.2.gz", "wb") as fh:
+        fh.write(b"".join(lines[:11]))
+    (tmp_path / "mail.log.old").write_text("not a rotated name\n")
+    assert build.rotated_set(log) == [
+        tmp_path / "mail.log.2.gz",
+        tmp_path / "mail.log.1",
+        log,
+    ]
+    rep = json_report(["--log", str(log), "--rotated", "--day", "all"], capsys)
+    assert rep["totals"] == SMALL_TOTALS
+    assert [Path(s["path"]).name for s in rep["sources"]] == [
+        "mail.log.2.gz",
+        "mail.log.1",
+        "mail.log",
+    ]
+    # a rotated file last written before the day asked for cannot hold its lines
+    old = time.time() - 10 * 86400
+    os.utime(tmp_path / "mail.log.2.gz", (old, old))
+    assert build.rotated_set(log, since=dt.date.today()) == [tmp_path / "mail.log.1", log]
+
+
+def test_gzip_with_two_members_and_a_truncated_one(tmp_path: Path) -> None:
+    data = (DATA / "small.log").read_bytes()
+    two = tmp_path / "two.gz"
+    two.write_bytes(gzip.compress(data[:1000]) + gzip.compress(data[1000:]))
+    t, _ = build.tally_files([two])
+    assert t.received == SMALL_TOTALS["received"] and t.lines == 34
+    cut = tmp_path / "cut.gz"
+    cut.write_bytes(gzip.compress(data)[:-30])
+    with pytest.raises(build.LogError, match="truncated"):
+        build.tally_files([cut])
+
+
+def test_day_filter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "mail.log"
+    text = (DATA / "small.log").read_text()
+    log.write_text(text + text.replace("Nov 23", "Nov 24"))
+    for day, expected in (("2024-11-23", 3), ("2024-11-24", 3), ("all", 6), ("2024-11-25", 0)):
+        rep = json_report(["--log", str(log), "--day", day], capsys)
+        assert rep["totals"]["received"] == expected, day
+    # single-digit days are padded as syslog pads them
+    log.write_text(text.replace("Nov 23", "Dec  3"))
+    assert json_report(["--log", str(log), "--day", "2024-12-03"], capsys)["totals"] == SMALL_TOTALS
+
+
+def test_solaris_ids_are_removed() -> None:
+    t = Tally()
+    t.feed(
+        [
+            b"Nov 23 10:00:00 mx1 postfix/smtpd[1]: [ID 197553 mail.info] AAAA: "
+            b"client=a.example[192.0.2.1]\n"
+        ]
+    )
+    assert t.received == 1
+
+
+# ---------------------------------------------------------------------- command line
+
+
+def test_missing_log_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = run_cli(["--log", str(tmp_path / "nope.log")], capsys)
+    assert rc == exitcodes.NOINPUT
+    assert "nope.log: no such file" in err and "Traceback" not in err
+
+
+def test_bad_day_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = run_cli(["--log", str(DATA / "small.log"), "--day", "last-week"], capsys)
+    assert rc == exitcodes.USAGE
+    assert "--day" in err
+
+
+def test_bad_gzip_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.log.gz"
+    bad.write_bytes(b"\x1f\x8b" + b"garbage" * 10)
+    rc, _, err = run_cli(["--log", str(bad), "--day", "all"], capsys)
+    assert rc == exitcodes.NOINPUT
+    assert "not a valid gzip file" in err
+
+
+def test_settings_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = tmp_path / "mailops.toml"
+    conf.write_text(f'[report]\nlogs = ["{DATA / "small.log"}"]\nday = "all"\nformat = "json"\n')
+    rc = cli.main(["--config", str(conf), "report"])
+    out, _ = capsys.readouterr()
+    assert rc == 0 and json.loads(out)["totals"] == SMALL_TOTALS
+    conf.write_text("[report]\nformat = 'pdf'\n")
+    assert cli.main(["--config", str(conf), "report"]) == exitcodes.CONFIG
+    conf.write_text("[report]\nlog = 'x'\n")
+    with pytest.raises(ConfigError, match="unknown key 'log'"):
+        from mailops.report import settings
+
+        settings(cli.build_parser().parse_args(["--config", str(conf), "report"]))
+
+
+def _fake_sendmail(tmp_path: Path) -> Path:
+    script = tmp_path / "sendmail"
+    script.write_text(
+        f'#!/bin/sh\nprintf "%s\\n" "$@" > "{tmp_path}/args"\ncat > "{tmp_path}/mail"\n'
+    )
+    script.chmod(0o755)
+    return script
+
+
+def test_mail_html_with_inline_charts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sendmail = _fake_sendmail(tmp_path)
+    conf = tmp_path / "mailops.toml"
+    conf.write_text(f'[report]\nsendmail = "{sendmail}"\nmail_from = "mailops@mx1.example"\n')
+    rc = cli.main(
+        ["--config", str(conf), "report", "--log", str(DATA / "small.log"), "--day", "all",
+         "--format", "html", "--mail-to", "ops@example.com"]
+    )  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    assert (tmp_path / "args").read_text().split() == ["-oi", "--", "ops@example.com"]
+    msg = email.message_from_bytes((tmp_path / "mail").read_bytes())
+    assert msg["To"] == "ops@example.com" and msg["From"] == "mailops@mx1.example"
+    assert "3 delivered" in " ".join(msg["Subject"].split())
+    assert msg.get_content_type() == "multipart/alternative"
+    plain, related = msg.get_payload()  # type: ignore[misc]
+    assert isinstance(plain, Message) and isinstance(related, Message)
+    assert plain.get_content_type() == "text/plain"
+    assert related.get_content_type() == "multipart/related"
+    html_part, *images = related.get_payload()  # type: ignore[misc]
+    body = html_part.get_payload(decode=True).decode()
+    assert len(images) == 2
+    for image in images:
+        assert image.get_content_type() == "image/png"
+        cid = image["Content-ID"].strip("<>")
+        assert f"cid:{cid}" in body
+        check_png(image.get_payload(decode=True))
+    assert "gmail.com" in body and "Grand totals" in body
+
+
+def test_mail_without_sendmail_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = tmp_path / "mailops.toml"
+    conf.write_text(f'[report]\nsendmail = "{tmp_path / "no-sendmail"}"\n')
+    rc = cli.main(
+        ["--config", str(conf), "report", "--log", str(DATA / "small.log"), "--day", "all",
+         "--mail-to", "ops@example.com"]
+    )  # fmt: skip
+    _, err = capsys.readouterr()
+    assert rc == exitcodes.CONFIG
+    assert "no-sendmail is not an executable file" in err
+
+
+def test_sendmail_failure_is_temporary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    script = tmp_path / "sendmail"
+    script.write_text("#!/bin/sh\necho 'queue full' >&2\nexit 75\n")
+    script.chmod(0o755)
+    conf = tmp_path / "mailops.toml"
+    conf.write_text(f'[report]\nsendmail = "{script}"\n')
+    rc = cli.main(
+        ["--config", str(conf), "report", "--log", str(DATA / "small.log"), "--day", "all",
+         "--mail-to", "ops@example.com"]
+    )  # fmt: skip
+    assert rc == exitcodes.TEMPFAIL
+    assert "queue full" in capsys.readouterr().err
+
+
+def test_html_format_prints_a_mime_message(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run_cli(
+        ["--log", str(DATA / "small.log"), "--day", "all", "--format", "html"], capsys
+    )
+    assert rc == 0
+    msg = email.message_from_string(out)
+    types = [part.get_content_type() for part in msg.walk()]
+    assert types == [
+        "multipart/alternative",
+        "text/plain",
+        "multipart/related",
+        "text/html",
+        "image/png",
+        "image/png",
+    ]
+
+
+# ---------------------------------------------------------------------- charts
+
+
+def check_png(data: bytes) -> tuple[int, int]:
+    """Walk the chunks, check every CRC and that the pixels decompress to the right size."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, size = 8, b"", (0, 0)
+    kinds = []
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        body = data[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
+        assert zlib.crc32(kind + body) == crc
+        kinds.append(kind)
+        if kind == b"IHDR":
+            size = struct.unpack(">II", body[:8])
+        if kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    assert kinds[0] == b"IHDR" and kinds[-1] == b"IEND"
+    width, height = size
+    assert len(zlib.decompress(idat)) == height * (width + 1)
+    return width, height
+
+
+def test_charts_are_valid_pngs_that_show_the_data() -> None:
+    hourly = [dict.fromkeys(build.HOURLY, 0) | {"hour": h} for h in range(24)]
+    hourly[10]["delivered"] = 100
+    chart = png.hourly_chart(hourly, build.HOURLY)
+    width, height = check_png(chart)
+    assert width > 500 and height > 200
+    # the delivered bar of hour 10 is drawn in the delivered colour, hour 9 has none
+    canvas = _pixels(chart)
+    column = 44 + 10 * 26 + 3 + 4  # left + 10 groups + half gap + second bar
+    assert png.GREEN in {canvas[y][column] for y in range(30, 228)}
+    assert png.GREEN not in {canvas[y][column - 26] for y in range(30, 228)}
+    rows = [{"domain": "gmail.com", "delivered": 5, "deferred": 1, "bounced": 0}]
+    check_png(png.domains_chart(rows))
+    check_png(png.domains_chart([]))
+
+
+def _pixels(data: bytes) -> list[bytes]:
+    width, height = struct.unpack(">II", data[16:24])
+    pos, idat = 8, b""
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        if data[pos + 4 : pos + 8] == b"IDAT":
+            idat += data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+    raw = zlib.decompress(idat)
+    return [raw[y * (width + 1) + 1 : (y + 1) * (width + 1)] for y in range(height)]
+
+
+def test_text_render_has_every_total() -> None:
+    t = Tally()
+    t.feed((DATA / "small.log").read_bytes().splitlines(keepends=True))
+    t.flush()
+    rep = build.report(t, [], None)
+    text = render.as_text(rep)
+    for key, label in render.TOTAL_LINES:
+        assert re.search(rf"^ +{rep['totals'][key]}  {re.escape(label)}$", text, re.M), label
+
+
+# ---------------------------------------------------------------------- generator
+
+
+def test_loggen_is_deterministic_and_exact(tmp_path: Path) -> None:
+    a = list(loggen.generate(2000, seed=11))
+    b = list(loggen.generate(2000, seed=11))
+    c = list(loggen.generate(2000, seed=12))
+    assert a == b and a != c
+    assert len(a) == 2000 and all(line.endswith("\n") for line in a)
+    text = "".join(a)
+    for needle in ("client=", "message-id=", "from=<", "status=sent", "status=deferred",
+                   "status=bounced", "NOQUEUE: reject:", "reject_warning", "SASL",
+                   ": removed", "forwarded as", "postscreen"):  # fmt: skip
+        assert needle in text, needle
+    out = tmp_path / "g.log.gz"
+    subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "loggen.py"), "--lines", "500", "--out", str(out)],
+        check=True,
+    )
+    assert gzip.decompress(out.read_bytes()).decode().count("\n") == 500
+
+
+# ---------------------------------------------------------------------- against pflogsumm
+
+
+def pflogsumm_totals(args: list[str]) -> dict[str, str]:
+    """pflogsumm's Grand Totals as printed (numbers above 512k come in k or m)."""
+    assert PFLOGSUMM is not None
+    proc = subprocess.run(
+        [PFLOGSUMM, *args], capture_output=True, text=True, check=True, timeout=600
+    )
+    section = proc.stdout.split("Grand Totals", 1)[1].split("\n\n\n", 1)[0]
+    found: dict[str, str] = {}
+    for line in section.splitlines():
+        m = re.match(
+            r"^ *(\d+)([ km]) +([a-z /]+?)(?: +\((\d+)%\))?(?: +\((\d+)([ km]) deferrals\))?$", line
+        )
+        if not m:
+            continue
+        label = m.group(3).strip().replace(" ", "_").replace("/", "_")
+        found[label] = m.group(1) + m.group(2).strip()
+        if m.group(4) is not None:
+            found[label + "_percent"] = m.group(4)
+        if m.group(5) is not None:
+            found["deferrals"] = m.group(5) + m.group(6).strip()
+    found.setdefault("deferrals", "0")  # printed only when there were some
+    return found
+
+
+def as_pflogsumm(value: int) -> str:
+    """pflogsumm's adj_int_units: above 512k in k, above 512m in m, truncated."""
+    if value > 536870912:
+        return f"{int(value / 1048576)}m"
+    if value > 524288:
+        return f"{int(value / 1024)}k"
+    return str(value)
+
+
+def compare(ours: dict[str, int], theirs: dict[str, str]) -> None:
+    names = {
+        "received": "received",
+        "delivered": "delivered",
+        "forwarded": "forwarded",
+        "deferred": "deferred",
+        "deferrals": "deferrals",
+        "bounced": "bounced",
+        "rejected": "rejected",
+        "rejected_percent": "rejected_percent",
+        "reject_warnings": "reject_warnings",
+        "held": "held",
+        "discarded": "discarded",
+        "discarded_percent": "discarded_percent",
+        "bytes_received": "bytes_received",
+        "bytes_delivered": "bytes_delivered",
+        "senders": "senders",
+        "sending_hosts_domains": "sending_hosts_domains",
+        "recipients": "recipients",
+        "recipient_hosts_domains": "recipient_hosts_domains",
+    }
+    assert set(names) == set(ours), "every grand total is compared"
+    mine = {k: (str(v) if k.endswith("_percent") else as_pflogsumm(v)) for k, v in ours.items()}
+    assert {k: mine[k] for k in names} == {k: theirs[v] for k, v in names.items()}
+
+
+@needs_pflogsumm
+@pytest.mark.parametrize("name", ["small.log", "tricky.log"])
+def test_crafted_logs_match_pflogsumm(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    rep = json_report(["--log", str(DATA / name), "--day", "all"], capsys)
+    compare(rep["totals"], pflogsumm_totals([str(DATA / name)]))
+
+
+@needs_pflogsumm
+@pytest.mark.parametrize(("fmt", "seed"), [("syslog", 3), ("iso", 4)])
+def test_generated_log_matches_pflogsumm(
+    fmt: str, seed: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = loggen.write(tmp_path / "mail.log", 50_000, seed=seed, fmt=fmt)
+    rep = json_report(["--log", str(log), "--day", "all"], capsys)
+    compare(rep["totals"], pflogsumm_totals([str(log)]))
+    assert rep["totals"]["received"] > 4000 and rep["totals"]["deferrals"] > 100
+
+
+@needs_pflogsumm
+@pytest.mark.parametrize("day", ["today", "yesterday"])
+def test_day_filter_matches_pflogsumm(
+    day: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Local-time syslog stamps over yesterday and today; both tools keep one day."""
+    now = time.time()
+    midnight = dt.datetime.combine(dt.date.today(), dt.time()).timestamp()
+    log = tmp_path / "mail.log"
+    loggen.write_log(log, 30_000, midnight - 12 * 3600, min(now, midnight + 12 * 3600), seed=9)
+    rep = json_report(["--log", str(log), "--day", day], capsys)
+    assert rep["totals"]["received"] > 100
+    compare(rep["totals"], pflogsumm_totals(["-d", day, str(log)]))
+
+
+@needs_pflogsumm
+@pytest.mark.slow
+def test_a_million_lines_match_pflogsumm(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = loggen.write(tmp_path / "mail.log", 1_000_000, seed=1)
+    rep = json_report(["--log", str(log), "--day", "all"], capsys)
+    assert rep["lines"] == 1_000_000
+    compare(rep["totals"], pflogsumm_totals([str(log)]))
