@@ -127,7 +127,9 @@ def test_a_node_down_is_reported_and_the_others_still_are(evidence: list[str]) -
 def test_the_collector_key_opens_no_shell(evidence: list[str]) -> None:
     ssh = (
         "su -s /bin/sh mailops-queues -c "
-        "'ssh -o BatchMode=yes -o ConnectTimeout=10 {opts} mailops-queues@{host} {cmd}'"
+        # UpdateHostKeys=no: leave the role's known_hosts as it wrote it.
+        "'ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o UpdateHostKeys=no "
+        "-o ConnectTimeout=10 {opts} mailops-queues@{host} {cmd}'"
     )
     asked = sh("monitor", ssh.format(opts="", host=HOSTS["mx1"]["ip"], cmd='"id; cat /etc/shadow"'))
     assert "uid=" not in asked.out and "root:" not in asked.out, asked.out
