@@ -382,3 +382,33 @@ def test_dns_in_a_zone_it_did_not_make(moto: MotoServer) -> None:
         (name, rtype) for name, rtype, _ in theirs
     )
     assert len(instances(moto)) == 2, "--tags route53 touched the instances"
+
+
+def test_existing_vpc_and_pinned_image(moto: MotoServer) -> None:
+    """aws_vpc_id: the hosts go into someone's VPC, which teardown leaves standing."""
+    ec2 = client(moto, "ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.42.0.0/16")["Vpc"]["VpcId"]
+    igw = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+    ec2.attach_internet_gateway(InternetGatewayId=igw, VpcId=vpc)
+    image = ec2.describe_images(Owners=["amazon"])["Images"][-1]["ImageId"]
+    small = (
+        *("-e", f"aws_vpc_id={vpc}", "-e", f"aws_ami_id={image}"),
+        *("-e", "aws_bulk_count=0", "-e", "aws_route53=false", "-e", "aws_reverse_dns=false"),
+    )
+    made, out = playbook(moto, "provision_ec2.yml", *small)
+    assert made["changed"] > 0
+    assert "No image matches" not in out
+    (inst,) = instances(moto)
+    assert inst["VpcId"] == vpc and inst["ImageId"] == image
+    assert ec2.describe_vpcs(Filters=TAGGED)["Vpcs"] == [], "a VPC was made anyway"
+    subnet = ec2.describe_subnets(SubnetIds=[inst["SubnetId"]])["Subnets"][0]
+    assert tags(subnet)[TAG] == CLUSTER
+    routes = ec2.describe_route_tables(Filters=TAGGED)["RouteTables"][0]["Routes"]
+    out = {r["DestinationCidrBlock"]: r["GatewayId"] for r in routes if r["GatewayId"] != "local"}
+    assert out == {"0.0.0.0/0": igw}
+
+    playbook(moto, "teardown_ec2.yml", *small)
+    check_nothing_tagged(moto)
+    assert ec2.describe_vpcs(VpcIds=[vpc])["Vpcs"]
+    gateways = ec2.describe_internet_gateways(InternetGatewayIds=[igw])["InternetGateways"]
+    assert gateways[0]["Attachments"][0]["VpcId"] == vpc
