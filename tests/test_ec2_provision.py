@@ -8,6 +8,9 @@ playbooks made is then read back with boto3, independently of Ansible.
 
 moto has no ModifyAddressAttribute: the reverse DNS task must report every address as
 skipped with the reason, and no PTR may appear.
+
+The three runs against moto take minutes (marked slow); the checks that refuse bad
+settings take seconds.
 """
 
 from __future__ import annotations
@@ -25,8 +28,6 @@ import boto3
 import pytest
 
 from tests.motoserver import MotoServer, clean_env
-
-pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -270,6 +271,7 @@ def check_bystanders(moto: MotoServer, ids: dict[str, str]) -> None:
     assert ec2.describe_security_groups(GroupIds=[ids["sg"]])["SecurityGroups"]
 
 
+@pytest.mark.slow
 def test_provision_inventory_teardown(moto: MotoServer) -> None:
     started = time.monotonic()
     # Someone else's instance named mx1, address marked for mx1 and group named like ours.
@@ -332,6 +334,7 @@ def fake_provision(moto: MotoServer, names: list[str]) -> dict[str, str]:
     return ips
 
 
+@pytest.mark.slow
 def test_dns_in_a_zone_it_did_not_make(moto: MotoServer) -> None:
     """The company's existing zone is used as it is and keeps every record not planned.
 
@@ -384,6 +387,7 @@ def test_dns_in_a_zone_it_did_not_make(moto: MotoServer) -> None:
     assert len(instances(moto)) == 2, "--tags route53 touched the instances"
 
 
+@pytest.mark.slow
 def test_existing_vpc_and_pinned_image(moto: MotoServer) -> None:
     """aws_vpc_id: the hosts go into someone's VPC, which teardown leaves standing."""
     ec2 = client(moto, "ec2")
@@ -412,3 +416,43 @@ def test_existing_vpc_and_pinned_image(moto: MotoServer) -> None:
     assert ec2.describe_vpcs(VpcIds=[vpc])["Vpcs"]
     gateways = ec2.describe_internet_gateways(InternetGatewayIds=[igw])["InternetGateways"]
     assert gateways[0]["Attachments"][0]["VpcId"] == vpc
+
+
+def refused(*extra: str) -> str:
+    """Run provision_ec2.yml where it must stop at its first checks; its output."""
+    command = [str(BIN / "ansible-playbook"), "-i", "inventories/aws"]
+    command.append("playbooks/provision_ec2.yml")
+    proc = subprocess.run(
+        [*command, *extra],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert "changed=0" in out and "failed=1" in out, out[-3000:]
+    return out
+
+
+def test_aws_itself_refuses_the_placeholders() -> None:
+    # No endpoint: the run is meant for AWS and stops before its first AWS call (any
+    # call would fail on the closed proxy of clean_env and name another task).
+    out = refused()
+    assert "Against AWS set mail_domain (not example.com)" in out
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        '{"aws_admin_cidrs": ["0.0.0.0/0"]}',
+        '{"aws_app_networks": ["10.0.0.0/8", "0.0.0.0/0"]}',
+        '{"aws_mx_count": 0}',
+        '{"aws_mx_name_prefix": "mail", "aws_bulk_name_prefix": "mail"}',
+    ],
+)
+def test_dangerous_settings_are_refused(bad: str) -> None:
+    out = refused("-e", "aws_endpoint_url=http://127.0.0.1:9", "-e", bad)
+    assert "never 0.0.0.0/0" in out
