@@ -123,7 +123,7 @@ def _err(text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mailops.report import build, render  # import the heavy parts only when running
+    from mailops.report import build
 
     s = settings(args)
     try:
@@ -138,6 +138,9 @@ def run(args: argparse.Namespace) -> int:
         _err(str(exc))
         return exitcodes.NOINPUT
     rep = build.report(tally, sources, day, top=s["top"], year=s["year"] or None)
+    del tally  # its sets are the bulk of the memory; the mail code loads after they go
+    from mailops.report import render
+
     if not s["mail_to"]:
         if s["format"] == "json":
             out = render.as_json(rep)
