@@ -20,7 +20,7 @@ export PATH            := $(BIN):$(PATH)
 DEB_PACKAGES := podman runc catatonit debootstrap uidmap pflogsumm postgresql swaks \
                 openssh-client openssh-server nsd openssl python3-venv git make
 
-.PHONY: help deps deps-system venv lab lab-down lint unit molecule e2e aws test test-faults bench clean
+.PHONY: help deps deps-system venv lab lab-down lint unit molecule e2e test bench clean
 
 help:
 	@echo "make lab       build and start the container lab, converge it, check mail flows"

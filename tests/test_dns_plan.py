@@ -588,3 +588,14 @@ def test_settings_file(
     settings.write_text("[dns]\n")
     code, _, err = run_mailops(["dns", "plan"], capsys)
     assert code == exitcodes.USAGE and "no inventory" in err
+
+
+def test_values_marked_unsafe_by_ansible_inventory_are_read() -> None:
+    from mailops.dns.inventory import unwrap_unsafe
+
+    listing = {
+        "_meta": {"hostvars": {"mx1": {"public_ipv4": {"__ansible_unsafe": "192.0.2.10"}}}},
+        "mail_mx": {"hosts": ["mx1"]},
+    }
+    assert unwrap_unsafe(listing)["_meta"]["hostvars"]["mx1"]["public_ipv4"] == "192.0.2.10"
+    assert unwrap_unsafe([{"__ansible_unsafe": "x"}, 1]) == ["x", 1]

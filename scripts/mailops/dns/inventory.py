@@ -117,7 +117,20 @@ def default_playbook_dir(path: Path) -> Path:
     return start if start.is_dir() else start.parent
 
 
+def unwrap_unsafe(value: Any) -> Any:
+    """ansible-inventory --list (ansible-core 2.19) writes values that came from a
+    dynamic inventory as {"__ansible_unsafe": "..."}: take the value inside."""
+    if isinstance(value, dict):
+        if set(value) == {"__ansible_unsafe"}:
+            return value["__ansible_unsafe"]
+        return {k: unwrap_unsafe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unwrap_unsafe(v) for v in value]
+    return value
+
+
 def parse_listing(data: Any, path: Path, playbook_dir: Path) -> Inventory:
+    data = unwrap_unsafe(data)
     if not isinstance(data, dict):
         raise InventoryError(f"{path}: ansible-inventory did not print a JSON object")
     meta = data.get("_meta", {})
