@@ -3,12 +3,15 @@ finds every record in order, including the DKIM keys the opendkim role made."""
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.e2e.labhosts import ROOT, inventory, mail_domain
+import pytest
+
+from tests.e2e.labhosts import ROOT, inventory, mail_domain, sh
 
 HOSTS = inventory()
 DOMAIN = mail_domain()
@@ -37,3 +40,81 @@ def test_dns_check_passes_on_the_lab(evidence: list[str]) -> None:
     passed = sum(r["status"] == "pass" for r in rows)
     warned = [f"{r['check']}: {r['evidence']}"[:80] for r in rows if r["status"] == "warn"]
     evidence.append(f"{passed} checks pass; warnings: {warned}"[:400])
+
+
+ZONES = "/etc/nsd/zones"
+
+
+def _break(zone: str, script: str) -> None:
+    """Edit one of ns1's zone files, reload nsd, and start unbound afresh (no cache)."""
+    sh("ns1", f"cp -p {ZONES}/{zone}.zone /tmp/{zone}.zone.saved && {script}")
+    sh("ns1", f"nsd-control reload {zone} >/dev/null && service unbound restart >/dev/null")
+
+
+def _restore(zone: str) -> None:
+    sh("ns1", f"mv /tmp/{zone}.zone.saved {ZONES}/{zone}.zone")
+    sh("ns1", f"nsd-control reload {zone} >/dev/null && service unbound restart >/dev/null")
+
+
+def _other_dkim_key() -> str:
+    """The public half of a key nobody signs with, as a DKIM p= value."""
+    private = subprocess.run(
+        ["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    public = subprocess.run(
+        ["openssl", "pkey", "-pubout", "-outform", "DER"],
+        input=private,
+        capture_output=True,
+        check=True,
+    ).stdout
+    return base64.b64encode(public).decode()
+
+
+BREAKAGES = {
+    # id: (zone, sed script, the check that must fail, its subject)
+    "ptr deleted": (
+        "100.51.198.in-addr.arpa",
+        "sed -i '/^21 IN PTR/d' {zones}/{zone}.zone",
+        "fcrdns",
+        "198.51.100.21",
+    ),
+    "ip dropped from spf": (
+        "company.test",
+        "sed -i 's/ ip4:198.51.100.22//' {zones}/{zone}.zone",
+        "spf-coverage",
+        "198.51.100.22",
+    ),
+    "dkim key replaced": (
+        "company.test",
+        "sed -i 's|^mail._domainkey IN TXT .*|mail._domainkey IN TXT \"v=DKIM1; k=rsa; p={key}\"|'"
+        " {zones}/{zone}.zone",
+        "dkim",
+        "mail._domainkey",
+    ),
+    "sending ip listed": (
+        "dnsbl.test",
+        "echo '21.100.51.198 IN A 127.0.0.2' >> {zones}/{zone}.zone",
+        "dnsbl",
+        "198.51.100.21",
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(BREAKAGES))
+def test_one_broken_record_fails_exactly_its_check(case: str, evidence: list[str]) -> None:
+    zone, script, check, subject = BREAKAGES[case]
+    key = _other_dkim_key() if "{key}" in script else ""
+    _break(zone, script.format(zones=ZONES, zone=zone, key=key))
+    try:
+        rc, rows = run_check()
+    finally:
+        _restore(zone)
+    failed = [r for r in rows if r["status"] == "fail"]
+    assert rc == 1, rows
+    assert [(r["check"], subject in r["subject"]) for r in failed] == [(check, True)], failed
+    assert failed[0]["fix"], failed[0]
+    evidence.append(f"{failed[0]['check']} {failed[0]['subject']}: {failed[0]['evidence']}"[:160])
+    evidence.append(f"fix: {failed[0]['fix']}"[:160])
