@@ -402,6 +402,24 @@ def test_mail_html_with_inline_charts(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "gmail.com" in body and "Grand totals" in body
 
 
+def test_settings_recipients_mail_only_with_mail_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sendmail = _fake_sendmail(tmp_path)
+    conf = tmp_path / "mailops.toml"
+    conf.write_text(f'[report]\nsendmail = "{sendmail}"\nmail_to = ["ops@example.com"]\n')
+    base = ["--config", str(conf), "report", "--log", str(DATA / "small.log"), "--day", "all"]
+    assert cli.main([*base, "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["totals"] == SMALL_TOTALS
+    assert not (tmp_path / "mail").exists()
+    assert cli.main([*base, "--mail"]) == 0
+    assert capsys.readouterr().out == ""
+    assert (tmp_path / "args").read_text().split() == ["-oi", "--", "ops@example.com"]
+    conf.write_text(f'[report]\nsendmail = "{sendmail}"\n')
+    assert cli.main([*base, "--mail"]) == exitcodes.USAGE
+    assert "no recipients" in capsys.readouterr().err
+
+
 def test_mail_without_sendmail_is_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -24,7 +24,9 @@ Formats: ``text`` (pflogsumm's layout with exact numbers, for grep), ``json`` (s
 ``mailops.report/1``, docs/report.md), ``html`` (a MIME mail: text alternative plus
 HTML with PNG charts of hourly traffic and outcomes per destination as
 ``multipart/related`` parts, printed so it can be piped to ``sendmail -t`` or saved).
-``--mail-to`` sends the chosen format through ``sendmail`` instead of printing it.
+``--mail-to ADDR`` (or ``--mail``, to the settings' ``mail_to``) sends the chosen format
+through ``sendmail`` instead of printing it; without either the report is printed, even
+where the settings name recipients.
 
 Run on the monitor host over every node's log (``--log mx1.log --log mail1.log ...``)
 it makes one report for the cluster.
@@ -38,7 +40,7 @@ Settings (table ``[report]`` of the mailops settings file; flags override them):
     rotated = false
     day = "yesterday"
     format = "text"
-    mail_to = []                 # e.g. ["ops@company.com"]: cron mails the report
+    mail_to = []                 # e.g. ["ops@company.com"], used by --mail
     mail_from = ""               # "" = mailops@<this host's FQDN>
     subject = ""                 # "" = "Postfix log summary for DAY on HOST: ..."
     sendmail = "/usr/sbin/sendmail"
@@ -131,6 +133,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         _err(str(exc))
         return exitcodes.USAGE
+    mail = bool(args.mail_to) or args.mail
+    if mail and not s["mail_to"]:
+        _err("--mail: no recipients ([report] mail_to is empty and no --mail-to)")
+        return exitcodes.USAGE
     paths = list(build.iter_paths(s["logs"], s["rotated"], day))
     try:
         tally, sources = build.tally_files(paths, day, s["syslog_name"], s["cap"])
@@ -141,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     del tally  # its sets are the bulk of the memory; the mail code loads after they go
     from mailops.report import render
 
-    if not s["mail_to"]:
+    if not mail:
         if s["format"] == "json":
             out = render.as_json(rep)
         elif s["format"] == "text":
@@ -225,6 +231,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--day", help="today, yesterday, YYYY-MM-DD or all (default yesterday)")
     parser.add_argument("--format", choices=FORMATS)
     parser.add_argument("--mail-to", action="append", metavar="ADDR", help="mail the report")
+    parser.add_argument(
+        "--mail", action="store_true", help="mail the report to the settings' mail_to"
+    )
     parser.add_argument("--mail-from", metavar="ADDR")
     parser.add_argument("--year", type=_year, help="year of classic (yearless) timestamps")
     parser.add_argument("--top", type=_positive, help="rows per table (default 20)")
