@@ -63,3 +63,24 @@ def test_in_a_pipe_a_broken_settings_file_makes_postfix_retry(
     assert cli.main(["--config", str(bad), "config", "check"]) == exitcodes.TEMPFAIL
     monkeypatch.delenv("MAILOPS_PIPE")
     assert cli.main(["--config", str(bad), "config", "check"]) == exitcodes.CONFIG
+
+
+def test_only_the_tool_asked_for_is_imported() -> None:
+    code = (
+        "import sys; from mailops import cli; "
+        "rc = cli.main(['--config', '/dev/null', 'config', 'check']); "
+        "print(rc, 'mailops.report' in sys.modules, 'paramiko' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out[-3:] == ["0", "False", "False"], out
+
+
+def test_help_still_lists_every_tool(capsys: pytest.CaptureFixture[str]) -> None:
+    from mailops import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    usage = capsys.readouterr().out
+    assert all(name in usage for name in cli.TOOLS), usage

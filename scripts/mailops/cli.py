@@ -32,7 +32,24 @@ TOOLS: tuple[str, ...] = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def wanted_tool(argv: Sequence[str]) -> str | None:
+    """The tool a command line asks for, when it names one of ours; None for --help,
+    --version or anything unknown (then every tool is loaded, for the full usage)."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--config":
+            i += 2
+        elif arg.startswith("--config="):
+            i += 1
+        else:
+            return arg if arg in TOOLS else None
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser with every tool, or with only the one asked for: a pipe that runs
+    ``mailops bounces ingest`` never imports paramiko or the report code."""
     parser = argparse.ArgumentParser(
         prog="mailops", description="Operate a self-hosted Postfix mail cluster."
     )
@@ -44,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in TOOLS:
+    for name in (only,) if only else TOOLS:
         module = importlib.import_module(f"mailops.{name}")
         module.register(sub)
     return parser
@@ -59,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     (a wrong argument after an upgrade, a broken settings file, a bug) exits 75, so
     Postfix keeps the message queued and retries instead of bouncing it."""
     in_pipe = os.environ.get(PIPE_ENV) == "1"
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(wanted_tool(argv))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
