@@ -19,7 +19,7 @@ def test_report_agrees_with_pflogsumm_on_the_hosts_log(
     host: str, tmp_path: Path, evidence: list[str]
 ) -> None:
     # As cron runs it: the settings file the role wrote says which log to read.
-    # With mail_to set there, it mails the report to the ops address and prints nothing.
+    # The settings say which log to read (and where to mail, with --mail); here it prints.
     as_cron = sh(host, "/opt/mailops/bin/mailops report --day all --format html", timeout=120)
     assert as_cron.rc == 0 and not as_cron.err, as_cron.err
     # Then both tools on one snapshot of the log, which keeps growing meanwhile.
