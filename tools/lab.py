@@ -17,6 +17,8 @@ against this machine's routes and resolvers so the lab never shadows them.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import ipaddress
 import json
 import os
@@ -27,6 +29,7 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -482,6 +485,49 @@ def lab_is_running(lab: Lab) -> bool:
     return all(running(container(h)) for h in lab.hosts)
 
 
+# --------------------------------------------------------------------------- one lab at a time
+# Container names, the network and the images are machine-wide, so two checkouts running
+# the lab at once would tear down each other's hosts halfway through.  Every action that
+# touches the lab holds this lock; a second run waits (saying for whom) and gives up
+# after LOCK_WAIT seconds rather than hang a CI job.
+LOCK_FILE = Path("/run/lock/mailops-lab.lock")
+LOCK_WAIT = int(os.environ.get("MAILOPS_LAB_LOCK_WAIT", "3600"))
+
+
+@contextlib.contextmanager
+def lab_lock(wait: int = LOCK_WAIT) -> Iterator[None]:
+    LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
+    with open(LOCK_FILE, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            log(f"another lab run holds {LOCK_FILE} ({holder}); waiting up to {wait} s")
+            deadline = time.monotonic() + wait
+            while True:
+                time.sleep(2)
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise SystemExit(
+                            f"lab: still held by {holder} after {wait} s; stop that run "
+                            f"(or wait for it) and try again"
+                        ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} in {ROOT}\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fh.seek(0)
+            fh.truncate()
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("action", choices=["up", "check", "test", "down", "status"])
@@ -490,12 +536,17 @@ def main() -> int:
     args = ap.parse_args()
     os.environ.setdefault("CONTAINERS_CONF", str(ROOT / "tools" / "podman" / "containers.conf"))
     os.chdir(ROOT)
+    if args.action == "status":
+        print(podman("ps", "-a", "--filter", f"label={LABEL}"))
+        return 0
+    with lab_lock():
+        return run_action(args)
+
+
+def run_action(args: argparse.Namespace) -> int:
     started = time.monotonic()
     if args.action == "down":
         down()
-        return 0
-    if args.action == "status":
-        print(podman("ps", "-a", "--filter", f"label={LABEL}"))
         return 0
     if args.action == "check":
         lab = load_lab()
