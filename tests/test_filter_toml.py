@@ -29,6 +29,13 @@ def test_scalars_come_before_tables_whatever_the_order() -> None:
     assert tomllib.loads(to_toml(data)) == data
 
 
+@pytest.mark.parametrize("key", ["0\n", "a\n", "a b", "a.b", "\u00e9"])
+def test_keys_that_are_not_bare_are_quoted(key: str) -> None:
+    # A trailing newline once passed for a bare key: "0\n = false" is not TOML.
+    data = {key: False, "t": {key: {}}}
+    assert tomllib.loads(to_toml(data)) == data
+
+
 @pytest.mark.parametrize(
     "bad",
     [{"a": None}, {"a": [{"b": 1}]}, {1: "x"}, {"a": float("nan")}, ["not", "a", "dict"]],

@@ -20,7 +20,8 @@ except ImportError:  # pragma: no cover
         pass
 
 
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+# fullmatch: "$" would also match before a trailing newline and leave "0\n" bare.
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _ESCAPES = {
     '"': '\\"',
     "\\": "\\\\",
@@ -35,7 +36,7 @@ _ESCAPES = {
 def _key(key: Any, path: str) -> str:
     if not isinstance(key, str) or not key:
         raise AnsibleFilterError(f"{path}: TOML keys must be non-empty strings, got {key!r}")
-    return key if _BARE_KEY.match(key) else _string(key)
+    return key if _BARE_KEY.fullmatch(key) else _string(key)
 
 
 def _string(text: str) -> str:
