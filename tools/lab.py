@@ -248,6 +248,13 @@ def running(name: str) -> bool:
     return name in out.split()
 
 
+def mac_for(ip: str) -> str:
+    """A fixed, locally administered MAC per address.  podman picks a new random one on
+    every start, and the machine's neighbour cache then sends a restarted host's
+    packets to its old MAC for half a minute."""
+    return "02:00:" + ":".join(f"{int(o):02x}" for o in ip.split("."))
+
+
 def start_hosts(lab: Lab) -> None:
     nets = podman("network", "ls", "--format", "{{.Name}}").split()
     if NETWORK not in nets:
@@ -270,7 +277,8 @@ def start_hosts(lab: Lab) -> None:
             caps += ["--cap-add", cap]
         podman(
             "run", "-d", "--name", name, "--hostname", h.fqdn, "--label", LABEL,
-            "--network", NETWORK, "--ip", h.ip, "--dns", lab.dns_ip,
+            "--network", NETWORK, "--ip", h.ip, "--mac-address", mac_for(h.ip),
+            "--dns", lab.dns_ip,
             "--dns-search", h.fqdn.split(".", 1)[1], "--init", *caps,
             NODE_IMAGE, "sleep", "infinity",
         )  # fmt: skip
@@ -354,15 +362,21 @@ RECAP = re.compile(
 )
 
 
-def converge(label: str) -> dict[str, dict[str, int]]:
-    """Run site.yml against the lab, streaming its output; return the PLAY RECAP."""
+def converge(label: str, extra: tuple[str, ...] = ()) -> dict[str, dict[str, int]]:
+    """Run site.yml against the lab, streaming its output; return the PLAY RECAP.
+
+    With -v flags in `extra` the whole output goes to the log file and only the play,
+    task and recap lines to the terminal.
+    """
     STATE.mkdir(exist_ok=True)
     logfile = STATE / f"{label}.log"
-    log(f"ansible-playbook -i inventories/lab playbooks/site.yml ({label}; log: {logfile})")
+    shown = " ".join(("site.yml", *extra))
+    log(f"ansible-playbook -i inventories/lab playbooks/{shown} ({label}; log: {logfile})")
     cmd = [
         str(Path(sys.executable).parent / "ansible-playbook"),
-        "-i", str(INVENTORY), str(ROOT / "playbooks" / "site.yml"),
+        "-i", str(INVENTORY), str(ROOT / "playbooks" / "site.yml"), *extra,
     ]  # fmt: skip
+    verbose = any(a.startswith("-v") for a in extra)
     env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
     recap: dict[str, dict[str, int]] = {}
     start = time.monotonic()
@@ -373,8 +387,9 @@ def converge(label: str) -> dict[str, dict[str, int]]:
         assert proc.stdout
         for line in proc.stdout:
             fh.write(line)
-            print(line, end="", flush=True)
             m = RECAP.match(line.strip())
+            if not verbose or m or line.startswith(("PLAY", "TASK", "RUNNING", "fatal")):
+                print(line, end="", flush=True)
             if m:
                 recap[m["host"]] = {k: int(v) for k, v in m.groupdict().items() if k != "host"}
         rc = proc.wait()
@@ -382,6 +397,41 @@ def converge(label: str) -> dict[str, dict[str, int]]:
     if rc != 0 and not recap:
         raise SystemExit(f"lab: ansible-playbook failed before any host ran (see {logfile})")
     return recap
+
+
+def secret_strings() -> dict[str, list[str]]:
+    """Every secret the lab generated (.lab/secrets), as strings to look for in output.
+
+    Passwords are whole; private keys are their base64 body lines (any one of them in a
+    log means the key leaked).  Public keys and certificates are not secret.
+    """
+    found: dict[str, list[str]] = {}
+    public = {".pub", ".crt", ".csr", ".txt"}  # .txt: a DKIM key's DNS record
+    for path in sorted((STATE / "secrets").rglob("*")):
+        if not path.is_file() or path.suffix in public or path.name == "known_hosts":
+            continue
+        text = path.read_text(errors="replace")
+        if "-----BEGIN" in text:
+            if "PRIVATE KEY" not in text:
+                continue  # a certificate or a public key
+            body = [ln.strip() for ln in text.splitlines() if ln.strip() and "-----" not in ln]
+            found[str(path.relative_to(STATE))] = [ln for ln in body if len(ln) >= 40]
+        elif text.strip():
+            # ansible.builtin.password files hold "<password>[ salt=...]".
+            found[str(path.relative_to(STATE))] = [text.split()[0]]
+    return found
+
+
+def leaked_secrets(logfiles: list[Path]) -> tuple[int, list[str]]:
+    """(how many secrets were looked for, which of them appear in the logs)."""
+    secrets = secret_strings()
+    leaks = []
+    texts = [(p.name, p.read_text(errors="replace")) for p in logfiles]
+    for name, needles in secrets.items():
+        for logname, text in texts:
+            if any(n in text for n in needles):
+                leaks.append(f"{name} in {logname}")
+    return len(secrets), leaks
 
 
 # --------------------------------------------------------------------------- checks
@@ -465,13 +515,15 @@ def summary(lab: Lab, recap: dict[str, dict[str, int]], results: list[Check]) ->
     return ok
 
 
-def up(run_checks: bool = True, slow: bool = False) -> tuple[Lab, dict[str, dict[str, int]], bool]:
+def up(
+    run_checks: bool = True, slow: bool = False, extra: tuple[str, ...] = ()
+) -> tuple[Lab, dict[str, dict[str, int]], bool]:
     lab = load_lab()
     preflight(lab)
     build_images()
     start_hosts(lab)
     ssh_setup(lab)
-    recap = converge("converge")
+    recap = converge("converge", extra)
     results = checks(slow=slow) if run_checks else []
     ok = (
         summary(lab, recap, results)
@@ -561,14 +613,27 @@ def run_action(args: argparse.Namespace) -> int:
     lab = load_lab()
     was_running = lab_is_running(lab)
     try:
-        _, _, ok = up(run_checks=True, slow=True)
-        recap2 = converge("idempotence")
+        # Both converges print diffs, the second at -vvv, so that the secrets check
+        # below sees everything a user running them that way would see.
+        _, _, ok = up(run_checks=True, slow=True, extra=("--diff",))
+        recap2 = converge("idempotence", ("--diff", "-vvv"))
         changed = {h: r["changed"] for h, r in recap2.items() if r["changed"] or r["failed"]}
         if changed:
             ok = False
             log(f"idempotence: FAILED, hosts with changes on the second run: {json.dumps(changed)}")
         else:
             log("idempotence: a second converge changed nothing on any host")
+        logs = [STATE / "converge.log", STATE / "idempotence.log"]
+        searched, leaks = leaked_secrets(logs)
+        if leaks or not searched:
+            ok = False
+            what = leaks or f"no secrets found under {STATE / 'secrets'} to look for"
+            log(f"secrets: FAILED: {what}")
+        else:
+            size = sum(p.stat().st_size for p in logs) // 1024
+            log(
+                f"secrets: none of {searched} generated secrets in {size} KiB of --diff/-vvv output"
+            )
     finally:
         if not was_running and not args.keep:
             down()
