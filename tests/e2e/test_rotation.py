@@ -43,6 +43,16 @@ def _rotate(*extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
 
 
+def _why(run: subprocess.CompletedProcess[str]) -> str:
+    """What went wrong in a playbook run: its fatal results first, then its tail."""
+    lines = run.stdout.splitlines()
+    fatal = []
+    for i, ln in enumerate(lines):
+        if ln.startswith(("fatal:", "failed:")):
+            fatal.extend(lines[i : i + 8])
+    return "\n".join(fatal)[:3000] + "\n...\n" + run.stdout[-2000:]
+
+
 def _selector(msg: str) -> str:
     sig = [v for n, v in headers(msg) if n == "DKIM-Signature"]
     assert sig, "message is not signed"
@@ -95,12 +105,12 @@ def test_rotation_while_mail_flows(evidence: list[str]) -> None:
     thread.start()
     try:
         first = _rotate()
-        assert first.returncode == 0, first.stdout[-3000:]
+        assert first.returncode == 0, _why(first)
         new_active = _active(before)
         assert new_active != old_active
         time.sleep(GRACE + 2)
         second = _rotate("-e", "dkim_rotate_new=false")
-        assert second.returncode == 0, second.stdout[-3000:]
+        assert second.returncode == 0, _why(second)
         time.sleep(6)  # a few messages after the old key is gone
     finally:
         stop.set()
