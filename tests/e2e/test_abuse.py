@@ -1,0 +1,271 @@
+"""Issue 10 in the lab: what an attacker on the Internet tries, and what leaks would show.
+
+Every probe comes from inbox, the lab's stand-in for the Internet, or from this machine,
+and goes only to the lab's own hosts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.e2e.labhosts import PREFIX, ROOT, headers, inventory, mail_domain, sh, token
+
+sys.path.insert(0, str(ROOT / "tools"))
+import lab as labtool
+
+HOSTS = inventory()
+DOMAIN = mail_domain()
+MX = HOSTS["mx1"]
+# Every lab host except the outside world itself.
+TARGETS = [h for h in HOSTS if h != "inbox"]
+
+# Classic relay tricks: each must be refused with 5xx on every port of every host.  The
+# company domain is a relay domain on mx1; sender-specified routing is never honoured.
+RELAY_TRICKS = [
+    "alice@gmail.test",
+    f"alice%gmail.test@{DOMAIN}",
+    f"alice%gmail.test@mx1.{DOMAIN}",
+    f'"alice@gmail.test"@{DOMAIN}',
+    f'"alice%gmail.test"@{DOMAIN}',
+    f"gmail.test!alice@{DOMAIN}",
+    f"gmail.test!alice@mx1.{DOMAIN}",
+    f"@{DOMAIN}:alice@gmail.test",
+    f"@mx1.{DOMAIN}:alice@gmail.test",
+    f"alice@gmail.test@{DOMAIN}",
+    "alice@gmail.test.",
+    "alice@[198.51.100.40]",
+    "alice%gmail.test@[198.51.100.10]",
+    "alice@gmail.test@[198.51.100.10]",
+    '"alice@gmail.test"',
+    "alice@GMAIL.TEST",
+    f"alice@gmail.test%{DOMAIN}",
+    f"{DOMAIN}!gmail.test!alice",
+]
+
+# Runs in inbox: one SMTP session per batch of recipients (Postfix hangs up after
+# smtpd_hard_error_limit errors, and slows down after the soft limit), STARTTLS on 587.
+# Prints JSON: {"listening": bool, "auth_before_tls": bool, "replies": {rcpt: "code text"}}.
+PROBE = r"""
+import json, smtplib, ssl, sys
+host, port, rcpts = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+out = {"listening": True, "auth_before_tls": False, "replies": {}}
+def session():
+    s = smtplib.SMTP(host, port, local_hostname="probe.gmail.test", timeout=20)
+    s.ehlo()
+    if s.has_extn("auth"):
+        out["auth_before_tls"] = True
+    if s.has_extn("starttls"):
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        s.starttls(context=ctx)
+        s.ehlo()
+    return s
+try:
+    for i in range(0, len(rcpts), 6):
+        s = session()
+        code, msg = s.mail("alice@gmail.test")
+        for r in rcpts[i:i + 6]:
+            if code >= 400:
+                out["replies"][r] = f"{code} (MAIL FROM) {msg.decode(errors='replace')}"
+                continue
+            c, m = s.docmd("RCPT TO:<%s>" % r)
+            out["replies"][r] = f"{c} {m.decode(errors='replace')}"
+        try:
+            s.quit()
+        except smtplib.SMTPException:
+            pass
+except ConnectionRefusedError:
+    out["listening"] = False
+print(json.dumps(out))
+"""
+
+
+def probe(host: str, port: int, rcpts: list[str]) -> dict:
+    res = subprocess.run(
+        ["podman", "exec", f"{PREFIX}-inbox", "python3", "-c", PROBE,
+         HOSTS[host]["ip"], str(port), json.dumps(rcpts)],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, f"probe of {host}:{port} failed: {res.stderr[-800:]}"
+    return json.loads(res.stdout)
+
+
+@pytest.mark.parametrize("port", [25, 587])
+def test_no_host_relays_or_offers_auth_in_clear(port: int, evidence: list[str]) -> None:
+    problems, seen = [], []
+    for host in TARGETS:
+        out = probe(host, port, RELAY_TRICKS)
+        if not out["listening"]:
+            seen.append(f"{host}: closed")
+            continue
+        if out["auth_before_tls"]:
+            problems.append(f"{host}:{port} offers AUTH before STARTTLS")
+        accepted = {r: v for r, v in out["replies"].items() if not v.startswith("5")}
+        if accepted:
+            problems.append(f"{host}:{port} did not refuse with 5xx: {accepted}")
+        if len(out["replies"]) != len(RELAY_TRICKS):
+            problems.append(f"{host}:{port} answered {len(out['replies'])} of the probes")
+        seen.append(f"{host}: {len(out['replies'])} refused")
+    assert not problems, problems
+    evidence.append(f"port {port}: " + ", ".join(seen))
+
+
+# Runs in inbox: one session whose DATA hides a second message behind a non-standard
+# end-of-data (<LF>.<LF> or <CR>.<CR>), the SMTP smuggling attack.  Prints the replies.
+SMUGGLE = r"""
+import socket, sys
+host, rcpt, tag, eod = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+bad = {"LF": b"\n.\n", "CR": b"\r.\r"}[eod]
+s = socket.create_connection((host, 25), timeout=30)
+f = s.makefile("rb")
+def reply():
+    lines = []
+    while True:
+        ln = f.readline()
+        if not ln:
+            return "(connection closed)"
+        lines.append(ln.decode(errors="replace").rstrip())
+        if ln[3:4] != b"-":
+            return lines[-1]
+def cmd(line):
+    s.sendall(line.encode() + b"\r\n")
+    return reply()
+got = [reply(), cmd("EHLO probe.gmail.test"), cmd("MAIL FROM:<alice@gmail.test>"),
+       cmd(f"RCPT TO:<{rcpt}>"), cmd("DATA")]
+data = (f"From: alice@gmail.test\r\nSubject: visible {tag}\r\n\r\none\r\n".encode() + bad
+        + f"MAIL FROM:<alice@gmail.test>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n".encode()
+        + f"From: alice@gmail.test\r\nSubject: smuggled {tag}\r\n\r\nhidden\r\n.\r\n".encode())
+s.sendall(data)
+got.append(reply())
+s.settimeout(3)
+try:
+    while True:
+        r = reply()
+        got.append(r)
+        if r == "(connection closed)":
+            break
+except OSError:
+    pass
+try:
+    got.append(cmd("QUIT"))
+except OSError:
+    got.append("(connection closed)")
+print("\n".join(got))
+"""
+
+
+@pytest.mark.parametrize("eod", ["LF", "CR"])
+def test_smtp_smuggling_yields_one_message(eod: str, evidence: list[str]) -> None:
+    tag = token()
+    rcpt = f"bill@{DOMAIN}"
+    res = subprocess.run(
+        ["podman", "exec", f"{PREFIX}-inbox", "python3", "-c", SMUGGLE,
+         MX["ip"], rcpt, tag, eod],
+        capture_output=True, text=True, timeout=90, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-800:]
+    replies = res.stdout.splitlines()
+    assert replies[4].startswith("354"), replies
+    queued = [r for r in replies[5:] if r.startswith("250")]
+    assert len(queued) <= 1, f"more than one message accepted in one session: {replies}"
+    # Whatever was queued is delivered by now or soon; a smuggled second message would
+    # arrive next to it as a file of its own.
+    maildir = f"/srv/inbox/{rcpt}/new/"
+    deadline = time.monotonic() + (60 if queued else 10)
+    files: list[str] = []
+    while time.monotonic() < deadline:
+        files = sh("inbox", f"grep -l -r -F '{tag}' {maildir} 2>/dev/null").out.split()
+        if queued and files:
+            time.sleep(3)  # a second message from the same session would be right behind
+            files = sh("inbox", f"grep -l -r -F '{tag}' {maildir} 2>/dev/null").out.split()
+            break
+        time.sleep(1)
+    assert len(files) == len(queued), f"{len(queued)} queued, {len(files)} delivered: {replies}"
+    # The smuggled commands may travel as text inside the one message (Postfix's
+    # "normalize"), but never as a message of their own.
+    for path in files:
+        msg = sh("inbox", f"cat {path}").out
+        subjects = [v for n, v in headers(msg) if n.lower() == "subject"]
+        assert subjects == [f"visible {tag}"], msg[:2000]
+    evidence.append(f"<{eod}>.<{eod}>: {replies[5][:80]}; {len(files)} message delivered")
+
+
+def _testssl(target: str, workdir: str) -> dict[str, str]:
+    out = f"{workdir}/{target.replace(':', '_')}.json"
+    subprocess.run(
+        ["testssl", "--quiet", "--color", "0", "--warnings", "off", "--protocols",
+         "--starttls", "smtp", "--jsonfile", out, target],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    with open(out) as fh:
+        return {e["id"]: e["finding"] for e in json.load(fh)}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("testssl") is None, reason="testssl.sh is not installed")
+@pytest.mark.parametrize("port", [587, 25])
+def test_tls_below_1_2_is_refused(port: int, tmp_path, evidence: list[str]) -> None:
+    found = _testssl(f"{MX['ip']}:{port}", str(tmp_path))
+    for old in ("SSLv2", "SSLv3", "TLS1", "TLS1_1"):
+        assert old in found, found
+        assert found[old].startswith("not offered"), f"{old}: {found[old]}"
+    assert found.get("TLS1_2", "").startswith("offered"), found
+    evidence.append(
+        f"testssl.sh mx1:{port}: "
+        + ", ".join(f"{k} {found.get(k, '?')}" for k in ("TLS1_1", "TLS1_2", "TLS1_3"))
+    )
+
+
+# The files each role promises to keep from other users: (hosts, path, mode, owner:group).
+PROMISED = [
+    (["mx1", "mail1", "mail2", "app1"], "/etc/postfix/tls/key.pem", "600", "root:root"),
+    (["mx1", "mail1", "mail2"], f"/etc/opendkim/keys/{DOMAIN}", "700", "opendkim:opendkim"),
+    (["mx1", "mail1", "mail2"], f"/etc/opendkim/keys/{DOMAIN}/mail.private", "600",
+     "opendkim:opendkim"),
+    (["mx1"], "/etc/dovecot/sasl-users", "640", "root:dovecot"),
+    (["app1"], "/etc/postfix/sasl_passwd", "600", "root:root"),
+    (["mx1", "mail1", "mail2", "monitor"], "/etc/mailops/mailops.toml", "640", "root:mailops"),
+]  # fmt: skip
+
+
+def test_secret_files_have_the_promised_modes(evidence: list[str]) -> None:
+    wrong = []
+    checked = 0
+    for hosts, path, mode, owner in PROMISED:
+        for host in hosts:
+            res = sh(host, f"stat -c '%a %U:%G' {path}")
+            got = res.out.strip()
+            checked += 1
+            if got != f"{mode} {owner}":
+                wrong.append(f"{host}:{path} is {got or res.err.strip()}, promised {mode} {owner}")
+    assert not wrong, wrong
+    evidence.append(f"{checked} key and password files with the promised modes")
+
+
+def test_no_file_holding_a_secret_is_readable_by_others(evidence: list[str]) -> None:
+    needles = [n for values in labtool.secret_strings().values() for n in values]
+    assert needles, "the lab generated no secrets to look for"
+    readable, holders = [], 0
+    for host in HOSTS:
+        res = subprocess.run(
+            ["podman", "exec", "-i", f"{PREFIX}-{host}", "sh", "-c",
+             "grep -rlsF -f /dev/stdin /etc /var/lib /var/spool/postfix/etc /opt 2>/dev/null"
+             " | xargs -r stat -c '%a %U:%G %n'"],
+            input="\n".join(needles) + "\n", capture_output=True, text=True, timeout=120,
+            check=False,
+        )  # fmt: skip
+        for line in res.stdout.splitlines():
+            mode, _, path = line.split(" ", 2)
+            holders += 1
+            if int(mode, 8) & 0o007:
+                readable.append(f"{host}:{path} ({mode})")
+    assert holders, "no host holds any of the lab's secrets: the search is broken"
+    assert not readable, f"secrets readable by any user: {readable}"
+    evidence.append(f"{holders} files on the hosts hold a lab secret; none readable by others")
