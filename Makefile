@@ -16,9 +16,10 @@ export PATH            := $(BIN):$(PATH)
 # Debian packages the controller needs: podman and its runtime for the lab, debootstrap
 # to build the base image without a registry, pflogsumm to compare reports against,
 # PostgreSQL for the shared-store tests, sshd for the queue collector's tests, nsd for
-# the DNS tests, swaks for hand checks.  Tests start their own servers on loopback.
+# the DNS tests, testssl.sh to probe the lab's TLS, swaks for hand checks.  Tests start
+# their own servers on loopback.
 DEB_PACKAGES := podman runc catatonit debootstrap uidmap pflogsumm postgresql swaks \
-                openssh-client openssh-server nsd openssl python3-venv git make
+                openssh-client openssh-server nsd openssl python3-venv git make testssl.sh
 
 .PHONY: help deps deps-system venv lab lab-down lint unit molecule e2e test bench clean
 
@@ -47,10 +48,20 @@ deps-system:
 	  [ -z "$$blocker" ] || rm -f "$$blocker"
 	fi
 
-venv: $(VENV)/.installed
+# The venv runs on Debian's own Python, the interpreter the hosts run mailops on: a
+# newer one found first on PATH (pyenv, say) would hide what differs there (3.11.2's re).
+SYSPY := $(firstword $(wildcard /usr/bin/python3) python3)
+
+venv:
+	version='import sys; print(sys.version)'
+	if [ -x $(PY) ] && [ "$$($(PY) -c "$$version")" != "$$($(SYSPY) -c "$$version")" ]; then
+	  echo ">>> the venv does not run on $(SYSPY): making it again"
+	  rm -rf $(VENV)
+	fi
+	$(MAKE) --no-print-directory $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
+	test -x $(PY) || $(SYSPY) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip >/dev/null
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
