@@ -416,10 +416,29 @@ def secret_strings() -> dict[str, list[str]]:
                 continue  # a certificate or a public key
             body = [ln.strip() for ln in text.splitlines() if ln.strip() and "-----" not in ln]
             found[str(path.relative_to(STATE))] = [ln for ln in body if len(ln) >= 40]
-        elif text.strip():
-            # ansible.builtin.password files hold "<password>[ salt=...]".
+        elif path.suffix == "" and len(text.split()[:1][0] if text.split() else "") >= 16:
+            # ansible.builtin.password files hold "<password>[ salt=...]"; other files
+            # (the DKIM rotation's state.yml, say) are bookkeeping, not secrets.
             found[str(path.relative_to(STATE))] = [text.split()[0]]
-    return found
+    # A line every key of a kind starts with (OpenSSH's "openssh-key-v1 none none")
+    # says nothing about which key leaked: keep only lines of one secret each.  Nor does
+    # a line that is public: an RSA key's modulus encodes to the same base64 in the
+    # private key and in the public key (the DKIM record), so drop lines found there.
+    public = "".join(
+        re.sub(r'[\s"]', "", p.read_text(errors="replace"))
+        for p in (STATE / "secrets").rglob("*")
+        if p.is_file()
+        and p.suffix in (".pub", ".crt", ".txt", ".pem")
+        and "PRIVATE KEY" not in p.read_text(errors="replace")
+    )
+    seen: dict[str, int] = {}
+    for lines in found.values():
+        for ln in set(lines):
+            seen[ln] = seen.get(ln, 0) + 1
+    return {
+        name: [ln for ln in lines if seen[ln] == 1 and ln not in public]
+        for name, lines in found.items()
+    }
 
 
 def leaked_secrets(logfiles: list[Path]) -> tuple[int, list[str]]:
