@@ -227,7 +227,7 @@ def test_tls_below_1_2_is_refused(port: int, tmp_path, evidence: list[str]) -> N
 PROMISED = [
     (["mx1", "mail1", "mail2", "app1"], "/etc/postfix/tls/key.pem", "600", "root:root"),
     (["mx1", "mail1", "mail2"], f"/etc/opendkim/keys/{DOMAIN}", "700", "opendkim:opendkim"),
-    (["mx1", "mail1", "mail2"], f"/etc/opendkim/keys/{DOMAIN}/mail.private", "600",
+    (["mx1", "mail1", "mail2"], f"/etc/opendkim/keys/{DOMAIN}/*.private", "600",
      "opendkim:opendkim"),
     (["mx1"], "/etc/dovecot/sasl-users", "640", "root:dovecot"),
     (["app1"], "/etc/postfix/sasl_passwd", "600", "root:root"),
@@ -240,11 +240,15 @@ def test_secret_files_have_the_promised_modes(evidence: list[str]) -> None:
     checked = 0
     for hosts, path, mode, owner in PROMISED:
         for host in hosts:
-            res = sh(host, f"stat -c '%a %U:%G' {path}")
-            got = res.out.strip()
-            checked += 1
-            if got != f"{mode} {owner}":
-                wrong.append(f"{host}:{path} is {got or res.err.strip()}, promised {mode} {owner}")
+            # A glob (the DKIM keys: one per selector) must match at least one file.
+            res = sh(host, f"stat -c '%a %U:%G %n' {path}")
+            if res.rc != 0 or not res.out.strip():
+                wrong.append(f"{host}:{path}: {res.err.strip() or 'missing'}")
+            for line in res.out.splitlines():
+                got, name = line.rsplit(" ", 1)
+                checked += 1
+                if got != f"{mode} {owner}":
+                    wrong.append(f"{host}:{name} is {got}, promised {mode} {owner}")
     assert not wrong, wrong
     evidence.append(f"{checked} key and password files with the promised modes")
 
