@@ -22,7 +22,7 @@ import pytest
 
 from mailops import cli, exitcodes
 from mailops.config import ConfigError
-from mailops.report import build, png, render
+from mailops.report import build, png, render, tally
 from mailops.report.tally import Tally, gimme_domain, said_trim
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -549,6 +549,74 @@ def test_loggen_is_deterministic_and_exact(tmp_path: Path) -> None:
         check=True,
     )
     assert gzip.decompress(out.read_bytes()).decode().count("\n") == 500
+
+
+# ---------------------------------------------------------------------- on every CPython
+
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+# Lines through each optional or repeated group of the line pattern (tally.py): the program
+# paths, the optional fields of a delivery, "f" and "]" in a tail, "[" left open.
+EDGE_LINES = (
+    ("smtps/smtpd[300]", "A1000000A1: client=s.example.net[192.0.2.60]:465"),
+    ("submission/smtpd[301]", "A2000000A1: client=sub.example.net[192.0.2.61]"),
+    ("smtpd[302]", "connect from f.example.net[192.0.2.62]:5555"),
+    ("smtpd[302]", "lost connection after DATA from [192.0.2.62"),
+    ("qmgr[102]", "A1000000A1: from=<f@Example.NET>, size=610, nrcpt=2 (queue active)"),
+    ("smtp[303]", "A1000000A1: to=<o@ex.test>, orig_to=<p@ex.test>, relay=mx[198.51.100.60]:25, "
+     "conn_use=3, delay=0.4, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as 4Xyzf0)"),
+    ("local[304]", "A1000000A1: to=<q@ex.test>, relay=local, delay=0.5, delays=0/0/0/0.5, "
+     "dsn=2.0.0, status=sent (forwarded as 5F6A7B8C9D)"),
+    ("smtpd[305]", "NOQUEUE: reject: RCPT from unknown[203.0.113.60]: 554 5.7.1 Service "
+     "unavailable; client [203.0.113.60] blocked using bl.test; from=<a@b> to=<c@d> helo=<h>"),
+    ("smtpd[305]", "NOQUEUE: reject_warning: RCPT from unknown[203.0.113.61]: <c@d>: Sender "
+     "address rejected: f; from=<a@b> to=<c@d> proto=ESMTP helo=<[x]>"),
+    ("qmgr[102]", "A1000000A1: removed"),
+)  # fmt: skip
+
+
+@pytest.mark.skipif(not SYSTEM_PYTHON.exists(), reason="no /usr/bin/python3")
+def test_the_system_python_counts_alike(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The production hosts run the report under Debian's python3 (3.11.2 in Debian 12), whose
+    ``re`` misreads possessive groups that 3.11.5+ read right: the report must not differ."""
+    if os.path.realpath(SYSTEM_PYTHON) == os.path.realpath(sys.executable):
+        pytest.skip(f"{SYSTEM_PYTHON} is the interpreter running these tests")
+    log = tmp_path / "mail.log"
+    with log.open("w") as fh:
+        for name in ("small.log", "tricky.log"):
+            fh.write((DATA / name).read_text())
+        for n, (program, text) in enumerate(EDGE_LINES):
+            fh.write(f"Nov 23 11:00:{n:02d} mx1 postfix/{program}: {text}\n")
+        fh.writelines(loggen.generate(3000, seed=21))
+    argv = ["--log", str(log), "--day", "all"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PYTHONPATH"] = str(ROOT / "scripts")
+    proc = subprocess.run(
+        [str(SYSTEM_PYTHON), "-s", "-m", "mailops", "--config", os.devnull, "report", *argv,
+         "--format", "json"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        old = subprocess.run(
+            [str(SYSTEM_PYTHON), "-c", "import sys; sys.exit(sys.version_info < (3, 11))"],
+            check=False,
+        )
+        if old.returncode:
+            pytest.skip(f"{SYSTEM_PYTHON} is older than the 3.11 mailops requires")
+    assert proc.returncode == 0, proc.stderr
+    theirs = json.loads(proc.stdout)
+    ours = json_report(argv, capsys)
+    assert theirs["totals"] == ours["totals"]
+    del theirs["generated_at"], ours["generated_at"]
+    assert theirs == ours
+
+
+def test_possessive_repeats_follow_a_single_character() -> None:
+    """``(...)*+``, ``(...)++``, ``(...)?+`` are read wrong by Python 3.11.0-3.11.4 (tally.py)."""
+    patterns = [v for v in vars(tally).values() if isinstance(v, re.Pattern)]
+    patterns += [tally.line_pattern(), tally.line_pattern("postfix-out", tally.DaySpec(2024, 1, 2))]
+    for pattern in patterns:
+        found = re.search(rb"(?<!\\)\)(?:[?*+]|\{[\d,]*\})\+", pattern.pattern)
+        assert found is None, pattern.pattern[max(0, found.start() - 50) : found.end()]
 
 
 # ---------------------------------------------------------------------- against pflogsumm

@@ -74,6 +74,11 @@ from typing import Any, BinaryIO
 #
 # Timestamps: a classic one is read as pflogsumm reads it; an ISO one may also have a
 # space for the ``T``, a comma for the decimal point, ``+hhmm`` or no offset.
+#
+# ``*+ ++ ?+`` follow a single character only (an optional group is ``(?>...|)``, a repeated one
+# greedy where no retry can match): Python 3.11.0-3.11.4 (Debian 12 has 3.11.2) resume where a
+# failed pass of a possessive group stopped, not where it began: ``(?:a(?:bc|x))?+(.*)`` on
+# ``abd`` gives ``bd`` (CPython gh-100061).
 
 _CLASSIC_TS = rb"[^\n]{3} [ \d]?\d \d\d"
 _ISO_TS = rb"\d{4}-\d\d-\d\d[T ]\d\d"
@@ -111,24 +116,24 @@ _CMD = (
 # disconnects, TLS, lost connections, postscreen's CONNECT/PASS/DISCONNECT... fail the
 # whole pattern there.
 _SPECIAL_FIRST = rb"(?:warning|fatal|panic|reject|reject_warning|hold|discard)(?![^:\s])"
-_SKIP = rb"[^:<\[\]\n]*+(?:\[[0-9a-fA-F.:]*+\](?::\d*+)?+[^:<\[\]\n]*+)*+(?=\n|\Z)"
+_SKIP = rb"[^:<\[\]\n]*+(?:\[[0-9a-fA-F.:]*+\]:?+[^:<\[\]\n]*+)*(?=\n|\Z)"
 # The fast shapes, after "QUEUEID: ".  A delivery's tail is read up to the first "="
 # (a "from=<...>, size=" that pflogsumm would test first) or "forwarded as ": the
 # loop sends a line with more than that (group ``smore``/``more``) to the general path.
 _FAST = (
     rb"(?(dlv)|(?!))to=<(?P<to>[^@>\n]++@(?P<dom>[^>\n]*+)|[^>\n]*+)>, "
-    rb"(?:orig_to=<[^>\n]*+>, )?+relay=[^,\n]++, (?:conn_use=[^,\n]++, )?+"
-    rb"delay=(?P<delay>[^,\n]++), (?:delays=[^,\n]++, )?+(?:dsn=[^,\n]++, )?+status="
-    rb"(?:sent(?!\S)(?:[^\n=f]++|f(?!orwarded as ))*+(?P<smore>[^\n]*+)"
+    rb"(?>orig_to=<[^>\n]*+>, |)relay=[^,\n]++, (?>conn_use=[^,\n]++, |)"
+    rb"delay=(?P<delay>[^,\n]++), (?>delays=[^,\n]++, |)(?>dsn=[^,\n]++, |)status="
+    rb"(?:sent(?!\S)[^\n=f]*+(?:f(?!orwarded as )[^\n=f]*+)*(?P<smore>[^\n]*+)"
     rb"|(?P<status>\S++)[^\n=]*+(?P<more>[^\n]*+))"
     rb"|(?(dlv)|(?!))from=<(?P<from>[^>\n]*+)>, size=(?P<size>\d++)(?P<frest>)"
     rb"|(?(rcv)|(?!))client=(?P<client>[^\n][^,\n]*+)(?P<crest>)"
     rb"|removed(?=\n|\Z)(?P<removed>)"
     rb"|(?(rcv)|(?!))(?P<rkind>reject|reject_warning|hold|discard): (?P<rstage>\S++) from "
-    rb"\S+?: (?:\d{3} [\d.]++ )?+(?:<[^>\n]*+>: )?+(?P<rtext>[^;,\n]*+)"
-    rb"(?:[;,] (?:Client host|client) \[[^\]\n]*+\] blocked using (?P<rbl>[^;\s]++))?+"
+    rb"\S+?: (?>\d{3} [\d.]++ |)(?><[^>\n]*+>: |)(?P<rtext>[^;,\n]*+)"
+    rb"(?>[;,] (?:Client host|client) \[[^\]\n]*+\] blocked using (?P<rbl>[^;\s]++)|)"
     # no "[digits]: word: client=" after it, which pflogsumm would count as received
-    rb"(?:[^\]\n]++|\](?!: ))*+(?=\n|\Z)(?P<rrest>)"
+    rb"[^\]\n]*+(?:\](?!: )[^\]\n]*+)*(?=\n|\Z)(?P<rrest>)"
 )
 _SCRIPT = rb"(?P<cmd2>postfix(?:-script)?)(?:\[\d+\])?: (?P<qid2>[^:\s]+)"
 
@@ -154,7 +159,7 @@ def line_pattern(syslog_name: str = "postfix", dates: DaySpec | None = None) -> 
         ts = b"(?:" + classic + rb") \d\d|" + re.escape(dates.iso) + rb"[T ]\d\d"
     return re.compile(
         rb"\n(?>(?P<ts>" + ts + b")" + _AFTER_TS + b")"
-        + b"(?:" + names + rb"/(?:s(?:mtps|ubmission)/)?+" + _CMD
+        + b"(?:" + names + rb"/(?>submission/|smtps/|)" + _CMD
         + rb"(?:\[\d++\]: (?>(?!" + _SPECIAL_FIRST + rb")(?:(?P<skip>" + _SKIP
         + rb")|(?P<fq>[0-9A-Za-z]++): (?>(?P<skipm>message-id=<[^\s>]*+>(?=\n|\Z))|))|)"
         + rb"(?(skip)(?!)|(?(skipm)(?!)|(?(fq)(?:" + _FAST + rb"|(?P<gen>))"
