@@ -154,8 +154,8 @@ def run(workdir: Path) -> list[Result]:
             met=mib / peer_mib <= MEMORY_TARGET,
             notes=(
                 f"peak RSS from wait4(), ratio ours/pflogsumm; mailops --version alone "
-                f"{start.max_rss_kib / 1024:.1f} MiB (every tool imported at start); the "
-                f"report code without the other tools {alone.max_rss_kib / 1024:.1f} MiB "
+                f"{start.max_rss_kib / 1024:.1f} MiB (the interpreter and the CLI); the "
+                f"report module on its own {alone.max_rss_kib / 1024:.1f} MiB "
                 f"(ratio {alone.max_rss_kib / peer.max_rss_kib:.3f})"
             ),
         ),
