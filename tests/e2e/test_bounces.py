@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from tests.e2e.labhosts import ROOT, inventory, letters, mail_domain, sh, smtp_reply, swaks
 
 HOSTS = inventory()
@@ -122,6 +124,7 @@ def _deliveries(address: str) -> list[str]:
     return out.out.splitlines()
 
 
+@pytest.mark.serial
 def test_store_down_keeps_the_bounce_queued_and_stores_it_once_back(
     evidence: list[str],
 ) -> None:

@@ -102,6 +102,7 @@ BREAKAGES = {
 }
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(BREAKAGES))
 def test_one_broken_record_fails_exactly_its_check(case: str, evidence: list[str]) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from tests.e2e.labhosts import (
     headers,
     inventory,
@@ -128,6 +130,7 @@ def test_spf_fail_is_refused_and_pass_is_recorded(evidence: list[str]) -> None:
     evidence.append(f"Received-SPF: {spf[0][:60]}")
 
 
+@pytest.mark.serial
 def test_opendkim_down_means_4xx_never_unsigned_mail(evidence: list[str]) -> None:
     sh("mail1", "service opendkim stop; pkill -x opendkim; true")
     try:

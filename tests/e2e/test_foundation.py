@@ -12,11 +12,19 @@ NS1 = next(h for h, v in HOSTS.items() if v["group"] == "lab_dns")
 
 @pytest.mark.parametrize("host", sorted(HOSTS))
 def test_host_resolves_lab_names_through_ns1(host: str, evidence: list[str]) -> None:
-    conf = sh(host, "grep ^nameserver /etc/resolv.conf").out.split()
-    assert conf[1::2] == [HOSTS[NS1]["ip"]], f"{host} resolves through {conf}, not ns1"
+    # Every lookup in one shell on the host: one line per name, "<name> <answers...>".
+    script = ["grep ^nameserver /etc/resolv.conf | tr '\\n' ' '; echo"]
     for v in HOSTS.values():
-        fwd = sh(host, f"dig +short +time=2 {v['fqdn']} A").out.split()
-        rev = sh(host, f"dig +short +time=2 -x {v['ip']}").out.split()
+        for name, args in ((v["fqdn"], f"{v['fqdn']} A"), (v["ip"], f"-x {v['ip']}")):
+            script.append(f"echo {name} $(dig +short +time=2 {args})")
+    res = sh(host, "\n".join(script))
+    lines = res.out.splitlines()
+    assert len(lines) == 1 + 2 * len(HOSTS), f"{host}: {res.out} {res.err}"
+    conf = lines[0].split()
+    assert conf[1::2] == [HOSTS[NS1]["ip"]], f"{host} resolves through {conf}, not ns1"
+    answers = {line.split()[0]: line.split()[1:] for line in lines[1:]}
+    for v in HOSTS.values():
+        fwd, rev = answers[v["fqdn"]], answers[v["ip"]]
         assert fwd == [v["ip"]], f"{host}: {v['fqdn']} A -> {fwd}, want {v['ip']}"
         assert rev == [v["fqdn"] + "."], f"{host}: PTR {v['ip']} -> {rev}, want {v['fqdn']}."
     evidence.append(f"{len(HOSTS)} names forward and reverse via {HOSTS[NS1]['ip']}")

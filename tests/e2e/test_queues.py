@@ -53,6 +53,7 @@ def postqueue_counts(host: str) -> dict[str, int]:
     return counts
 
 
+@pytest.mark.serial  # other checks' mail would change the queues between two reads
 def test_monitor_serves_every_node_with_postfix_s_own_counts(evidence: list[str]) -> None:
     data = collect()
     assert set(NODES) <= set(data["mailqueues"]), data["mailqueues"].keys()
@@ -89,6 +90,7 @@ def inbox_says_later() -> Iterator[None]:
         sh("mail1", f"postsuper -d {qid} >/dev/null 2>&1")
 
 
+@pytest.mark.serial
 def test_deferred_queue_on_mail1_shows_up(inbox_says_later: None, evidence: list[str]) -> None:
     before = postqueue_counts("mail1")["deferred"]
     tag = token()
@@ -108,6 +110,7 @@ def test_deferred_queue_on_mail1_shows_up(inbox_says_later: None, evidence: list
     evidence.append(f"mail1 deferred: postqueue -j {want['deferred']}, monitor {got}")
 
 
+@pytest.mark.serial
 def test_a_node_down_is_reported_and_the_others_still_are(evidence: list[str]) -> None:
     subprocess.run(
         ["podman", "stop", "-t", "2", f"{PREFIX}-mail2"], check=True, capture_output=True

@@ -13,6 +13,7 @@ from tests.e2e.labhosts import PREFIX, sh
 from tests.test_report import PFLOGSUMM, compare, pflogsumm_totals
 
 
+@pytest.mark.serial  # after the others, whose traffic it counts
 @pytest.mark.skipif(PFLOGSUMM is None, reason="pflogsumm is not installed on the controller")
 @pytest.mark.parametrize("host", ["mx1", "mail1"])
 def test_report_agrees_with_pflogsumm_on_the_hosts_log(

@@ -66,6 +66,7 @@ def _dkim(msg: str) -> str:
     return "missing"
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_rotation_while_mail_flows(evidence: list[str]) -> None:
     tags: list[tuple[str, str]] = []
