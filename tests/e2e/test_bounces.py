@@ -21,12 +21,12 @@ def suppressed(address: str) -> bool:
     return sh("mx1", f"{MAILOPS} suppression check {address}").rc == 0
 
 
-def wait_until(what: str, probe: object, timeout: float) -> float:
+def wait_until(what: str, probe: object, timeout: float, every: float = 3) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         if probe():  # type: ignore[operator]
             return time.monotonic() - start
-        time.sleep(3)
+        time.sleep(every)
     raise AssertionError(f"{what}: not within {timeout:.0f} s")
 
 
@@ -147,6 +147,7 @@ def test_store_down_keeps_the_bounce_queued_and_stores_it_once_back(
             "both copies deferred by the pipe",
             lambda: sum("status=deferred" in ln for ln in _deliveries(address)) >= 2,
             60,
+            every=1,
         )
         deferred = next(ln for ln in _deliveries(address) if "status=deferred" in ln)
         assert "(temporary failure" in deferred, deferred
@@ -158,6 +159,7 @@ def test_store_down_keeps_the_bounce_queued_and_stores_it_once_back(
         "both copies stored once the store is back",
         lambda: sum("status=sent" in ln for ln in _deliveries(address)) >= 2,
         90,
+        every=1,
     )
     assert not any("status=bounced" in ln for ln in _deliveries(address))
     rows = sh(

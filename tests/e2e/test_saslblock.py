@@ -35,7 +35,7 @@ GUESSER = "198.51.100.68"  # lab_guesser_address: no other check uses it
 NAMED = "198.51.100.66"  # an inbox address that only appears inside a user name
 MAILOPS = "/opt/mailops/bin/mailops --config /etc/mailops/mailops.toml"
 MAP = "/etc/postfix/access_dynamic"
-GUESSES_AT_ONCE = 4
+GUESSES_AT_ONCE = 6
 
 
 def _settings() -> dict[str, object]:
