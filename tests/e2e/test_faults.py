@@ -1,0 +1,344 @@
+"""Issue 10 in the lab: what the hosts do when what they depend on goes away.
+
+- Postgrey, policyd-spf and the DNS resolver, each stopped in turn: mx1 answers good
+  mail from outside with 4xx (never 5xx), and accepts it again by itself once the
+  service is back.  (OpenDKIM down is test_filters' check: 4xx, never unsigned mail.)
+- The next hop down: inbox stops accepting; mail1 keeps what it accepted and delivers
+  every message once inbox is back.  With a shortened queue lifetime, each message
+  that expires yields exactly one DSN, which reaches bounces@ on mx1 and the store.
+
+Each check puts back what it stopped or changed, byte for byte, even when it fails.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.labhosts import (
+    PREFIX,
+    inventory,
+    letters,
+    mail_domain,
+    reply_to,
+    sh,
+    swaks,
+    token,
+)
+
+pytestmark = [pytest.mark.serial, pytest.mark.slow]
+
+HOSTS = inventory()
+DOMAIN = mail_domain()
+MX = HOSTS["mx1"]["ip"]
+MAIL1 = HOSTS["mail1"]["ip"]
+
+
+def wait_for(what: str, probe: Callable[[], bool], timeout: float, every: float = 1) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if probe():
+            return time.monotonic() - start
+        time.sleep(every)
+    raise AssertionError(f"{what}: not within {timeout:.0f} s")
+
+
+def good_mail_reply() -> str:
+    """mx1's answer at RCPT to mail a healthy MX must accept: SPF-pass sender from
+    inbox's own address, to a recipient Postgrey whitelists (so no greylisting)."""
+    res = swaks(
+        "inbox",
+        f"--server {MX} --ehlo inbox.outside.test --from {letters()}@gmail.test "
+        f"--to postmaster@{DOMAIN} --quit-after RCPT",
+    )
+    return reply_to(res, "RCPT") or res.out.strip().splitlines()[-1]
+
+
+@contextmanager
+def stopped(host: str, stop: str, start: str) -> Iterator[None]:
+    sh(host, stop)
+    try:
+        yield
+    finally:
+        sh(host, start)
+
+
+# name: (host, how to stop it, how to start it again)
+DEPENDENCIES = {
+    "postgrey": ("mx1", "service postgrey stop", "service postgrey start"),
+    # Spawned by Postfix per request: take the program away and end the running ones.
+    "policyd-spf": (
+        "mx1",
+        "mv /usr/bin/policyd-spf /usr/bin/policyd-spf.e2e-away && pkill -f /usr/bin/policyd-spf;"
+        " true",
+        "mv /usr/bin/policyd-spf.e2e-away /usr/bin/policyd-spf",
+    ),
+    # Every lab host resolves through ns1's unbound.
+    "dns resolver": ("ns1", "service unbound stop", "service unbound start"),
+}
+
+
+@pytest.mark.parametrize("dependency", sorted(DEPENDENCIES))
+def test_dependency_down_means_4xx_then_recovery(dependency: str, evidence: list[str]) -> None:
+    host, stop, start = DEPENDENCIES[dependency]
+    healthy = good_mail_reply()
+    assert healthy.startswith("<- 250"), f"mx1 refuses good mail before the fault: {healthy}"
+    with stopped(host, stop, start):
+        down = good_mail_reply()
+        assert down.startswith("<** 4"), f"{dependency} down: {down}"
+    took = wait_for(
+        f"mx1 accepting again after {dependency} is back",
+        lambda: good_mail_reply().startswith("<- 250"),
+        60,
+    )
+    evidence.append(f"{dependency} down: {down[:90]}; back: 250 after {took:.0f} s")
+
+
+# ------------------------------------------------------------------ the next hop down
+@contextmanager
+def inbox_down() -> Iterator[None]:
+    sh("inbox", "postfix stop >/dev/null 2>&1")
+    try:
+        yield
+    finally:
+        sh("inbox", "postfix start >/dev/null 2>&1")
+
+
+@contextmanager
+def mail1_settings(**settings: str) -> Iterator[None]:
+    """Change main.cf on mail1 for a while; put the file back byte for byte after."""
+    sh("mail1", "cp -p /etc/postfix/main.cf /etc/postfix/main.cf.e2e-saved")
+    pairs = " ".join(f"'{k} = {v}'" for k, v in settings.items())
+    sh("mail1", f"postconf -e {pairs} && postfix reload >/dev/null 2>&1")
+    try:
+        yield
+    finally:
+        sh("mail1", "mv /etc/postfix/main.cf.e2e-saved /etc/postfix/main.cf")
+        sh("mail1", "postfix reload >/dev/null 2>&1")
+
+
+def send_via_mail1(recipients: list[str], subject: str) -> None:
+    """Hand one message per recipient to mail1 from app1, as the applications do."""
+    loop = " ".join(recipients)
+    res = sh(
+        "app1",
+        f"for r in {loop}; do swaks --timeout 20 --server {MAIL1} --from bounces@{DOMAIN} "
+        f'--to $r --header "Subject: {subject} $r" >/dev/null 2>&1 && echo ok; done',
+        timeout=120,
+    )
+    assert res.out.split() == ["ok"] * len(recipients), f"mail1 refused some: {res.out}"
+
+
+def mail1_log(needle: str) -> list[str]:
+    return sh("mail1", f"grep -F -- '{needle}' /var/log/mail.log || true").out.splitlines()
+
+
+def test_next_hop_down_then_back_loses_nothing(evidence: list[str]) -> None:
+    tag = token()
+    count = 10
+    with inbox_down():
+        send_via_mail1(["alice@gmail.test"] * count, f"hop {tag}")
+        wait_for(
+            f"{count} deferrals on mail1 while inbox is down",
+            lambda: (
+                len([ln for ln in mail1_log("status=deferred") if "alice@gmail.test" in ln]) > 0
+            ),
+            60,
+        )
+        queued = sh("mail1", "postqueue -j | grep -c alice@gmail.test || true").out.strip()
+        assert int(queued or 0) >= count, f"only {queued} queued on mail1 with inbox down"
+    sh("mail1", "postqueue -f")
+    box = "/srv/inbox/alice@gmail.test/new/"
+
+    def delivered() -> int:
+        return int(sh("inbox", f"grep -l -r -F 'hop {tag}' {box} | wc -l").out.strip() or 0)
+
+    took = wait_for(f"all {count} delivered once inbox is back", lambda: delivered() >= count, 120)
+    got = delivered()
+    evidence.append(
+        f"{queued} queued on mail1 while inbox was down; {got} of {count} delivered "
+        f"{took:.0f} s after it came back ({got - count} duplicates)"
+    )
+
+
+def test_expired_messages_yield_one_dsn_each_into_the_store(evidence: list[str]) -> None:
+    tag = letters(10)
+    recipients = [f"expire-{tag}-{i}@gmail.test" for i in range(3)]
+    with inbox_down(), mail1_settings(maximal_queue_lifetime="15s", bounce_queue_lifetime="15s"):
+        send_via_mail1(recipients, "expires")
+        wait_for(
+            "the messages deferred on mail1",
+            lambda: all(any(r in ln for ln in mail1_log("status=deferred")) for r in recipients),
+            60,
+        )
+        time.sleep(16)  # older than the queue lifetime now
+        qids = {
+            ln.split(": ", 2)[1]
+            for ln in mail1_log("status=deferred")
+            if any(f"to=<{r}>" in ln for r in recipients)
+        }
+        assert len(qids) == len(recipients), qids
+        sh("mail1", "postqueue -f")
+
+        def returned() -> list[str]:
+            lines = mail1_log("status=expired, returned to sender")
+            return [ln for ln in lines if ln.split(": ", 2)[1] in qids]
+
+        # The next attempt fails too, and qmgr returns each message as too old.
+        wait_for("every message expired on mail1", lambda: len(returned()) == len(qids), 60)
+    expired = returned()
+
+    def stored() -> dict[str, int]:
+        out = sh(
+            "monitor",
+            'su postgres -c "psql -d mailops -tAc '  # noqa: S608 (letters made here)
+            f"\\\"select address, count(*) from bounces where address like 'expire-{tag}-%'"
+            ' group by address\\""',
+        ).out
+        return {a: int(n) for a, n in (ln.split("|") for ln in out.split())}
+
+    wait_for("one stored bounce per expired message", lambda: len(stored()) == 3, 120, every=3)
+    time.sleep(3)  # a second DSN for the same message would arrive right behind the first
+    rows = stored()
+    assert rows == {r: 1 for r in recipients}, rows
+    # One non-delivery notification per message, each handed on to mx1 (bounces@).
+    notices = [
+        ln for ln in mail1_log("sender non-delivery notification") if ln.split(": ", 2)[1] in qids
+    ]
+    assert len(notices) == len(qids), notices
+    dsn_ids = [ln.rsplit(": ", 1)[1].strip() for ln in notices]
+    sent = [
+        ln
+        for ln in mail1_log(f"to=<bounces@{DOMAIN}>")
+        if ln.split(": ", 2)[1] in dsn_ids and "status=sent" in ln
+    ]
+    assert len(sent) == len(dsn_ids), (dsn_ids, sent)
+    evidence.append(
+        f"{len(expired)} expired on mail1, {len(notices)} DSNs to bounces@ "
+        f"({sent[0].split('relay=', 1)[1].split(',')[0]}), one stored bounce each"
+    )
+
+
+# ------------------------------------------------------------------ crashes on mail1
+BURST = 5000
+# The sender, run by app1's python3: BURST messages over a few connections, as an
+# application would send them; prints "ok N" for each message answered 250 after
+# DATA, and tries a message again on a new connection when the server went away.
+SENDER = r"""
+import smtplib, sys, threading, time
+host, run, sender, rcpt = sys.argv[1], sys.argv[2], sys.argv[6], sys.argv[7]
+total, conns, limit = int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+deadline = time.monotonic() + limit
+lock = threading.Lock()
+state = {"next": 0}
+def take():
+    with lock:
+        if state["next"] >= total:
+            return None
+        state["next"] += 1
+        return state["next"] - 1
+def work():
+    conn, i = None, take()
+    while i is not None and time.monotonic() < deadline:
+        try:
+            if conn is None:
+                conn = smtplib.SMTP(host, 25, timeout=30)
+                conn.ehlo("app1.burst")
+            msg = (f"From: <{sender}>\r\nTo: <{rcpt}>\r\nSubject: burst {run} {i}\r\n"
+                   f"X-Burst: {run}-{i}\r\n\r\n" + ("line of text " * 6 + "\r\n") * 12)
+            conn.sendmail(sender, [rcpt], msg)
+            print(f"ok {i}", flush=True)
+            i = take()
+        except (smtplib.SMTPException, OSError):
+            try:
+                conn.close()
+            except Exception:
+                pass
+            conn = None
+            time.sleep(0.2)
+threads = [threading.Thread(target=work) for _ in range(conns)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+"""
+
+# what to kill: (the process name, what brings it back)
+CRASHES = {
+    "master": (
+        "master",
+        "for i in $(seq 30); do postfix start >/dev/null 2>&1 && break; sleep 1; done",
+    ),
+    "qmgr": ("qmgr", "true"),  # the master starts a new one
+    "cleanup": ("cleanup", "true"),
+}
+
+
+@pytest.mark.parametrize("victim", sorted(CRASHES))
+def test_kill_9_during_a_burst_loses_no_accepted_message(
+    victim: str, evidence: list[str], tmp_path: Path
+) -> None:
+    process, revive = CRASHES[victim]
+    run = letters(8)
+    rcpt = "alice@gmail.test"
+    errors = (tmp_path / "sender.err").open("w+")
+    burst = subprocess.Popen(
+        ["podman", "exec", "-i", f"{PREFIX}-app1", "python3", "-", MAIL1, run, str(BURST),
+         "4", "600", f"bounces@{DOMAIN}", rcpt],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, text=True,
+    )  # fmt: skip
+    assert burst.stdin and burst.stdout
+    burst.stdin.write(SENDER)
+    burst.stdin.close()
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(burst.stdout.readline, "")))
+    reader.start()
+    try:
+        # Let a good part of the burst in, then kill.
+        wait_for("500 messages of the burst accepted", lambda: len(lines) >= 500, 300)
+        killed = sh("mail1", f"pkill -9 -x {process} && echo killed").out.strip()
+        assert killed == "killed", f"no {process} to kill on mail1"
+        at = len(lines)
+        sh("mail1", revive, timeout=60)
+        burst.wait(timeout=900)
+        reader.join(timeout=60)
+    finally:
+        if burst.poll() is None:
+            burst.kill()
+            # The sender runs on inside app1 when only the podman client is killed.
+            sh("app1", f"pkill -f 'python3 - {MAIL1} {run} '")
+    errors.seek(0)
+    accepted = {int(ln.split()[1]) for ln in lines if ln.startswith("ok ")}
+    assert len(accepted) == BURST, f"{len(accepted)} of {BURST} accepted: {errors.read()[-300:]}"
+    box = f"/srv/inbox/{rcpt}/new/"
+
+    def seen() -> dict[int, int]:
+        out = sh("inbox", f"grep -rh '^X-Burst: {run}-' {box} | sort | uniq -c", timeout=120).out
+        counts: dict[int, int] = {}
+        for line in out.splitlines():
+            n, value = line.split()[0], line.split()[-1]
+            counts[int(value.rsplit("-", 1)[1])] = int(n)
+        return counts
+
+    took = wait_for(
+        f"every accepted message of the burst at inbox after {victim} was killed",
+        lambda: accepted <= set(seen()),
+        900,
+        every=10,
+    )
+    counts = seen()
+    duplicates = sum(n - 1 for n in counts.values())
+    corrupt = sh("mail1", "find /var/spool/postfix/corrupt -type f | wc -l").out.strip()
+    assert corrupt == "0", f"{corrupt} files in mail1's corrupt/"
+    check = sh("mail1", "postfix check 2>&1")
+    assert check.rc == 0 and not check.out.strip(), check.out
+    evidence.append(
+        f"kill -9 {process} after {at} accepted: all {len(accepted)} accepted delivered "
+        f"({took:.0f} s to drain), {duplicates} duplicates, corrupt/ empty, postfix check clean"
+    )
