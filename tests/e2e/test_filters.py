@@ -74,7 +74,14 @@ def test_every_selector_key_matches_dns(evidence: list[str]) -> None:
         assert keys, f"{host} has no DKIM keys"
         for path in keys:
             domain, selector = path.split("/")[-2], path.split("/")[-1].removesuffix(".private")
-            res = sh(host, f"opendkim-testkey -d {domain} -s {selector} -k {path} -vvv 2>&1")
+            # Signing-only hosts leave OpenDKIM's resolver unset (it needs none to sign);
+            # opendkim-testkey gets the role's resolver file, which knows the .test zones.
+            res = sh(
+                host,
+                "echo 'ResolverConfiguration /etc/opendkim/resolver.conf' > /tmp/testkey.conf"
+                f" && opendkim-testkey -x /tmp/testkey.conf -d {domain} -s {selector} -k {path}"
+                " -vvv 2>&1",
+            )
             assert res.rc == 0 and "key OK" in res.out, f"{host} {selector}: {res.out}"
         mode = sh(host, f"stat -c '%a %U' {keys[0]}").out.strip()
         assert mode == "600 opendkim", f"{host}: {keys[0]} is {mode}"
