@@ -38,7 +38,7 @@ read ``+hhmm`` and no offset (journald's ``short-iso``), so on such logs we coun
 
 Memory stays bounded where pflogsumm's grows with the log: per-queue-id state goes when
 ``qmgr`` logs ``removed`` (pflogsumm keeps every size forever), distinct counts keep an
-8-byte hash per address instead of the address, and the per-domain and reason tables
+8-byte hash per address in arrays instead of the address, and the per-domain and reason tables
 are pruned to their largest entries once they grow past a cap (``truncated`` in the
 output says so; counts in a pruned table are then lower bounds).  The one behaviour
 that differs because of this: if Postfix reuses a short queue id within the log, the
@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import heapq
 import re
+from array import array
 from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO
 
@@ -197,7 +198,8 @@ _DEFER_REASON = re.compile(rb", status=deferred \(([^)\n]+)")
 _BOUNCE_REASON = re.compile(rb", status=bounced \(([^\n]+)\)")
 _NUMBER = re.compile(rb"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
-CHUNK = 1 << 20
+# bytes read at a time: the lines of a block are counted together
+CHUNK = 1 << 18
 SPECIAL_QIDS = frozenset(
     (b"warning", b"fatal", b"panic", b"reject", b"reject_warning", b"hold", b"discard")
 )
@@ -313,22 +315,36 @@ def reject_text(text: bytes, rbl: bytes | None) -> bytes:
 
 
 class Distinct:
-    """Exact count of distinct byte strings, keeping only their 64-bit hashes.
+    """Exact count of distinct byte strings, keeping only their 64-bit hashes, 8 bytes each.
 
-    Two different addresses share a hash with probability about n**2 / 2**65 (one in
-    10**8 for a million addresses); that would undercount by one.
+    A hash goes to one of 16 arrays by its low bits (``add``; hot loops write
+    ``parts[h & 15].append(h)``), and an array that doubled since its repeats were last
+    dropped drops them again (``tidy``, between blocks of lines): 8 to 16 bytes per
+    distinct string, where a set of hashes takes about 70.  Two different strings share
+    a hash with probability about n**2 / 2**65 (one in 10**8 for a million addresses);
+    that would undercount by one.
     """
 
-    __slots__ = ("seen",)
+    __slots__ = ("kept", "parts")
 
     def __init__(self) -> None:
-        self.seen: set[int] = set()
+        self.parts = [array("q") for _ in range(16)]
+        self.kept = [0] * 16
 
     def add(self, key: bytes) -> None:
-        self.seen.add(hash(key))
+        h = hash(key)
+        self.parts[h & 15].append(h)
+
+    def tidy(self, force: bool = False) -> None:
+        """Drop the repeats of every array that doubled (of every array, with ``force``)."""
+        for n, part in enumerate(self.parts):
+            if force or len(part) > 2 * self.kept[n] + 1024:
+                self.parts[n] = array("q", set(part))
+                self.kept[n] = len(self.parts[n])
 
     def __len__(self) -> int:
-        return len(self.seen)
+        self.tidy(force=True)
+        return sum(self.kept)
 
 
 def prune(table: dict[Any, Any], keep: int, weight: Callable[[Any], float]) -> None:
@@ -445,8 +461,9 @@ class Tally:
         deferred_ids = self.deferred_ids
         buckets = self.buckets
         rcpt_domains = self.rcpt_domains
-        recipients_add = self.recipients.seen.add
-        rdomains_add = self.recipient_domains.seen.add
+        # (the arrays stay the same until tidy(), after the loop)
+        rparts = self.recipients.parts
+        rdparts = self.recipient_domains.parts
         reasons = self.reject_reasons
         delays = self.delays
         state_cap = self.state_cap
@@ -471,7 +488,8 @@ class Tally:
                     addr, dom = _recipient(addr, dom)
                     row = rcpt_domains.get(dom) or self._new_domain(dom)
                 if not row[0]:
-                    rdomains_add(hash(dom))
+                    h = hash(dom)
+                    rdparts[h & 15].append(h)
                 row[0] += 1
                 dly = delays.get(delay)
                 if dly is None:
@@ -479,7 +497,8 @@ class Tally:
                 row[4] += dly
                 if dly > row[5]:
                     row[5] = dly
-                recipients_add(hash(addr))
+                h = hash(addr)
+                rparts[h & 15].append(h)
                 bucket[1] += 1
                 delivered += 1
                 size = sizes.get(fq)
@@ -551,6 +570,8 @@ class Tally:
         self.received += received
         self.delivered += delivered
         self.bytes_delivered += bytes_delivered
+        for d in (self.senders, self.sending_domains, self.recipients, self.recipient_domains):
+            d.tidy()
 
     def _delay(self, text: bytes) -> float:
         """A delay as a number (cached: the same few hundred strings come back)."""
@@ -717,8 +738,8 @@ class Tally:
         else:
             addr = b"from=<>"
             dom = addr if client is None else whence
-        self.sending_domains.seen.add(hash(dom))
-        self.senders.seen.add(hash(addr))
+        self.sending_domains.add(dom)
+        self.senders.add(addr)
         self.bytes_received += size
         table = self.sender_domains
         row = table.get(dom)
