@@ -56,117 +56,161 @@ from typing import Any, BinaryIO
 # ---------------------------------------------------------------------- line grammar
 #
 # One regular expression reads a whole buffer of lines (finditer, so the per-line loop
-# runs in C and lines of other programs never reach Python).  Each match starts at the
+# runs in C and lines that cannot count never reach Python).  Each match starts at the
 # newline before a line, reads the timestamp (group ``ts``: the date and the hour, the
-# key of the hourly buckets), the host and pflogsumm's program name (``cmd``), then:
+# key of the hourly buckets), the host and pflogsumm's program name (``cmd``), then,
+# after "[pid]: ":
 #
-# * a *fast* shape: ``[PID]: QUEUEID: `` followed by a delivery (``to=<...>,
-#   relay=...status=...``), a ``from=<...>, size=N`` line, ``client=``, ``removed``,
-#   or an smtpd ``reject:`` (also ``reject_warning``, ``hold``, ``discard``).  Lines
-#   that cannot count (``message-id=<...>``, connect, TLS, lost connection...) do not
-#   match at all.  The loop takes
-#   these only from known Postfix programs, whose name, pid and queue id hold no ``<``,
-#   ``=`` or space, so pflogsumm's unanchored patterns cannot match any earlier in the
-#   line and the captures are the ones it gets.  It still checks pflogsumm's order of
-#   tests (program, special queue ids) and hands the line to the general path when one
-#   of them comes first; or
+# * a queue id of letters and digits and ": " (group ``fq``), then a *fast* shape: a
+#   delivery (``to=<...>, relay=...status=...``), a ``from=<...>, size=N`` line,
+#   ``client=``, ``removed``, pickup's ``uid=``, cleanup's header and body actions, or
+#   an smtpd ``reject:`` (also ``reject_warning``, ``hold``, ``discard``).  The loop
+#   takes these only from programs whose name holds no ``<``, ``=``, ``,`` or space, so
+#   pflogsumm's unanchored patterns cannot match any earlier in the line and the
+#   captures are the ones it gets.  It still checks pflogsumm's order of tests and
+#   hands the line to the general path when one of them comes first; or
 # * the *general* shape, pflogsumm's own split (``.*?: QUEUEID``), after which the line
-#   goes through pflogsumm's chain of tests one by one (``Tally._line``).
+#   goes through pflogsumm's chain of tests one by one (``Tally._line``); or
+# * nothing, for a line that cannot count: the rest of it lacks every piece that the
+#   patterns pflogsumm counts with need (``_danger``: "client=", "reject", "="...), or
+#   it is a ``message-id=<...>`` without a space, or a warning but a SASL failure.  The
+#   match fails there and the search moves on in C.
 #
 # Timestamps: a classic one is read as pflogsumm reads it; an ISO one may also have a
 # space for the ``T``, a comma for the decimal point, ``+hhmm`` or no offset.
 #
-# ``*+ ++ ?+`` follow a single character only (an optional group is ``(?>...|)``, a repeated one
-# greedy where no retry can match): Python 3.11.0-3.11.4 (Debian 12 has 3.11.2) resume where a
-# failed pass of a possessive group stopped, not where it began: ``(?:a(?:bc|x))?+(.*)`` on
-# ``abd`` gives ``bd`` (CPython gh-100061).
+# Speed, in CPython's ``re``: a class that leaves out two bytes or more, such as ``[^,\n]``,
+# is written as ranges (``_but``), which ``re`` tests as a bitmap, three times faster; ``.``
+# is the fastest way to the end of a line; a lookahead such as ``(?!.*=)`` runs to the
+# end of the line and back; a pid commits the match to its branch, so a line that
+# cannot count fails at once; branches start with a literal where they can.
+#
+# ``*+ ++ ?+`` follow a single character only (an optional group is ``(?>...|)``, a repeated
+# one greedy where no retry can match): Python 3.11.0-3.11.4 (Debian 12 has 3.11.2) resume
+# where a failed pass of a possessive group stopped, not where it began:
+# ``(?:a(?:bc|x))?+(.*)`` on ``abd`` gives ``bd`` (CPython gh-100061).
 
-_CLASSIC_TS = rb"[^\n]{3} [ \d]?\d \d\d"
+
+def _but(chars: bytes) -> bytes:
+    """A class of every byte but ``chars``, written as ranges: ``re`` compiles a class of
+    three ranges or more to a bitmap, tested in one step, where ``[^,\\n]`` is tested
+    against each byte it leaves out."""
+    runs: list[list[int]] = []
+    for byte in range(256):
+        if byte not in chars:
+            if runs and runs[-1][1] == byte - 1:
+                runs[-1][1] = byte
+            else:
+                runs.append([byte, byte])
+    return b"[%s]" % b"".join(
+        b"\\x%02x-\\x%02x" % (lo, hi) if lo != hi else b"\\x%02x" % lo for lo, hi in runs
+    )
+
+
+_SPACE = b" \t\n\r\x0b\x0c"  # \s
+_WORD = _but(_SPACE)  # \S
+_NOT_COMMA = _but(b",\n")
+_NOT_GT = _but(b">\n")
+_CLASSIC_TS = rb".{3} [ \d]\d \d\d|.{3} \d \d\d"
 _ISO_TS = rb"\d{4}-\d\d-\d\d[T ]\d\d"
-_AFTER_TS = rb"(?:[\d:]{6} |[\d:]{6}[^\s]++ )\S++ "
-_ADDR = rb"[^\s\[]*+\[[0-9a-fA-F.:]++\]"
-# pflogsumm's program name, recognising the programs the fast shapes accept: those
-# whose lines reach its last branch (from=, to=) and those it reads for client= and
-# rejects.  "(?=\[)" makes the name whole, as pflogsumm's [^\[:]* takes it.
-_DELIVERERS = (  # most frequent first: the names are tried in this order
-    b"smtp",
-    b"qmgr",
-    b"local",
-    b"lmtp",
-    b"bounce",
-    b"pickup",
-    b"virtual",
-    b"pipe",
-    b"error",
-    b"retry",
-    b"discard",
-    b"defer",
-    b"trace",
-    b"postsuper",
-    b"oqmgr",
-)
+_AFTER_TS = rb"[0-:]{6}(?: |" + _WORD + rb"++ )" + _WORD + rb"++ "
+# pflogsumm's program name ("(?=\[)" makes it whole, as pflogsumm's [^\[:]* takes it):
+# smtpd and postscreen (read for client= and rejects), cleanup (header and body actions),
+# pickup (sender=, uid=), master (never counted) and, for every other name made of
+# letters, digits and "._/-", the programs whose lines reach pflogsumm's last branch
+# (from=<...>, size=, to=<...>).  A name with other bytes could hold a piece of the
+# patterns pflogsumm searches for: its lines always go to the general path.
 _CMD = (
-    rb"(?>(?P<cmd>(?P<rcv>smtpd|postscreen)(?=\[)|(?P<dlv>"
-    + b"|".join(_DELIVERERS)
-    + rb")(?=\[)|[^\[:\n]*+))"
+    rb"(?>(?P<cmd>(?:smtpd|postscreen)(?=\[)(?P<rcv>)|cleanup(?=\[)(?P<cln>)"
+    rb"|pickup(?=\[)(?P<pck>)|master(?=\[)|[0-9A-Z_a-z./-]*+(?=\[)(?P<dlv>)|"
+    + _but(b"[:\n") + rb"*+))"
+)  # fmt: skip
+_SPECIAL_FIRST = (
+    rb"(?:warning|fatal|panic|reject|reject_warning|hold|discard)(?!" + _but(b":" + _SPACE) + b")"
 )
-# After "[pid]: ", text that cannot count for any program: no special first word
-# (pflogsumm's queue-id tests), no "<", no ":" except in or right after an address in
-# brackets.  Every pattern pflogsumm counts with needs one of those (": header ",
-# "from=<", "to=<", "]: word: client=", ": uid=", "]: word: reject: ").  Connects,
-# disconnects, TLS, lost connections, postscreen's CONNECT/PASS/DISCONNECT... fail the
-# whole pattern there.
-_SPECIAL_FIRST = rb"(?:warning|fatal|panic|reject|reject_warning|hold|discard)(?![^:\s])"
-_SKIP = rb"[^:<\[\]\n]*+(?:\[[0-9a-fA-F.:]*+\]:?+[^:<\[\]\n]*+)*(?=\n|\Z)"
-# The fast shapes, after "QUEUEID: ".  A delivery's tail is read up to the first "="
-# (a "from=<...>, size=" that pflogsumm would test first) or "forwarded as ": the
-# loop sends a line with more than that (group ``smore``/``more``) to the general path.
+
+
+def _danger(rcv_before: bytes) -> bytes:
+    """What the rest of a line needs for pflogsumm's tests to count it: for smtpd and
+    postscreen "]: word: client=" or "]: word: reject: " (hold, discard), ``rcv_before``
+    coming before "client=" ("(?:.*: |)" right after a queue id, which may be pflogsumm's
+    "word"); for the programs whose lines reach pflogsumm's last branch an "=" (every
+    pattern there has one: from=<...>, size=, to=<...>) or ": removed" at the end (the
+    loop forgets a queue id on that); for cleanup also a header or body action; for any
+    other program (pickup, master, a name the loop does not read) nothing: its lines are
+    always read."""
+    return (
+        rb"(?(rcv)" + rcv_before + rb"(?:client=|reject|hold: |discard: )"
+        rb"|(?(dlv)(?:.*=|.*: removed(?=\n|\Z))|(?(cln)(?:.*=|.*: removed(?=\n|\Z)"
+        rb"|.*: (?:header|body|END-OF-MESSAGE) )|)))"
+    )
+
+
+# The fast shapes, after "QUEUEID: ".  A delivery's tail is read up to the first "=" (a
+# "from=<...>, size=" that pflogsumm would test first) or "forwarded as ": the loop sends
+# a line with more than that (group ``more``, or status "sent") to the general path.
 _FAST = (
-    rb"(?(dlv)|(?!))to=<(?P<to>[^@>\n]++@(?P<dom>[^>\n]*+)|[^>\n]*+)>, "
-    rb"(?>orig_to=<[^>\n]*+>, |)relay=[^,\n]++, (?>conn_use=[^,\n]++, |)"
-    rb"delay=(?P<delay>[^,\n]++), (?>delays=[^,\n]++, |)(?>dsn=[^,\n]++, |)status="
-    rb"(?:sent(?!\S)[^\n=f]*+(?:f(?!orwarded as )[^\n=f]*+)*(?P<smore>[^\n]*+)"
-    rb"|(?P<status>\S++)[^\n=]*+(?P<more>[^\n]*+))"
-    rb"|(?(dlv)|(?!))from=<(?P<from>[^>\n]*+)>, size=(?P<size>\d++)(?P<frest>)"
-    rb"|(?(rcv)|(?!))client=(?P<client>[^\n][^,\n]*+)(?P<crest>)"
-    rb"|removed(?=\n|\Z)(?P<removed>)"
-    rb"|(?(rcv)|(?!))(?P<rkind>reject|reject_warning|hold|discard): (?P<rstage>\S++) from "
-    rb"\S+?: (?>\d{3} [\d.]++ |)(?><[^>\n]*+>: |)(?P<rtext>[^;,\n]*+)"
-    rb"(?>[;,] (?:Client host|client) \[[^\]\n]*+\] blocked using (?P<rbl>[^;\s]++)|)"
-    # no "[digits]: word: client=" after it, which pflogsumm would count as received
-    rb"[^\]\n]*+(?:\](?!: )[^\]\n]*+)*(?=\n|\Z)(?P<rrest>)"
-)
-_SCRIPT = rb"(?P<cmd2>postfix(?:-script)?)(?:\[\d+\])?: (?P<qid2>[^:\s]+)"
+    rb"(?(dlv)|(?!))to=<(?P<to>" + _but(b"@>\n") + rb"++@(?P<dom>" + _NOT_GT + rb"*+)|"
+    + _NOT_GT + rb"*+)>, (?>orig_to=<" + _NOT_GT + rb"*+>, |)relay=" + _NOT_COMMA
+    + rb"++, (?>conn_use=" + _NOT_COMMA + rb"++, |)delay=(?P<delay>" + _NOT_COMMA
+    + rb"++), (?>delays=" + _NOT_COMMA + rb"++, |)(?>dsn=" + _NOT_COMMA + rb"++, |)status="
+    rb"(?:sent(?!" + _WORD + b")" + _but(b"\n=f") + rb"*+(?:f(?!orwarded as )"
+    + _but(b"\n=f") + rb"*+)*(?:(?=\n|\Z)(?P<sent>)|forwarded as " + _but(b"\n=")
+    + rb"*+(?=\n|\Z)(?P<forwarded>))"
+    rb"|(?P<status>" + _WORD + rb"++)" + _but(b"\n=") + rb"*+(?P<more>.*+))"
+    rb"|(?(dlv)|(?!))from=<(?P<from>" + _NOT_GT + rb"*+)>, size=(?P<size>\d++)(?P<sized>)"
+    rb"|(?(rcv)|(?!))client=(?P<client>." + _NOT_COMMA + rb"*+)(?P<received>)"
+    rb"|(?(dlv)|(?(cln)|(?!)))removed(?=\n|\Z)(?P<removed>)"
+    # pickup's "uid=N from=<...>" or "sender=<...>", with no from=<...>, size= or to=<...>
+    rb"|(?(pck)|(?!))(?:uid|sender)=(?!.*, size=)(?!.*to=<).*+(?P<picked>)"
+    # cleanup's header and body actions (_CLEANUP_ACTION reads them from the queue id on)
+    rb"|(?(cln)|(?!))(?=(?:milter-|)(?:reject|warning|hold|discard): "
+    rb"(?:header|body|END-OF-MESSAGE) ).*+(?P<action>)"
+    # (with no "[digits]: word: client=" in the line, which pflogsumm would count as received)
+    rb"|(?(rcv)|(?!))(?!.*: client=)(?P<rkind>reject|reject_warning|hold|discard): (?P<rstage>"
+    + _WORD + rb"++) from " + _WORD + rb"+?: (?>\d{3} [\d.]++ |)(?><" + _NOT_GT + rb"*+>: |)"
+    rb"(?P<rtext>" + _but(b";,\n") + rb"*+)(?>[;,] (?:Client host|client) \["
+    + _but(b"]\n") + rb"*+\] blocked using (?P<rbl>" + _but(b";" + _SPACE) + rb"++)|).*+"
+    rb"(?P<rejected>)"
+)  # fmt: skip
 
 
 def line_pattern(syslog_name: str = "postfix", dates: DaySpec | None = None) -> re.Pattern[bytes]:
     """The buffer pattern; with ``dates`` only lines of that day match (pflogsumm's -d).
 
-    After "PROGRAM[pid]: " the first ": " is pflogsumm's, so its queue id comes next:
-    a line that cannot count fails the whole pattern there (the search moves on in C);
-    a queue id of letters and digits (``fq``) is followed by a fast shape or, failing
-    that, goes to the general path (group ``gen``); anything else is pflogsumm's
-    general split (``qidp``, ``qid``).  Without a pid, pflogsumm's own lazy search.
+    After "PROGRAM[pid]: " the first ": " is pflogsumm's, so its queue id comes next: a
+    line that cannot count fails the whole pattern there (the search moves on in C); a
+    queue id of letters and digits (``fq``) is followed by a fast shape or, if the line
+    may count, goes to the general path (group ``gen``); anything else is pflogsumm's
+    general split (``qidp``, ``qid``).  A pid commits to that branch (the atomic group is
+    not tried again without it); without one, pflogsumm's own lazy search (``qid3``).
     """
-    names = (
-        b"postfix"
-        if syslog_name == "postfix"
-        else b"(?:postfix|%s)" % re.escape(syslog_name.encode())
-    )
     if dates is None:
         ts = _CLASSIC_TS + b"|" + _ISO_TS
     else:
         classic = b"|".join(re.escape(d) for d in dates.classic)
         ts = b"(?:" + classic + rb") \d\d|" + re.escape(dates.iso) + rb"[T ]\d\d"
+    # "postfix" comes once: the branches after it start with different bytes
+    script = rb"(?P<cmd2>-script|)(?:\[\d++\]|): (?P<qid2>[^:\s]+).*+"
+    if syslog_name == "postfix":
+        start, script = b"postfix(?:", b"|" + script + b")"
+    else:
+        name = re.escape(syslog_name.encode())
+        start, script = b"(?:(?:postfix|" + name + b")", b"|postfix" + script + b")"
     return re.compile(
-        rb"\n(?>(?P<ts>" + ts + b")" + _AFTER_TS + b")"
-        + b"(?:" + names + rb"/(?>submission/|smtps/|)" + _CMD
-        + rb"(?:\[\d++\]: (?>(?!" + _SPECIAL_FIRST + rb")(?:(?P<skip>" + _SKIP
-        + rb")|(?P<fq>[0-9A-Za-z]++): (?>(?P<skipm>message-id=<[^\s>]*+>(?=\n|\Z))|))|)"
-        + rb"(?(skip)(?!)|(?(skipm)(?!)|(?(fq)(?:" + _FAST + rb"|(?P<gen>))"
-        + rb"|(?:(?P<qidp>[^:\s]++)|[^\n]*?: (?P<qid>[^:\s]++)))))"
-        + rb"|(?!\[\d++\]: )[^\n]*?: (?P<qid3>[^:\s]++))"
-        + b"|" + _SCRIPT + b")"
+        rb"\n(?>(?P<ts>" + ts + b")" + _AFTER_TS + b")(?P<rest>)"
+        + start + rb"/(?>submission/|smtps/|)" + _CMD
+        + rb"(?>\[\d++\]: (?P<pid>)|)(?(pid)"
+        + rb"(?>(?!" + _SPECIAL_FIRST + rb")(?:"
+        + rb"(?P<fq>[0-9A-Za-z]++): (?>(?(cln)message-id=<(?!.* )(?P<skipm>)|(?!))|)"
+        + rb"|(?=" + _but(b":" + _SPACE) + rb")(?!" + _danger(b".*: ") + rb")(?P<skip>))"
+        + rb"|warning: (?:(?(rcv)(?!.*authentication failed)|(?(cln)(?!)|))(?P<skipw>)"
+        + rb"|(?(rcv)(?P<sasl>)|(?!)))|)"
+        + rb"(?(skip)(?!)|(?(skipw)(?!)|(?(skipm)(?!)|(?(sasl).*+|(?(fq)(?:" + _FAST
+        + rb"|(?=" + _danger(b"(?:.*: |)") + rb").*+(?P<gen>))"
+        + rb"|(?:(?P<qidp>[^:\s]++)|.*?: (?P<qid>[^:\s]++)).*+)))))"
+        + rb"|.*?: (?P<qid3>[^:\s]++).*+)"
+        + script
     )  # fmt: skip
 
 
@@ -180,26 +224,33 @@ class DaySpec:
 
 
 MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_RELAY = re.compile(rb">, relay=([^,\n]+), ")
+_RELAY = re.compile(rb">, relay=(" + _NOT_COMMA + rb"+), ")
 _SOLARIS_ID = re.compile(rb": \[ID \d+ [^\]]+\] ")
+# pflogsumm's "/cleanup\[\d+\]: .*?\b(...): (header|body|END-OF-MESSAGE) (.*)$", searched
+# as two patterns: the lazy ".*?" tries the rest at every byte, a search skips ahead
+_CLEANUP_AT = re.compile(rb"/cleanup\[\d+\]: ")
 _CLEANUP_ACTION = re.compile(
-    rb"/cleanup\[\d+\]: [^\n]*?\b((?:milter-)?reject|warning|hold|discard): "
-    rb"(header|body|END-OF-MESSAGE) ([^\n]*)$"
+    rb"\b((?:milter-)?reject|warning|hold|discard): (header|body|END-OF-MESSAGE) (.*)$"
 )
-_CLIENT = re.compile(rb"\[\d+\]: \w+: client=([^\n]+?)(?:,|$)")
+_CLIENT = re.compile(rb"\[\d+\]: \w+: client=(.+?)(?:,|$)")
 _SMTPD_ACTION = re.compile(rb"\[\d+\]: \w+: (reject(?:_warning)?|hold|discard): ")
 _FROM_SIZE = re.compile(rb"from=<([^>]*)>, size=(\d+)")
 _DELIVERY = re.compile(
-    rb"to=<([^>]*)>, (?:orig_to=<[^>]*>, )?relay=([^,\n]+), (?:conn_use=[^,\n]+, )?"
-    rb"delay=([^,\n]+), (?:delays=[^,\n]+, )?(?:dsn=[^,\n]+, )?status=(\S+)([^\n]*)$"
-)
-_SASL = re.compile(rb"warning: [^\s\[]*\[([^\]\s]*)\]: SASL (\S+) authentication failed: ([^\n]*)")
-_DEFER_REASON = re.compile(rb", status=deferred \(([^)\n]+)")
-_BOUNCE_REASON = re.compile(rb", status=bounced \(([^\n]+)\)")
+    rb"to=<([^>]*)>, (?:orig_to=<[^>]*>, )?relay=(" + _NOT_COMMA + rb"+), (?:conn_use="
+    + _NOT_COMMA + rb"+, )?delay=(" + _NOT_COMMA + rb"+), (?:delays=" + _NOT_COMMA
+    + rb"+, )?(?:dsn=" + _NOT_COMMA + rb"+, )?status=(" + _WORD + rb"+)(.*)$"
+)  # fmt: skip
+_SASL = re.compile(
+    rb"warning: " + _but(_SPACE + b"[") + rb"*\[(" + _but(_SPACE + b"]") + rb"*)\]: SASL ("
+    + _WORD + rb"+) authentication failed: (.*)"
+)  # fmt: skip
+_DEFER_REASON = re.compile(rb", status=deferred \((" + _but(b")\n") + rb"+)")
+_BOUNCE_REASON = re.compile(rb", status=bounced \((.+)\)")
 _NUMBER = re.compile(rb"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
 # bytes read at a time: the lines of a block are counted together
 CHUNK = 1 << 18
+_NL = re.compile(rb"\n")
 SPECIAL_QIDS = frozenset(
     (b"warning", b"fatal", b"panic", b"reject", b"reject_warning", b"hold", b"discard")
 )
@@ -223,12 +274,6 @@ def _recipient(addr: bytes, dom: bytes | None) -> tuple[bytes, bytes]:
     return addr, addr
 
 
-def _line_of(buf: bytes, m: re.Match[bytes]) -> bytes:
-    """The whole line a match started (without its newline)."""
-    end = buf.find(b"\n", m.end())
-    return buf[m.start() + 1 : end if end >= 0 else len(buf)]
-
-
 def perl_number(text: bytes) -> float:
     """What Perl makes of a string used as a number: its leading numeric part, else 0."""
     try:
@@ -243,10 +288,21 @@ def perl_true(value: bytes | None) -> bool:
     return value is not None and value != b"" and value != b"0"
 
 
-_GD_V4 = re.compile(rb"([^\[\n]*)\[((?:\d{1,3}\.){3}\d{1,3})\]")
+_GD_V4 = re.compile(rb"(" + _but(b"[\n") + rb"*)\[(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})\]")
 _GD_SLASH = re.compile(rb"([^/\n]*)/([0-9a-f.:]+)", re.IGNORECASE)
-_GD_ANY = re.compile(rb"([^\[(/\n]*)[\[(/]([^\])\n]+)[\])]:?\d*$")
-_GD_TAIL = re.compile(rb"(?:[^\n]*)\.([^.\n]+)\.([^.\n]{3}|[^.\n]{2,3}\.[^.\n]{2})$")
+_GD_ANY = re.compile(rb"(" + _but(b"[(/\n") + rb"*)[\[(/](" + _but(b"])\n") + rb"+)[\])]:?\d*$")
+_NOT_DOT = _but(b".\n")
+_GD_TAIL = re.compile(
+    rb".*\.("
+    + _NOT_DOT
+    + rb"+)\.("
+    + _NOT_DOT
+    + rb"{3}|"
+    + _NOT_DOT
+    + rb"{2,3}\."
+    + _NOT_DOT
+    + rb"{2})$"
+)
 
 
 def gimme_domain(client: bytes) -> bytes | None:
@@ -283,9 +339,20 @@ def trim(text: bytes, limit: int) -> bytes:
 
 
 _REJECT_DETAIL = re.compile(
-    rb"\b(?:reject|reject_warning|hold|discard): (\S+) from \S+?: (?:\d{3} [\d.]+ )?"
-    rb"(?:<[^>\n]*>: )?([^;,\n]*)(?:[;,] (?:Client host|client) \[[^\]\n]*\] blocked using "
-    rb"([^;\s]+))?"
+    rb"\b(?:reject|reject_warning|hold|discard): ("
+    + _WORD
+    + rb"+) from "
+    + _WORD
+    + rb"+?: (?:\d{3} [\d.]+ )?(?:<"
+    + _NOT_GT
+    + rb"*>: )?("
+    + _but(b";,\n")
+    + rb"*)(?:[;,] "
+    rb"(?:Client host|client) \["
+    + _but(b"]\n")
+    + rb"*\] blocked using ("
+    + _but(b";" + _SPACE)
+    + rb"+))?"
 )
 _REJECT_TEXTS: dict[tuple[bytes, bytes | None], bytes] = {}
 
@@ -378,7 +445,6 @@ class Tally:
         self.cap = cap
         self.state_cap = state_cap
         self.lines = 0
-        self.matched = 0
         self.received = self.delivered = self.forwarded = 0
         self.deferred = self.deferrals = self.bounced = 0
         self.rejected = self.reject_warnings = self.held = self.discarded = 0
@@ -401,10 +467,15 @@ class Tally:
         # per queue id, until "removed"
         self.sizes: dict[bytes, int] = {}
         self.clients: dict[bytes, bytes | None] = {}
-        self.domains_of: dict[bytes, bytes] = {}  # client -> gimme_domain(client), a cache
-        self.delays: dict[bytes, float] = {}  # delay text -> number, a cache
         self.deferred_ids: dict[bytes, None] = {}
         self.evicted = 0
+        # caches, each emptied when it reaches 4096 entries
+        self.domains_of: dict[bytes, bytes] = {}  # client -> gimme_domain(client) or b""
+        self.hosts: dict[bytes, bytes] = {}  # host of "host[IPv4]" -> gimme_domain(client)
+        # sender with a domain -> (hash of it as counted, hash of its domain, domain's row)
+        self.senders_of: dict[bytes, tuple[int, int, list[int]]] = {}
+        self.delays: dict[bytes, float] = {}  # delay text -> number
+        self.reasons: dict[tuple[int, bytes], bytes] = {}  # reason text -> trimmed
 
     # ------------------------------------------------------------------ input
     def feed(self, lines: Iterable[bytes]) -> None:
@@ -434,28 +505,43 @@ class Tally:
         cut = buf.rfind(b"\n")
         self.pending = buf[cut + 1 :]
         if cut > 0:
-            self._chunk(buf[: cut + 1])
+            self._chunk(buf, cut + 1)
 
     def flush(self) -> None:
         """Count a last line that had no newline (end of a file)."""
         if self.pending:
-            self._chunk(b"\n" + self.pending)
+            buf = b"\n" + self.pending
             self.pending = b""
+            self._chunk(buf, len(buf))
 
     # ------------------------------------------------------------------ the hot loop
-    def _chunk(self, buf: bytes) -> None:
-        """Count the lines of ``buf``: a newline, then lines each ending in a newline."""
-        self.lines += buf.count(b"\n") - (buf[-1] == 0x0A)
-        if b"[ID " in buf:  # Solaris syslog tags, removed per line as pflogsumm does
-            buf = b"\n".join(_SOLARIS_ID.sub(b": ", ln, count=1) for ln in buf.split(b"\n"))
+    def _chunk(self, buf: bytes, end: int) -> None:
+        """Count the lines of ``buf[:end]``: a newline, then lines each ending in a newline
+        but maybe the last."""
+        # (findall counts newlines twice as fast as bytes.count, which goes byte by byte)
+        self.lines += len(_NL.findall(buf, 1, end)) + (buf[end - 1] != 0x0A)
+        if buf.find(b"[ID ", 0, end) >= 0:  # Solaris syslog tags, removed as pflogsumm does
+            buf = b"\n".join(_SOLARIS_ID.sub(b": ", ln, count=1) for ln in buf[:end].split(b"\n"))
+            end = len(buf)
         gi = self.pattern.groupindex
-        i_smore, i_more, i_frest, i_removed = gi["smore"], gi["more"], gi["frest"], gi["removed"]
-        i_crest, i_rrest, i_gen, i_qidp = gi["crest"], gi["rrest"], gi["gen"], gi["qidp"]
+        i_sent, i_sized, i_removed, i_received = (
+            gi["sent"],
+            gi["sized"],
+            gi["removed"],
+            gi["received"],
+        )
+        i_more, i_forwarded, i_picked, i_action = (
+            gi["more"],
+            gi["forwarded"],
+            gi["picked"],
+            gi["action"],
+        )
+        i_sasl, i_rejected, i_gen, i_qidp = gi["sasl"], gi["rejected"], gi["gen"], gi["qidp"]
         i_qid, i_qid3 = gi["qid"], gi["qid3"]
         g_ts, g_cmd, g_fq, g_to, g_dom = gi["ts"], gi["cmd"], gi["fq"], gi["to"], gi["dom"]
         g_delay, g_status, g_from, g_size = gi["delay"], gi["status"], gi["from"], gi["size"]
         g_client, g_rkind, g_rstage, g_rtext = gi["client"], gi["rkind"], gi["rstage"], gi["rtext"]
-        g_rbl, g_cmd2, g_qid2 = gi["rbl"], gi["cmd2"], gi["qid2"]
+        g_rbl, g_cmd2, g_qid2, g_rest = gi["rbl"], gi["cmd2"], gi["qid2"], gi["rest"]
         sizes = self.sizes
         clients = self.clients
         deferred_ids = self.deferred_ids
@@ -464,21 +550,20 @@ class Tally:
         # (the arrays stay the same until tidy(), after the loop)
         rparts = self.recipients.parts
         rdparts = self.recipient_domains.parts
+        sparts = self.senders.parts
+        sdparts = self.sending_domains.parts
+        domains_of = self.domains_of
+        senders_of = self.senders_of
         reasons = self.reject_reasons
         delays = self.delays
-        state_cap = self.state_cap
         line_ = self._line
-        from_ = self._from
-        received = delivered = bytes_delivered = 0
+        received = delivered = bytes_delivered = bytes_received = forwarded = 0
         last_ts = b""
         bucket = [0, 0, 0, 0, 0]
-        for m in self.pattern.finditer(buf):
+        for m in self.pattern.finditer(buf, 0, end):
             li = m.lastindex
-            if li == i_smore:  # status=sent
-                fq, ts, addr, dom, delay, more = m.group(g_fq, g_ts, g_to, g_dom, g_delay, li)
-                if more:  # "=" or "forwarded as " after the status: pflogsumm's own tests
-                    line_(_line_of(buf, m), m.group(g_cmd), fq, ts)
-                    continue
+            if li == i_sent:  # status=sent
+                fq, ts, addr, dom, delay = m.group(g_fq, g_ts, g_to, g_dom, g_delay)
                 if ts != last_ts:
                     bucket = buckets.get(ts) or buckets.setdefault(ts, [0, 0, 0, 0, 0])
                     last_ts = ts
@@ -505,41 +590,81 @@ class Tally:
                 if size:
                     row[1] += size
                     bytes_delivered += size
-            elif li == i_frest:  # qmgr: from=<sender>, size=N
+            elif li == i_sized:  # qmgr: from=<sender>, size=N (as _from does)
                 fq, addr, size_text = m.group(g_fq, g_from, g_size)
-                if not sizes.get(fq):
-                    from_(fq, addr, int(size_text))
-            elif li == i_removed:
+                if sizes.get(fq):
+                    continue
+                size = sizes[fq] = int(size_text)
+                if fq not in clients:  # not seen received: a bounce, a forward, an old message
+                    continue
+                client = clients.pop(fq)
+                whence = b"pickup"
+                if client is not None:
+                    whence = domains_of.get(client) or self._domain_of(client)
+                    if not whence:  # false in Perl: pflogsumm counts nothing
+                        continue
+                sender = senders_of.get(addr) or self._sender(addr, client is None, whence)
+                h = sender[0]
+                sparts[h & 15].append(h)
+                h = sender[1]
+                sdparts[h & 15].append(h)
+                bytes_received += size
+                row_s = sender[2]
+                row_s[0] += 1
+                row_s[1] += size
+            elif li == i_removed:  # forget the queue id, as _line does
                 fq = m.group(g_fq)
                 sizes.pop(fq, None)
+                if clients:
+                    clients.pop(fq, None)
                 if deferred_ids:
                     deferred_ids.pop(fq, None)
-            elif li == i_crest:  # smtpd: client=
+            elif li == i_received:  # smtpd: client=
                 fq, ts, client = m.group(g_fq, g_ts, g_client)
                 received += 1
                 if ts != last_ts:
                     bucket = buckets.get(ts) or buckets.setdefault(ts, [0, 0, 0, 0, 0])
                     last_ts = ts
                 bucket[0] += 1
-                if len(clients) >= state_cap:
-                    self._evict(clients)
                 clients[fq] = client
-            elif li == i_more:  # status= other than sent
-                more = m.group(li)
-                cmd, fq, ts, addr, dom, delay, status = m.group(
-                    g_cmd, g_fq, g_ts, g_to, g_dom, g_delay, g_status
+            elif li == i_more:  # status= other than sent, or sent with more after it
+                cmd, fq, ts, addr, dom, delay, status, more = m.group(
+                    g_cmd, g_fq, g_ts, g_to, g_dom, g_delay, g_status, li
                 )
-                if more:
-                    line_(_line_of(buf, m), cmd, fq, ts)
+                line = buf[m.start(g_rest) : m.end()]
+                if more or status == b"sent":  # "=" or "forwarded as ": pflogsumm's tests
+                    line_(line, cmd, fq, ts)
                 elif status == b"deferred":
                     self._bucket(ts)[2] += 1
-                    self._deferred(cmd, fq, _recipient(addr, dom)[1], delay, _line_of(buf, m))
+                    self._deferred(cmd, fq, _recipient(addr, dom)[1], delay, line)
                 elif status == b"bounced":
                     self._bucket(ts)[3] += 1
-                    line = _line_of(buf, m)
                     relay = _RELAY.search(line)
                     self._bounced(relay.group(1) if relay else b"", _recipient(addr, dom)[1], line)
-            elif li == i_rrest:  # smtpd, postscreen: NOQUEUE: reject: RCPT from ...
+            elif li == i_forwarded:  # status=sent (forwarded as ...)
+                forwarded += 1
+            elif li == i_picked:  # pickup: uid=, sender=
+                fq, ts = m.group(g_fq, g_ts)
+                received += 1
+                if ts != last_ts:
+                    bucket = buckets.get(ts) or buckets.setdefault(ts, [0, 0, 0, 0, 0])
+                    last_ts = ts
+                bucket[0] += 1
+                clients[fq] = None  # pflogsumm's "pickup"
+            elif li == i_action:  # cleanup: reject: header ...
+                ts = m.group(g_ts)
+                a = _CLEANUP_ACTION.match(buf, m.end(g_fq) + 2, m.end())
+                if a is None:  # (cannot be: the pattern looked ahead for it)
+                    continue
+                if ts != last_ts:
+                    bucket = buckets.get(ts) or buckets.setdefault(ts, [0, 0, 0, 0, 0])
+                    last_ts = ts
+                bucket[4] += 1
+                self._cleanup_action(a.group(1), a.group(2), a.group(3))
+            elif li == i_sasl:  # smtpd, postscreen: warning: ... SASL LOGIN authentication failed
+                cmd, ts = m.group(g_cmd, g_ts)
+                self._special(cmd, b"warning", buf[m.start(g_rest) : m.end()], ts)
+            elif li == i_rejected:  # smtpd, postscreen: NOQUEUE: reject: RCPT from ...
                 ts, kind, stage, text, rbl = m.group(g_ts, g_rkind, g_rstage, g_rtext, g_rbl)
                 if ts != last_ts:
                     bucket = buckets.get(ts) or buckets.setdefault(ts, [0, 0, 0, 0, 0])
@@ -560,18 +685,23 @@ class Tally:
                     self._count(reasons, key, "reject_reasons")
             elif li == i_gen:  # a queue id, then no fast shape
                 cmd, qid, ts = m.group(g_cmd, g_fq, g_ts)
-                line_(_line_of(buf, m), cmd, qid, ts)
+                line_(buf[m.start(g_rest) : m.end()], cmd, qid, ts)
             elif li in (i_qidp, i_qid, i_qid3):  # pflogsumm's general split
                 cmd, qid, ts = m.group(g_cmd, li, g_ts)
-                line_(_line_of(buf, m), cmd, qid, ts)
-            else:  # postfix-script
+                line_(buf[m.start(g_rest) : m.end()], cmd, qid, ts)
+            else:  # postfix-script, or "postfix" alone
                 cmd, qid, ts = m.group(g_cmd2, g_qid2, g_ts)
-                line_(_line_of(buf, m), cmd, qid, ts)
+                line_(buf[m.start(g_rest) : m.end()], b"postfix" + cmd, qid, ts)
         self.received += received
         self.delivered += delivered
         self.bytes_delivered += bytes_delivered
+        self.bytes_received += bytes_received
+        self.forwarded += forwarded
         for d in (self.senders, self.sending_domains, self.recipients, self.recipient_domains):
             d.tidy()
+        for table in (sizes, clients):  # the loop leaves their cap to here
+            while len(table) > self.state_cap:
+                self._evict(table)
 
     def _delay(self, text: bytes) -> float:
         """A delay as a number (cached: the same few hundred strings come back)."""
@@ -586,11 +716,14 @@ class Tally:
 
     # ------------------------------------------------------------------ the general path
     def _line(self, line: bytes, cmd: bytes, qid: bytes, ts: bytes) -> None:
-        """pflogsumm's chain of tests for one line (without its newline)."""
+        """pflogsumm's chain of tests for one line's ``$logRmdr``: from the program to the
+        end of the line (the timestamp and host are not part of what it searches)."""
         if cmd == b"cleanup" and (
             b": header " in line or b": body " in line or b": END-OF-MESSAGE " in line
         ):
-            a = _CLEANUP_ACTION.search(line)
+            a = _CLEANUP_AT.search(line)
+            if a is not None:
+                a = _CLEANUP_ACTION.search(line, a.end())
             if a is not None:
                 self._cleanup_action(a.group(1), a.group(2), a.group(3))
                 self._bucket(ts)[4] += 1
@@ -707,7 +840,8 @@ class Tally:
         table[key] = 1
 
     def _from(self, qid: bytes, addr: bytes, size: int) -> None:
-        """A qmgr ``from=<...>, size=N`` line whose queue id has no size yet."""
+        """A qmgr ``from=<...>, size=N`` line whose queue id has no size yet (the hot
+        loop has its own copy of this)."""
         sizes = self.sizes
         if len(sizes) >= self.state_cap:
             self._evict(sizes)
@@ -715,41 +849,70 @@ class Tally:
         if qid not in self.clients:  # not seen received: a bounce, a forward, an old message
             return
         client = self.clients.pop(qid)
-        whence: bytes
-        if client is None:
-            whence = b"pickup"
-        else:
-            known = self.domains_of.get(client)
-            if known is None:
-                known = gimme_domain(client) or b""
-                if len(self.domains_of) >= 4096:
-                    self.domains_of.clear()
-                self.domains_of[client] = known
-            if known == b"" or known == b"0":  # false in Perl: pflogsumm counts nothing
+        whence = b"pickup"
+        if client is not None:
+            whence = self.domains_of.get(client) or self._domain_of(client)
+            if not whence:  # false in Perl: pflogsumm counts nothing
                 return
-            whence = known
-        at = addr.find(b"@")
-        dom: bytes
-        if at >= 0:
-            addr = addr[:at] + addr[at:].lower()
-            dom = addr[at + 1 :] if 0 < at < len(addr) - 1 else (addr if client is None else whence)
-        elif addr:
-            dom = addr if client is None else whence
-        else:
-            addr = b"from=<>"
-            dom = addr if client is None else whence
-        self.sending_domains.add(dom)
-        self.senders.add(addr)
+        sender = self.senders_of.get(addr) or self._sender(addr, client is None, whence)
+        self.senders.parts[sender[0] & 15].append(sender[0])
+        self.sending_domains.parts[sender[1] & 15].append(sender[1])
         self.bytes_received += size
-        table = self.sender_domains
-        row = table.get(dom)
-        if row is None:
-            if len(table) >= 2 * self.cap:
-                prune(table, self.cap, lambda r: r[0])
-                self.truncated.add("sender_domains")
-            row = table[dom] = [0, 0]
+        row = sender[2]
         row[0] += 1
         row[1] += size
+
+    def _domain_of(self, client: bytes) -> bytes:
+        """gimme_domain(client), empty where Perl finds it false ("" or "0"); cached, and
+        for "host[IPv4]" (most clients) by host, all the answer depends on then."""
+        m = _GD_V4.match(client)
+        host = m.group(1) if m is not None else b""
+        if host and host != b"unknown":
+            known = self.hosts.get(host)
+            if known is None:
+                known = gimme_domain(client) or b""
+                if len(self.hosts) >= 4096:
+                    self.hosts.clear()
+                self.hosts[host] = known
+        else:
+            known = gimme_domain(client) or b""
+        if known == b"0":
+            known = b""
+        if len(self.domains_of) >= 4096:
+            self.domains_of.clear()
+        self.domains_of[client] = known
+        return known
+
+    def _sender(self, addr: bytes, pickup: bool, whence: bytes) -> tuple[int, int, list[int]]:
+        """The hash of the sender as pflogsumm counts it (domain part lower-cased,
+        ``from=<>`` for the null sender), the hash of its domain (the client's or, from
+        pickup, the sender itself when it has none) and the domain's row of
+        ``sender_domains``; cached for senders with a domain of their own, which do not
+        depend on the client (the cache goes when that table is pruned)."""
+        at = addr.find(b"@")
+        if at >= 0:
+            name = addr[:at] + addr[at:].lower()
+            if 0 < at < len(addr) - 1:
+                dom = name[at + 1 :]
+                row = self.sender_domains.get(dom) or self._new_sender_domain(dom)
+                sender = (hash(name), hash(dom), row)
+                if len(self.senders_of) >= 4096:
+                    self.senders_of.clear()
+                self.senders_of[addr] = sender
+                return sender
+        else:
+            name = addr or b"from=<>"
+        dom = name if pickup else whence
+        return hash(name), hash(dom), self.sender_domains.get(dom) or self._new_sender_domain(dom)
+
+    def _new_sender_domain(self, dom: bytes) -> list[int]:
+        table = self.sender_domains
+        if len(table) >= 2 * self.cap:
+            prune(table, self.cap, lambda r: r[0])
+            self.truncated.add("sender_domains")
+            self.senders_of.clear()  # it holds rows
+        row = table[dom] = [0, 0]
+        return row
 
     def _deferred(self, cmd: bytes, qid: bytes, dom: bytes, delay: bytes, line: bytes) -> None:
         self.deferrals += 1
@@ -766,10 +929,13 @@ class Tally:
         if dly > row[D_DELAY_MAX]:
             row[D_DELAY_MAX] = dly
         m = _DEFER_REASON.search(line)
-        reason = said_trim(m.group(1), 65) if m else b""
-        if reason[:3].isdigit() and reason[3:4] == b" ":
-            reason = reason[4:]
-        reason = reason.removeprefix(b"connect to ")
+        raw = m.group(1) if m else b""
+        reason = self.reasons.get((65, raw))
+        if reason is None:
+            reason = said_trim(raw, 65)
+            if reason[:3].isdigit() and reason[3:4] == b" ":
+                reason = reason[4:]
+            reason = self._reason(65, raw, reason.removeprefix(b"connect to "))
         self._count(self.defer_reasons, (cmd, reason), "deferral_reasons")
 
     def _bounced(self, relay: bytes, dom: bytes, line: bytes) -> None:
@@ -779,10 +945,20 @@ class Tally:
             row = self._new_domain(dom)
         row[D_BOUNCE] += 1
         m = _BOUNCE_REASON.search(line)
-        reason = said_trim(m.group(1), 66) if m else b""
-        if reason[:3].isdigit() and reason[3:4] == b" ":
-            reason = reason[4:]
+        raw = m.group(1) if m else b""
+        reason = self.reasons.get((66, raw))
+        if reason is None:
+            reason = said_trim(raw, 66)
+            if reason[:3].isdigit() and reason[3:4] == b" ":
+                reason = reason[4:]
+            reason = self._reason(66, raw, reason)
         self._count(self.bounce_reasons, (relay, reason), "bounce_reasons")
+
+    def _reason(self, limit: int, raw: bytes, reason: bytes) -> bytes:
+        if len(self.reasons) >= 4096:
+            self.reasons.clear()
+        self.reasons[limit, raw] = reason
+        return reason
 
     def _cleanup_action(self, kind: bytes, part: bytes, rest: bytes) -> None:
         if kind in (b"reject", b"milter-reject"):
