@@ -211,6 +211,63 @@ def test_sync_writes_only_when_changed(
     assert sorted(p.name for p in target.parent.iterdir()) == ["suppressed", "suppressed.db"]
 
 
+class FakeClock:
+    """time.monotonic and time.sleep for the sync loop: sleeping moves the clock."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+        self.on_sleep: list[object] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds + 0.25  # a sync takes a little time too
+        if self.on_sleep:
+            self.on_sleep.pop(0)()  # type: ignore[operator]
+
+
+def test_sync_every_keeps_the_map_in_step_for_the_minute(
+    cfg: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr("mailops.suppression.time.monotonic", clock.monotonic)
+    monkeypatch.setattr("mailops.suppression.time.sleep", clock.sleep)
+    target = tmp_path / "suppressed"
+    run(cfg, "add", "a@example.com", "--reason", "userunknown")
+    # an address suppressed between the first and the second sync of the minute
+    clock.on_sleep.append(lambda: run(cfg, "add", "b@example.com", "--reason", "complaint"))
+    capsys.readouterr()
+    assert run(cfg, "sync", "--map", str(target), "--every", "20", "-v") == 0
+    out = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(f"{target}: ")]
+    # syncs at 0, 20 and 40 s; the one at 60 s is the next cron run's
+    assert [line.split(": ", 1)[1] for line in out] == [
+        "updated, 1 entries",
+        "updated, 2 entries",
+        "unchanged, 2 entries",
+    ]
+    assert len(clock.slept) == 2 and all(19 <= s <= 20 for s in clock.slept)
+    assert "b@example.com 550" in target.read_text()
+
+
+def test_sync_every_stops_at_the_first_failure(
+    cfg: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr("mailops.suppression.time.monotonic", clock.monotonic)
+    monkeypatch.setattr("mailops.suppression.time.sleep", clock.sleep)
+    target = tmp_path / "missing-dir" / "suppressed"
+    assert run(cfg, "sync", "--map", str(target), "--every", "10") == exitcodes.CANTCREAT
+    assert clock.slept == []
+
+
+@pytest.mark.parametrize("every", ["0", "61", "-5"])
+def test_sync_every_out_of_range(cfg: Path, tmp_path: Path, every: str) -> None:
+    assert run(cfg, "sync", "--map", str(tmp_path / "s"), "--every", every) == exitcodes.USAGE
+
+
 def test_sync_rebuilds_a_missing_index(cfg: Path, tmp_path: Path) -> None:
     cfg = write_config(
         tmp_path, url_of(cfg), f'[suppression]\npostmap = "{fake_postmap(tmp_path)}"\n'

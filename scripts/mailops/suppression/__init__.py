@@ -8,7 +8,7 @@ Usage::
     mailops suppression remove ADDR... [--tenant T]
     mailops suppression export [--format csv|postfix] [--output FILE] [--reason R]
     mailops suppression import FILE|- [--reason R] [--tenant T] [--skip-invalid]
-    mailops suppression sync   [--map FILE] [--map-type TYPE] [--postmap] [-v]
+    mailops suppression sync   [--map FILE] [--map-type TYPE] [--postmap] [--every S] [-v]
     mailops suppression delivered [ADDR...] [--postfix-log FILE|-]
     mailops suppression prune
 
@@ -25,7 +25,9 @@ note,tenant`` (times in ISO 8601 UTC); ``import`` reads that, or any CSV with an
 
 ``sync`` writes the Postfix access map that every bulk node checks with
 ``check_recipient_access hash:/etc/postfix/suppressed``; it only reads the store, so a
-node can use a read-only database login.  ``delivered`` feeds successful deliveries to
+node can use a read-only database login.  Cron starts it once a minute; with ``--every S``
+it syncs again every S seconds until that minute is over, so a new suppression reaches
+the map within S seconds.  ``delivered`` feeds successful deliveries to
 the policy: soft-bounce history up to the delivery is cleared (see docs/suppression.md).
 
 Exit codes: 0; 1 ``check`` found nothing; 2 bad addresses or arguments; 65 a bad import
@@ -434,7 +436,35 @@ def cmd_import(args: argparse.Namespace, data: dict[str, Any]) -> int:
     return exitcodes.OK
 
 
+# A run with --every stops starting syncs this long before the minute is over, so that
+# it has finished when cron starts the next one.
+SYNC_MINUTE = 60.0
+SYNC_MARGIN = 5.0
+
+
 def cmd_sync(args: argparse.Namespace, data: dict[str, Any]) -> int:
+    """One sync; with ``--every S``, one every S seconds until cron's minute is over.
+
+    A failed sync ends the run with its exit code: the next minute tries again.
+    """
+    every = args.every
+    if every is not None and not 1 <= every <= SYNC_MINUTE:
+        _err(f"--every takes 1 to {SYNC_MINUTE:.0f} seconds (got {every:g})")
+        return exitcodes.USAGE
+    start = time.monotonic()
+    n = 0
+    while True:
+        code = _sync_once(args, data)
+        n += 1
+        if code != exitcodes.OK or every is None:
+            return code
+        due = start + n * every
+        if due > start + SYNC_MINUTE - SYNC_MARGIN:
+            return code
+        time.sleep(max(0.0, due - time.monotonic()))
+
+
+def _sync_once(args: argparse.Namespace, data: dict[str, Any]) -> int:
     values = settings(data)
     path = Path(args.map or values["map"])
     map_type = args.map_type or values["map_type"]
@@ -569,6 +599,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--map", metavar="FILE", help="default: [suppression] map")
     p.add_argument("--map-type", choices=tuple(mapfile.MAP_SUFFIX), help="default: hash")
     p.add_argument("--postmap", action="store_true", help="index it with postmap too")
+    p.add_argument(
+        "--every",
+        type=float,
+        metavar="S",
+        help="sync again every S seconds until the minute is over (for a cron job)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="say what happened")
 
     p = action("delivered", "clear soft history of addresses that got mail")
