@@ -47,6 +47,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/e2e/" in str(item.fspath):
             item.add_marker(pytest.mark.lab)
+    # Checks that spend a minute waiting for a cron job go first: side by side, the
+    # others then run while they wait, instead of after them.
+    items.sort(key=lambda item: item.get_closest_marker("long_wait") is None)
 
 
 @pytest.fixture(scope="session", autouse=True)

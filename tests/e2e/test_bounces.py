@@ -48,6 +48,7 @@ def every_node_refuses(address: str, evidence: list[str]) -> None:
     evidence.append(f"{took:.0f} s until both nodes refuse: {reply}")
 
 
+@pytest.mark.long_wait
 def test_hard_bounce_is_stored_and_every_node_refuses(evidence: list[str]) -> None:
     address = f"nosuch-{letters(8)}@gmail.test"
     res = swaks(
@@ -100,6 +101,7 @@ Hello.
 """
 
 
+@pytest.mark.long_wait
 def test_feedback_report_suppresses_the_complainer(evidence: list[str]) -> None:
     token = letters(10)
     address = f"carol-{token}@outlook.test"
