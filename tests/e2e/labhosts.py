@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,3 +122,46 @@ def headers(message: str) -> list[tuple[str, str]]:
             name, value = line.split(":", 1)
             out.append((name.strip(), value.strip()))
     return out
+
+
+def wait_for(what: str, probe: Callable[[], bool], timeout: float, every: float = 1) -> float:
+    """Seconds until ``probe()`` is true; AssertionError naming ``what`` after ``timeout``."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if probe():
+            return time.monotonic() - start
+        time.sleep(every)
+    raise AssertionError(f"{what}: not within {timeout:.0f} s")
+
+
+SINK_PID = "/run/lab-sink.pid"
+
+
+@contextlib.contextmanager
+def sink_on_inbox(command: str) -> Iterator[None]:
+    """Put ``command`` (a sink such as smtp-sink) on inbox's port 25 in place of its Postfix.
+
+    The outside world then takes mail as fast as it comes and verifies nothing, so what
+    a check or benchmark measures is the sending side.  Afterwards the sink is stopped
+    and inbox's Postfix started again, also when the body failed.
+    """
+    ip = inventory()["inbox"]["ip"]
+    sh("inbox", "postfix stop >/dev/null 2>&1")
+    wait_for("inbox's Postfix to stop", lambda: sh("inbox", "pgrep -x master").rc != 0, 30)
+    try:
+        res = sh(
+            "inbox",
+            f"setsid sh -c 'echo $$ > {SINK_PID}; exec {command}' "
+            "</dev/null >/tmp/lab-sink.log 2>&1 &",
+        )
+        assert res.rc == 0, f"the sink did not start: {res.out}{res.err}"
+        wait_for(
+            f"the sink to listen on {ip}:25 (/tmp/lab-sink.log on inbox)",
+            lambda: sh("inbox", f"ss -Hltn 'sport = :25' | grep -qF '{ip}:25'").rc == 0,
+            30,
+            every=0.5,
+        )
+        yield
+    finally:
+        sh("inbox", f"kill $(cat {SINK_PID}) 2>/dev/null; sleep 1; rm -f {SINK_PID}")
+        sh("inbox", "postfix start >/dev/null 2>&1")
