@@ -928,14 +928,7 @@ class Tally:
         dly = perl_number(delay)
         if dly > row[D_DELAY_MAX]:
             row[D_DELAY_MAX] = dly
-        m = _DEFER_REASON.search(line)
-        raw = m.group(1) if m else b""
-        reason = self.reasons.get((65, raw))
-        if reason is None:
-            reason = said_trim(raw, 65)
-            if reason[:3].isdigit() and reason[3:4] == b" ":
-                reason = reason[4:]
-            reason = self._reason(65, raw, reason.removeprefix(b"connect to "))
+        reason = self._reason(_DEFER_REASON, line, 65, b"connect to ")
         self._count(self.defer_reasons, (cmd, reason), "deferral_reasons")
 
     def _bounced(self, relay: bytes, dom: bytes, line: bytes) -> None:
@@ -944,17 +937,25 @@ class Tally:
         if row is None:
             row = self._new_domain(dom)
         row[D_BOUNCE] += 1
-        m = _BOUNCE_REASON.search(line)
-        raw = m.group(1) if m else b""
-        reason = self.reasons.get((66, raw))
-        if reason is None:
-            reason = said_trim(raw, 66)
-            if reason[:3].isdigit() and reason[3:4] == b" ":
-                reason = reason[4:]
-            reason = self._reason(66, raw, reason)
+        reason = self._reason(_BOUNCE_REASON, line, 66)
         self._count(self.bounce_reasons, (relay, reason), "bounce_reasons")
 
-    def _reason(self, limit: int, raw: bytes, reason: bytes) -> bytes:
+    def _reason(
+        self, pattern: re.Pattern[bytes], line: bytes, limit: int, drop: bytes = b""
+    ) -> bytes:
+        """The reason ``pattern`` finds in a deferral or bounce line, trimmed as pflogsumm
+        trims it to ``limit`` characters, without a leading status code or ``drop``;
+        cached by (limit, text), since the same few reasons come back (deferrals use 65,
+        bounces 66, so the limit also tells the two apart)."""
+        m = pattern.search(line)
+        raw = m.group(1) if m else b""
+        reason = self.reasons.get((limit, raw))
+        if reason is not None:
+            return reason
+        reason = said_trim(raw, limit)
+        if reason[:3].isdigit() and reason[3:4] == b" ":
+            reason = reason[4:]
+        reason = reason.removeprefix(drop) if drop else reason
         if len(self.reasons) >= 4096:
             self.reasons.clear()
         self.reasons[limit, raw] = reason
