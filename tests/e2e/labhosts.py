@@ -147,8 +147,8 @@ def sink_on_inbox(command: str) -> Iterator[None]:
     """
     ip = inventory()["inbox"]["ip"]
     sh("inbox", "postfix stop >/dev/null 2>&1")
-    wait_for("inbox's Postfix to stop", lambda: sh("inbox", "pgrep -x master").rc != 0, 30)
     try:
+        wait_for("inbox's Postfix to stop", lambda: sh("inbox", "pgrep -x master").rc != 0, 30)
         res = sh(
             "inbox",
             f"setsid sh -c 'echo $$ > {SINK_PID}; exec {command}' "
