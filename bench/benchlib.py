@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
+import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -39,19 +38,69 @@ class Run:
     stdout: bytes
 
 
+# The watcher: a bare interpreter (no site, no imports beyond os, sys and time) that
+# forks the command, waits for it and writes its wall time and peak RSS to a file.
+# Linux carries the peak RSS of the process that forked a child, as it was before the
+# child's exec, into the child's ru_maxrss; the benchmark runner itself holds tens of
+# MiB (the lab helpers, YAML), which would become every child's floor.  The watcher is
+# a few MiB, below anything measured here.
+_WATCHER = """\
+import os, sys, time
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+seconds = time.perf_counter() - start
+with open(sys.argv[1], "w") as out:
+    out.write(f"{seconds} {usage.ru_maxrss}")
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
 def measure(cmd: list[str], env: dict[str, str] | None = None) -> Run:
     """Run a command to completion; return wall time, its own peak RSS and its stdout.
 
-    The peak comes from wait4()'s rusage for that one child (and its waited-for
-    descendants), so runs do not pollute each other's figures.
+    Both figures come from a small watcher process that forks the command and reads
+    wait4()'s rusage for that one child (and its waited-for descendants): runs do not
+    pollute each other's figures, and the runner's own memory is not counted in them.
     """
-    with tempfile.TemporaryFile() as out:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryFile() as out, tempfile.NamedTemporaryFile("r") as figures:
+        proc = subprocess.run(
+            [sys.executable, "-S", "-c", _WATCHER, figures.name, *cmd],
+            stdout=out,
+            env=env,
+            check=False,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"{cmd[0]} exited {proc.returncode}")
+        seconds, max_rss_kib = figures.read().split()
         out.seek(0)
-        return Run(seconds=seconds, max_rss_kib=usage.ru_maxrss, stdout=out.read())
+        return Run(seconds=float(seconds), max_rss_kib=int(max_rss_kib), stdout=out.read())
+
+
+def best_of(rounds: int, cmds: list[tuple[list[str], dict[str, str] | None]]) -> list[Run]:
+    """Run each command ``rounds`` times, taking turns, and keep each one's fastest run.
+
+    Taking turns spreads a noisy neighbour over every command alike; the fastest of a
+    few runs is the figure least disturbed by the rest of the machine.  The peak memory
+    kept is the largest any run of that command had, so memory is never flattered.
+    """
+    best: list[Run | None] = [None] * len(cmds)
+    for _ in range(rounds):
+        for i, (cmd, env) in enumerate(cmds):
+            run = measure(cmd, env)
+            prev = best[i]
+            if prev is None:
+                best[i] = run
+            else:
+                best[i] = Run(
+                    seconds=min(prev.seconds, run.seconds),
+                    max_rss_kib=max(prev.max_rss_kib, run.max_rss_kib),
+                    stdout=run.stdout if run.seconds < prev.seconds else prev.stdout,
+                )
+    return [r for r in best if r is not None]
