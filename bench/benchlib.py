@@ -51,8 +51,9 @@ pid = os.fork()
 if pid == 0:
     try:
         os.execvp(sys.argv[2], sys.argv[2:])
-    finally:
-        os._exit(127)
+    except OSError as exc:
+        sys.stderr.write(f"{sys.argv[2]}: {exc.strerror}\\n")
+    os._exit(127)
 _, status, usage = os.wait4(pid, 0)
 seconds = time.perf_counter() - start
 with open(sys.argv[1], "w") as out:
@@ -90,17 +91,13 @@ def best_of(rounds: int, cmds: list[tuple[list[str], dict[str, str] | None]]) ->
     few runs is the figure least disturbed by the rest of the machine.  The peak memory
     kept is the largest any run of that command had, so memory is never flattered.
     """
-    best: list[Run | None] = [None] * len(cmds)
-    for _ in range(rounds):
+    if rounds < 1:
+        raise ValueError(f"best_of needs at least one round, got {rounds}")
+    best = [measure(cmd, env) for cmd, env in cmds]
+    for _ in range(rounds - 1):
         for i, (cmd, env) in enumerate(cmds):
             run = measure(cmd, env)
-            prev = best[i]
-            if prev is None:
-                best[i] = run
-            else:
-                best[i] = Run(
-                    seconds=min(prev.seconds, run.seconds),
-                    max_rss_kib=max(prev.max_rss_kib, run.max_rss_kib),
-                    stdout=run.stdout if run.seconds < prev.seconds else prev.stdout,
-                )
-    return [r for r in best if r is not None]
+            fastest = min(best[i], run, key=lambda r: r.seconds)
+            peak = max(best[i].max_rss_kib, run.max_rss_kib)
+            best[i] = Run(seconds=fastest.seconds, max_rss_kib=peak, stdout=fastest.stdout)
+    return best

@@ -27,27 +27,36 @@ def test_peak_is_the_commands_own_not_the_runners():
     del ballast
 
 
-def test_failure_and_stdout():
+def test_failure_and_stdout(capfd):
     with pytest.raises(RuntimeError, match="exited 3"):
         benchlib.measure(["sh", "-c", "exit 3"])
     with pytest.raises(RuntimeError, match="exited 127"):
         benchlib.measure(["/nonexistent/command"])
+    err = capfd.readouterr().err
+    assert "/nonexistent/command: No such file or directory" in err
     run = benchlib.measure(["sh", "-c", "echo hello; sleep 0.2"])
     assert run.stdout == b"hello\n"
     assert run.seconds >= 0.2
 
 
 def test_best_of_keeps_fastest_time_and_largest_peak(tmp_path):
-    # the first run of the command is slow and small, the second fast and big
+    # the first run of the command is slow and big, the second fast and small: the
+    # result is the fast run's time and output with the big run's peak
     flag = tmp_path / "second"
     script = (
-        f"import os, sys, time\nfrom pathlib import Path\nflag = Path({str(flag)!r})\n"
+        f"import time\nfrom pathlib import Path\nflag = Path({str(flag)!r})\n"
         "if flag.exists():\n"
-        "    b = bytearray(48 << 20); b[::4096] = b'x' * len(b[::4096]); print('fast')\n"
+        "    print('fast')\n"
         "else:\n"
-        "    flag.touch(); time.sleep(0.5); print('slow')\n"
+        "    flag.touch(); b = bytearray(48 << 20); b[::4096] = b'x' * len(b[::4096])\n"
+        "    time.sleep(2); print('slow')\n"
     )
     (run,) = benchlib.best_of(2, [([sys.executable, "-S", "-c", script], None)])
-    assert run.seconds < 0.5
     assert run.stdout == b"fast\n"
+    assert run.seconds < 2
     assert run.max_rss_kib >= 48 * 1024
+
+
+def test_best_of_refuses_no_rounds():
+    with pytest.raises(ValueError, match="at least one round"):
+        benchlib.best_of(0, [(["true"], None)])
