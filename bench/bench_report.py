@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from benchlib import Result, best_of, measure
+from pflogsumm_text import grand_totals, in_units
 
 ROOT = Path(__file__).resolve().parent.parent
 # the report subcommand without the rest of the mailops command (for the memory note)
@@ -61,24 +61,6 @@ TOTALS = (
 )
 
 
-def pflogsumm_totals(text: str) -> dict[str, str]:
-    section = text.split("Grand Totals", 1)[1].split("\n\n\n", 1)[0]
-    found = {}
-    for line in section.splitlines():
-        m = re.match(r"^ *(\d+)([ km]) +([a-z /]+?)(?: +\(.*)?$", line)
-        if m:
-            found[m.group(3).replace(" ", "_").replace("/", "_")] = m.group(1) + m.group(2).strip()
-    return found
-
-
-def units(value: int) -> str:
-    if value > 536870912:
-        return f"{int(value / 1048576)}m"
-    if value > 524288:
-        return f"{int(value / 1024)}k"
-    return str(value)
-
-
 def run(workdir: Path) -> list[Result]:
     log = workdir / "mail.log"
     pflogsumm = shutil.which("pflogsumm")
@@ -108,12 +90,12 @@ def run(workdir: Path) -> list[Result]:
             peer = None
         else:
             peer = runs[1]
-            theirs = pflogsumm_totals(peer.stdout.decode())
+            theirs = grand_totals(peer.stdout.decode())
             mine = json.loads(ours.stdout)["totals"]
             wrong = {
-                k: (units(mine[k]), theirs.get(k))
+                k: (in_units(mine[k]), theirs.get(k))
                 for k in TOTALS
-                if units(mine[k]) != theirs.get(k)
+                if in_units(mine[k]) != theirs.get(k)
             }
             if wrong:
                 raise RuntimeError(f"grand totals differ from pflogsumm's: {wrong}")

@@ -30,6 +30,7 @@ DATA = Path(__file__).resolve().parent / "data" / "report"
 sys.path.insert(0, str(ROOT / "bench"))
 
 import loggen  # noqa: E402
+import pflogsumm_text  # noqa: E402
 
 PFLOGSUMM = shutil.which("pflogsumm")
 needs_pflogsumm = pytest.mark.skipif(
@@ -744,31 +745,38 @@ def pflogsumm_totals(args: list[str]) -> dict[str, str]:
     proc = subprocess.run(
         [PFLOGSUMM, *args], capture_output=True, text=True, check=True, timeout=600
     )
-    section = proc.stdout.split("Grand Totals", 1)[1].split("\n\n\n", 1)[0]
-    found: dict[str, str] = {}
-    for line in section.splitlines():
-        m = re.match(
-            r"^ *(\d+)([ km]) +([a-z /]+?)(?: +\((\d+)%\))?(?: +\((\d+)([ km]) deferrals\))?$", line
-        )
-        if not m:
-            continue
-        label = m.group(3).strip().replace(" ", "_").replace("/", "_")
-        found[label] = m.group(1) + m.group(2).strip()
-        if m.group(4) is not None:
-            found[label + "_percent"] = m.group(4)
-        if m.group(5) is not None:
-            found["deferrals"] = m.group(5) + m.group(6).strip()
-    found.setdefault("deferrals", "0")  # printed only when there were some
-    return found
+    return pflogsumm_text.grand_totals(proc.stdout)
 
 
-def as_pflogsumm(value: int) -> str:
-    """pflogsumm's adj_int_units: above 512k in k, above 512m in m, truncated."""
-    if value > 536870912:
-        return f"{int(value / 1048576)}m"
-    if value > 524288:
-        return f"{int(value / 1024)}k"
-    return str(value)
+def test_pflogsumm_grand_totals_are_read_with_their_units() -> None:
+    """The reader of pflogsumm's output keeps k and m, the percentages and the deferrals,
+    and refuses output without the section (so a comparison never passes on nothing)."""
+    text = (
+        "Postfix log summaries\n\nGrand Totals\n------------\nmessages\n\n"
+        "    612k  received\n      7   deferred  (1029k deferrals)\n"
+        "     12   rejected (3%)\n      0   discarded (0%)\n\n"
+        "    844m  bytes received\n      2   recipient hosts/domains\n\n\n"
+        "Per-Hour Traffic Summary\n    1   ignored\n"
+    )
+    assert pflogsumm_text.grand_totals(text) == {
+        "received": "612k",
+        "deferred": "7",
+        "deferrals": "1029k",
+        "rejected": "12",
+        "rejected_percent": "3",
+        "discarded": "0",
+        "discarded_percent": "0",
+        "bytes_received": "844m",
+        "recipient_hosts_domains": "2",
+    }
+    assert pflogsumm_text.grand_totals("Grand Totals\n\n  3   held\n")["deferrals"] == "0"
+    with pytest.raises(ValueError, match="no Grand Totals"):
+        pflogsumm_text.grand_totals("pflogsumm: usage\n")
+    assert [pflogsumm_text.in_units(v) for v in (524288, 524289, 536870913)] == [
+        "524288",
+        "512k",
+        "512m",
+    ]
 
 
 def compare(ours: dict[str, int], theirs: dict[str, str]) -> None:
@@ -793,7 +801,10 @@ def compare(ours: dict[str, int], theirs: dict[str, str]) -> None:
         "recipient_hosts_domains": "recipient_hosts_domains",
     }
     assert set(names) == set(ours), "every grand total is compared"
-    mine = {k: (str(v) if k.endswith("_percent") else as_pflogsumm(v)) for k, v in ours.items()}
+    mine = {
+        k: (str(v) if k.endswith("_percent") else pflogsumm_text.in_units(v))
+        for k, v in ours.items()
+    }
     assert {k: mine[k] for k in names} == {k: theirs[v] for k, v in names.items()}
 
 
