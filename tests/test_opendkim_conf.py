@@ -60,7 +60,7 @@ def test_the_resolver_file_only_where_zones_must_be_let_through() -> None:
 @pytest.mark.parametrize(
     "overrides",
     [
-        {"opendkim__mode": "s", "opendkim__keys": []},
+        {"opendkim__mode": "s"},
         {"opendkim__mode": "s", "opendkim__resolver_nodefault_zones": ["test"]},
         {"opendkim__nameservers": []},
     ],

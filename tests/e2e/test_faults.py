@@ -396,6 +396,21 @@ def mx1_resolver_as_in_production() -> Iterator[None]:
         sh("mx1", f"mv {saved} {OPENDKIM_CONF}; service opendkim restart >/dev/null 2>&1")
 
 
+@contextmanager
+def queued_mail_dropped(sender: str, hosts: tuple[str, ...]) -> Iterator[None]:
+    """Afterwards, delete whatever mail from ``sender`` is still queued on ``hosts``: a
+    burst that failed half way must not be retried into the next check."""
+    try:
+        yield
+    finally:
+        pick = (
+            "import json, sys; [print(m['queue_id']) for m in map(json.loads, sys.stdin)"
+            " if m['sender'] == sys.argv[1]]"
+        )
+        for host in hosts:
+            sh(host, f'postqueue -j | python3 -c "{pick}" {sender} | postsuper -d - 2>/dev/null')
+
+
 def opendkim_pid(host: str) -> str:
     """OpenDKIM's pid on ``host``, or "" when it is not running."""
     return sh(host, "p=$(cat /run/opendkim/opendkim.pid) && kill -0 $p && echo $p").out.strip()
@@ -415,6 +430,7 @@ def test_verifying_opendkim_survives_a_burst(evidence: list[str]) -> None:
     inbox = HOSTS["inbox"]["ip"]
     sh("inbox", f"rm -f {dump}")
     with (
+        queued_mail_dropped(sender, ("mail1", "mx1")),
         mx1_resolver_as_in_production(),
         sink_on_inbox(f"smtp-sink -4 -u postfix -D {dump} {inbox}:25 256"),
     ):
