@@ -5,7 +5,7 @@ Usage::
     mailops report [--log FILE ...] [--rotated | --no-rotated]
                    [--day today|yesterday|YYYY-MM-DD|all] [--format text|json|html]
                    [--mail-to ADDR ...] [--mail-from ADDR] [--year YYYY] [--top N]
-                   [--syslog-name NAME]
+                   [--syslog-name NAME] [--jobs N]
 
 Reads Postfix's log (syslog's file or Postfix's own ``maillog_file``; classic or ISO
 timestamps; plain or gzip, found by content), one stream in the order given, in
@@ -28,6 +28,10 @@ HTML with PNG charts of hourly traffic and outcomes per destination as
 through ``sendmail`` instead of printing it; without either the report is printed, even
 where the settings name recipients.
 
+A large plain file (32 MiB or more) is counted by up to ``--jobs`` processes at once,
+one part of the file each, with the same figures (``mailops.report.parallel``); the
+default is one per core, at most 4.  ``--jobs 1`` reads with one process.
+
 Run on the monitor host over every node's log (``--log mx1.log --log mail1.log ...``)
 it makes one report for the cluster.
 
@@ -48,6 +52,7 @@ Settings (table ``[report]`` of the mailops settings file; flags override them):
     top = 20                     # rows per table
     syslog_name = "postfix"      # also count lines of this syslog_name (multi-instance)
     cap = 5000                   # entries kept per domain/reason table before pruning
+    jobs = 0                     # processes for a large file; 0 = one per core (at most 4)
 """
 
 from __future__ import annotations
@@ -76,6 +81,7 @@ DEFAULTS: dict[str, Any] = {
     "top": 20,
     "syslog_name": "postfix",
     "cap": 5000,
+    "jobs": 0,
 }
 FORMATS = ("text", "json", "html")
 
@@ -107,6 +113,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "year": args.year,
         "top": args.top,
         "syslog_name": args.syslog_name,
+        "jobs": args.jobs,
     }
     for key, value in flags.items():
         if value is not None:
@@ -115,6 +122,8 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(f"[report] format must be one of {', '.join(FORMATS)}")
     if merged["top"] < 1 or merged["cap"] < merged["top"]:
         raise ConfigError("[report] top must be at least 1 and cap at least top")
+    if merged["jobs"] < 0:
+        raise ConfigError("[report] jobs must be 0 (one per core) or more")
     if not merged["logs"]:
         raise ConfigError("[report] logs is empty and no --log was given")
     return merged
@@ -139,7 +148,9 @@ def run(args: argparse.Namespace) -> int:
         return exitcodes.USAGE
     paths = list(build.iter_paths(s["logs"], s["rotated"], day))
     try:
-        tally, sources = build.tally_files(paths, day, s["syslog_name"], s["cap"])
+        tally, sources = build.tally_files(
+            paths, day, s["syslog_name"], s["cap"], jobs=s["jobs"] or None
+        )
     except build.LogError as exc:
         _err(str(exc))
         return exitcodes.NOINPUT
@@ -238,4 +249,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--year", type=_year, help="year of classic (yearless) timestamps")
     parser.add_argument("--top", type=_positive, help="rows per table (default 20)")
     parser.add_argument("--syslog-name", help="also count this Postfix syslog_name")
+    parser.add_argument(
+        "--jobs", type=_positive, help="processes for a large file (default one per core)"
+    )
     parser.set_defaults(func=run)

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import gc
 import heapq
+import math
 import re
 from array import array
 from collections.abc import Callable, Iterable
@@ -257,11 +258,21 @@ SPECIAL_QIDS = frozenset(
 )
 MONTHS = {m: i for i, m in enumerate(b"Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split())}
 ROWS = ("received", "delivered", "deferred", "bounced", "rejected")
-# indexes into a per-recipient-domain row
+# indexes into a per-recipient-domain row (the delays in microseconds, ints: see micro)
 D_SENT, D_BYTES, D_DEFER, D_BOUNCE, D_DELAY_SUM, D_DELAY_MAX = range(6)
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _keep(waiting: bytearray, buf: bytes, m: re.Match[bytes], end: int) -> None:
+    """Add the line a match of the buffer pattern starts on to ``waiting``, with a newline."""
+    stop = buf.find(b"\n", m.end(), end)
+    if stop >= 0:
+        waiting += buf[m.start() + 1 : stop + 1]
+    else:
+        waiting += buf[m.start() + 1 : end]
+        waiting += b"\n"
 
 
 def _recipient(addr: bytes, dom: bytes | None) -> tuple[bytes, bytes]:
@@ -282,6 +293,17 @@ def perl_number(text: bytes) -> float:
     except ValueError:
         m = _NUMBER.match(text)
         return float(m.group().strip()) if m else 0.0
+
+
+def micro(text: bytes) -> float:
+    """A delay in microseconds, as a whole number (an int): sums of them are exact, so
+    the same in any order, as when parts of a log are counted apart (an infinite or
+    NaN delay, which only a made-up log has, stays a float)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = perl_number(text)
+    return round(value * 1_000_000) if math.isfinite(value) else value
 
 
 def perl_true(value: bytes | None) -> bool:
@@ -440,6 +462,7 @@ class Tally:
         cap: int = 5000,
         state_cap: int = 200_000,
     ) -> None:
+        self.syslog_name = syslog_name
         self.pattern = line_pattern(syslog_name, day)
         self.day = day
         self.pending = b""
@@ -475,8 +498,17 @@ class Tally:
         self.hosts: dict[bytes, bytes] = {}  # host of "host[IPv4]" -> gimme_domain(client)
         # sender with a domain -> (hash of it as counted, hash of its domain, domain's row)
         self.senders_of: dict[bytes, tuple[int, int, list[int]]] = {}
-        self.delays: dict[bytes, float] = {}  # delay text -> number
+        self.delays: dict[bytes, float] = {}  # delay text -> micro(text)
         self.reasons: dict[tuple[int, bytes], bytes] = {}  # reason text -> trimmed
+        # A tally of a later part of a log (parallel.py), started without the state the
+        # earlier part leaves: ``known`` holds the queue ids whose state it has from its
+        # own lines (a client= or pickup line, which starts a message afresh), and the
+        # lines of every other queue id wait in ``waiting``, in order, to be counted after
+        # the earlier part; ``assumed`` keeps a hash of each queue id taken as new, to
+        # check that the earlier part left no state for it.  None: the whole log.
+        self.known: set[bytes] | None = None
+        self.waiting = bytearray()
+        self.assumed = array("q")
 
     # ------------------------------------------------------------------ input
     def feed(self, lines: Iterable[bytes]) -> None:
@@ -515,25 +547,131 @@ class Tally:
             self.pending = b""
             self._lines_of(buf, len(buf))
 
-    def _lines_of(self, buf: bytes, end: int) -> None:
+    def begin_part(self) -> None:
+        """Count from here on as a later part of a log (see ``known``)."""
+        self.known = set()
+
+    def count_waiting(self, data: bytes | bytearray) -> None:
+        """Count the lines a later part kept waiting (each with its newline; read once
+        already: they are not counted as lines again, and their Solaris tags are gone)."""
+        before = self.lines
+        at = 0
+        while at < len(data):
+            cut = data.rfind(b"\n", at, at + CHUNK) + 1 or data.find(b"\n", at) + 1 or len(data)
+            buf = b"\n" + data[at:cut]
+            self._lines_of(buf, len(buf), retag=False)
+            at = cut
+        self.lines = before
+
+    # what a later part hands back (parallel.py pickles it)
+    _SUMS = (
+        "lines", "received", "delivered", "forwarded", "deferred", "deferrals", "bounced",
+        "rejected", "reject_warnings", "held", "discarded", "bytes_received",
+        "bytes_delivered", "fatal", "panic", "sasl_failures", "sasl_server_faults", "evicted",
+    )  # fmt: skip
+    _TABLES = ("bounce_reasons", "defer_reasons", "reject_reasons", "sasl_clients")
+    _DISTINCT = ("senders", "sending_domains", "recipients", "recipient_domains")
+
+    def export(self) -> dict[str, Any]:
+        """What ``absorb`` needs of this tally of a later part (the caches stay behind)."""
+        self.flush()
+        out: dict[str, Any] = {name: getattr(self, name) for name in self._SUMS}
+        for name in (*self._TABLES, "buckets", "rcpt_domains", "sender_domains"):
+            out[name] = getattr(self, name)
+        for name in self._DISTINCT:
+            out[name] = getattr(self, name).parts
+        out.update(
+            truncated=self.truncated, sizes=self.sizes, clients=self.clients,
+            deferred_ids=self.deferred_ids, waiting=self.waiting, assumed=self.assumed,
+        )  # fmt: skip
+        return out
+
+    def absorb(self, part: dict[str, Any]) -> bool:
+        """Add the tally of the next part of the log (``export``) to this one, which has
+        counted everything before it; as if one tally had read both, in order.
+
+        First the lines that part kept waiting are counted here, with this tally's state.
+        Then, if this tally still holds a size or a deferral for a queue id that the part
+        took as a new message, the part's figures for it would be wrong: nothing is added
+        and False is returned (the caller counts that part again, in this tally).
+        """
+        self.count_waiting(part["waiting"])
+        assumed = part["assumed"]
+        if assumed and (self.sizes or self.deferred_ids or self.clients):
+            pending = {hash(q) for q in (*self.sizes, *self.deferred_ids)}
+            if pending and not pending.isdisjoint(assumed):
+                return False
+            # a client= line replaces a client this tally kept for a queue id
+            mine = {hash(q): q for q in self.clients}
+            if mine:
+                theirs = part["clients"]
+                for h in assumed:
+                    q = mine.get(h)
+                    if q is not None and q not in theirs:
+                        self.clients.pop(q, None)
+        for name in self._SUMS:
+            setattr(self, name, getattr(self, name) + part[name])
+        for name in self._DISTINCT:
+            ours = getattr(self, name)
+            for n, arr in enumerate(part[name]):
+                ours.parts[n].extend(arr)
+            ours.tidy()
+        for key, counts in part["buckets"].items():
+            bucket = self.buckets.get(key)
+            if bucket is None:
+                self.buckets[key] = counts
+            else:
+                for i, v in enumerate(counts):
+                    bucket[i] += v
+        for dom, row in part["rcpt_domains"].items():
+            rcpt = self.rcpt_domains.get(dom)
+            if rcpt is None:
+                rcpt = self._new_domain(dom)
+            for i in (D_SENT, D_BYTES, D_DEFER, D_BOUNCE, D_DELAY_SUM):
+                rcpt[i] += row[i]
+            if row[D_DELAY_MAX] > rcpt[D_DELAY_MAX]:
+                rcpt[D_DELAY_MAX] = row[D_DELAY_MAX]
+        for dom, pair in part["sender_domains"].items():
+            sender = self.sender_domains.get(dom) or self._new_sender_domain(dom)
+            sender[0] += pair[0]
+            sender[1] += pair[1]
+        for name in self._TABLES:
+            table = getattr(self, name)
+            for key, n in part[name].items():
+                if key in table:
+                    table[key] += n
+                else:
+                    self._count(table, key, name if name != "defer_reasons" else "deferral_reasons")
+                    table[key] += n - 1
+        self.truncated |= part["truncated"]
+        self.sizes.update(part["sizes"])
+        self.clients.update(part["clients"])
+        self.deferred_ids.update(part["deferred_ids"])
+        for table in (self.sizes, self.clients, self.deferred_ids):
+            while len(table) > self.state_cap:
+                self._evict(table)
+        return True
+
+    def _lines_of(self, buf: bytes, end: int, retag: bool = True) -> None:
         """``_chunk`` with the cycle collector paused: the loop makes no reference cycles,
         only many small tuples and lists, which would set the collector off again and
         again for nothing (about 3% of the time)."""
         collecting = gc.isenabled()
         gc.disable()
         try:
-            self._chunk(buf, end)
+            self._chunk(buf, end, retag)
         finally:
             if collecting:
                 gc.enable()
 
     # ------------------------------------------------------------------ the hot loop
-    def _chunk(self, buf: bytes, end: int) -> None:
+    def _chunk(self, buf: bytes, end: int, retag: bool = True) -> None:
         """Count the lines of ``buf[:end]``: a newline, then lines each ending in a newline
         but maybe the last."""
         # (findall counts newlines twice as fast as bytes.count, which goes byte by byte)
         self.lines += len(_NL.findall(buf, 1, end)) + (buf[end - 1] != 0x0A)
-        if buf.find(b"[ID ", 0, end) >= 0:  # Solaris syslog tags, removed as pflogsumm does
+        # Solaris syslog tags, removed as pflogsumm does
+        if retag and buf.find(b"[ID ", 0, end) >= 0:
             buf = b"\n".join(_SOLARIS_ID.sub(b": ", ln, count=1) for ln in buf[:end].split(b"\n"))
             end = len(buf)
         gi = self.pattern.groupindex
@@ -570,6 +708,10 @@ class Tally:
         reasons = self.reject_reasons
         delays = self.delays
         line_ = self._line
+        part = self.known is not None  # a later part of a log: unknown queue ids' lines wait
+        known: set[bytes] = self.known if self.known is not None else set()
+        waiting = self.waiting
+        assumed = self.assumed
         received = delivered = bytes_delivered = bytes_received = forwarded = 0
         last_ts = b""
         bucket = [0, 0, 0, 0, 0]
@@ -577,6 +719,9 @@ class Tally:
             li = m.lastindex
             if li == i_sent:  # status=sent
                 fq, ts, addr, dom, delay = m.group(g_fq, g_ts, g_to, g_dom, g_delay)
+                if part and fq not in known:
+                    _keep(waiting, buf, m, end)
+                    continue
                 if ts != last_ts:
                     bucket = buckets.get(ts) or buckets.setdefault(ts, [0, 0, 0, 0, 0])
                     last_ts = ts
@@ -605,6 +750,9 @@ class Tally:
                     bytes_delivered += size
             elif li == i_sized:  # qmgr: from=<sender>, size=N (as _from does)
                 fq, addr, size_text = m.group(g_fq, g_from, g_size)
+                if part and fq not in known:
+                    _keep(waiting, buf, m, end)
+                    continue
                 if sizes.get(fq):
                     continue
                 size = sizes[fq] = int(size_text)
@@ -627,6 +775,11 @@ class Tally:
                 row_s[1] += size
             elif li == i_removed:  # forget the queue id, as _line does
                 fq = m.group(g_fq)
+                if part:
+                    if fq not in known:  # counted later, after which it has no state
+                        _keep(waiting, buf, m, end)
+                        continue
+                    known.discard(fq)
                 sizes.pop(fq, None)
                 if clients:
                     clients.pop(fq, None)
@@ -634,6 +787,9 @@ class Tally:
                     deferred_ids.pop(fq, None)
             elif li == i_received:  # smtpd: client=
                 fq, ts, client = m.group(g_fq, g_ts, g_client)
+                if part and fq not in known:  # a new message (checked in Tally.absorb)
+                    known.add(fq)
+                    assumed.append(hash(fq))
                 received += 1
                 if ts != last_ts:
                     bucket = buckets.get(ts) or buckets.setdefault(ts, [0, 0, 0, 0, 0])
@@ -644,6 +800,9 @@ class Tally:
                 cmd, fq, ts, addr, dom, delay, status, more = m.group(
                     g_cmd, g_fq, g_ts, g_to, g_dom, g_delay, g_status, li
                 )
+                if part and fq not in known:
+                    _keep(waiting, buf, m, end)
+                    continue
                 line = buf[m.start(g_rest) : m.end()]
                 if more or status == b"sent":  # "=" or "forwarded as ": pflogsumm's tests
                     line_(line, cmd, fq, ts)
@@ -658,6 +817,9 @@ class Tally:
                 forwarded += 1
             elif li == i_picked:  # pickup: uid=, sender=
                 fq, ts = m.group(g_fq, g_ts)
+                if part and fq not in known:
+                    known.add(fq)
+                    assumed.append(hash(fq))
                 received += 1
                 if ts != last_ts:
                     bucket = buckets.get(ts) or buckets.setdefault(ts, [0, 0, 0, 0, 0])
@@ -698,12 +860,21 @@ class Tally:
                     self._count(reasons, key, "reject_reasons")
             elif li == i_gen:  # a queue id, then no fast shape
                 cmd, qid, ts = m.group(g_cmd, g_fq, g_ts)
+                if part and qid not in known:
+                    _keep(waiting, buf, m, end)
+                    continue
                 line_(buf[m.start(g_rest) : m.end()], cmd, qid, ts)
             elif li in (i_qidp, i_qid, i_qid3):  # pflogsumm's general split
                 cmd, qid, ts = m.group(g_cmd, li, g_ts)
+                if part and qid not in known:
+                    _keep(waiting, buf, m, end)
+                    continue
                 line_(buf[m.start(g_rest) : m.end()], cmd, qid, ts)
             else:  # postfix-script, or "postfix" alone
                 cmd, qid, ts = m.group(g_cmd2, g_qid2, g_ts)
+                if part and qid not in known:
+                    _keep(waiting, buf, m, end)
+                    continue
                 line_(buf[m.start(g_rest) : m.end()], b"postfix" + cmd, qid, ts)
         self.received += received
         self.delivered += delivered
@@ -717,11 +888,8 @@ class Tally:
                 self._evict(table)
 
     def _delay(self, text: bytes) -> float:
-        """A delay as a number (cached: the same few hundred strings come back)."""
-        try:
-            value = float(text)
-        except ValueError:
-            value = perl_number(text)
+        """``micro(text)``, cached: the same few hundred strings come back."""
+        value = micro(text)
         if len(self.delays) >= 4096:
             self.delays.clear()
         self.delays[text] = value
@@ -802,7 +970,7 @@ class Tally:
                 row = self._new_domain(dom)
             row[D_SENT] += 1
             self.recipient_domains.add(dom)
-            dly = perl_number(delay)
+            dly = micro(delay)
             row[D_DELAY_SUM] += dly
             if dly > row[D_DELAY_MAX]:
                 row[D_DELAY_MAX] = dly
@@ -839,7 +1007,7 @@ class Tally:
         if len(table) >= 2 * self.cap:
             prune(table, self.cap, lambda r: r[D_SENT] + r[D_DEFER] + r[D_BOUNCE])
             self.truncated.add("recipient_domains")
-        row: list[float] = [0, 0, 0, 0, 0.0, 0.0]
+        row: list[float] = [0, 0, 0, 0, 0, 0]  # delays in microseconds
         table[dom] = row
         return row
 
@@ -938,7 +1106,7 @@ class Tally:
         if row is None:
             row = self._new_domain(dom)
         row[D_DEFER] += 1
-        dly = perl_number(delay)
+        dly = micro(delay)
         if dly > row[D_DELAY_MAX]:
             row[D_DELAY_MAX] = dly
         reason = self._reason(_DEFER_REASON, line, 65, b"connect to ")

@@ -1,0 +1,163 @@
+"""Count one large plain log file on several cores at once, with the same figures.
+
+The file is cut at line ends into as many parts as there are workers.  The first part
+is counted here, in the tally that has counted everything before it; each later part
+in a forked child, in a fresh tally that knows nothing of the lines before its part.
+That tally counts what it can count alone and keeps waiting the lines whose figures
+depend on earlier lines: those of a queue id it has not seen start (a ``client=`` or
+``pickup`` line) since its part began.  A message that spans a cut is the usual case:
+its delivery lines wait, and are counted here after the earlier parts, with their
+sizes.  ``Tally.absorb`` then adds the part's figures, in order.
+
+Where a part took a queue id for a new message while an earlier part still held state
+for it (a short queue id reused without a ``removed`` line in the log, which Postfix
+does not do), or when a child fails, that part is counted again here, alone, so the
+figures are always those of one tally reading the whole file.
+
+Each child is a fork of this process: the compiled pattern and the interpreter are
+shared with it, page by page, until either writes to them.  Below ``MIN_PART`` bytes
+per part a file is counted here alone (a fork and a merge cost more than they save).
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import os
+import pickle
+import sys
+import tempfile
+from typing import Any, BinaryIO
+
+from mailops.report.tally import CHUNK, Tally
+
+MIN_PART = 16 << 20
+MAX_JOBS = 4
+
+
+def default_jobs() -> int:
+    """The cores this process may run on, at most ``MAX_JOBS``."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_JOBS))
+
+
+def cuts(fh: BinaryIO, size: int, parts: int) -> list[int]:
+    """Offsets that cut ``fh`` into ``parts`` ranges of about equal size, each starting
+    right after a newline (or at 0); fewer where lines are longer than a range."""
+    offsets = [0]
+    for n in range(1, parts):
+        fh.seek(size * n // parts - 1)
+        fh.readline()  # to the end of the line the byte before the cut is on
+        at = fh.tell()
+        if offsets[-1] < at < size:
+            offsets.append(at)
+    offsets.append(size)
+    return offsets
+
+
+def _count_range(tally: Tally, fd: int, start: int, stop: int) -> None:
+    """Count the bytes ``[start, stop)`` of a file (pread: a forked child shares the
+    file's offset with its parent, so neither may move it)."""
+    at = start
+    while at < stop:
+        block = os.pread(fd, min(CHUNK, stop - at), at)
+        if not block:
+            break
+        at += len(block)
+        tally.feed_bytes(block)
+    tally.flush()
+
+
+def _fork_part(tally: Tally, fd: int, start: int, stop: int) -> tuple[int, BinaryIO]:
+    """Count ``[start, stop)`` in a child; returns its pid and the file its figures go to.
+
+    The figures go to a temporary file rather than a pipe: the child then exits as soon
+    as it is done, and its memory is gone before this process loads what it wrote."""
+    out = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _collect
+    try:
+        pid = os.fork()
+    except OSError:
+        out.close()
+        raise
+    if pid == 0:  # the child: count, hand the figures back, never return
+        code = 1
+        try:
+            # (the same pattern: re's cache hands back the one compiled already)
+            part = Tally(tally.syslog_name, tally.day, tally.cap, tally.state_cap)
+            part.begin_part()
+            _count_range(part, fd, start, stop)
+            pickle.dump(part.export(), out, protocol=pickle.HIGHEST_PROTOCOL)
+            out.flush()
+            code = 0
+        except BaseException as exc:  # (whatever it is, the parent counts the part itself)
+            try:
+                sys.stderr.write(f"mailops report: a worker failed ({exc!r}); counting alone\n")
+                sys.stderr.flush()
+            except BaseException:  # noqa: S110 - nothing left to tell
+                pass
+        finally:
+            os._exit(code)
+    return pid, out
+
+
+def _collect(pid: int | None, out: BinaryIO | None) -> dict[str, Any] | None:
+    """The figures of a child, once it has exited; None if it failed or never ran."""
+    if pid is None or out is None:
+        return None
+    _, status = os.waitpid(pid, 0)
+    part: dict[str, Any] | None = None
+    try:
+        if os.waitstatus_to_exitcode(status) == 0:
+            out.seek(0)
+            part = pickle.load(out)  # noqa: S301 - written by our own child, just now
+    except (OSError, EOFError, pickle.UnpicklingError):
+        part = None
+    finally:
+        out.close()
+    return part
+
+
+def feed_file_parallel(tally: Tally, fh: BinaryIO, jobs: int) -> bool:
+    """Count a seekable plain file with up to ``jobs`` processes; False if it is too
+    small to be worth it or cannot be seeked (the caller then reads it alone)."""
+    try:
+        fd = fh.fileno()
+        size = os.fstat(fd).st_size
+        fh.seek(0)
+    except (OSError, AttributeError, ValueError):
+        return False
+    parts = min(jobs, size // MIN_PART)
+    if parts < 2:
+        return False
+    offsets = cuts(fh, size, parts)
+    fh.seek(0)
+    if len(offsets) < 3:
+        return False
+    tally.flush()
+    # Objects made so far go where the cycle collector never looks: a collection in a
+    # child would otherwise write to every page of them, and copy them all.
+    gc.freeze()
+    children: list[tuple[int, int, int | None, BinaryIO | None]] = []
+    try:
+        for start, stop in itertools.pairwise(offsets[1:]):
+            try:
+                children.append((start, stop, *_fork_part(tally, fd, start, stop)))
+            except OSError:  # no temporary file, no fork: this process counts the part
+                children.append((start, stop, None, None))
+        _count_range(tally, fd, offsets[0], offsets[1])
+    except BaseException:
+        for _, _, pid, out in children:
+            _collect(pid, out)
+        raise
+    finally:
+        gc.unfreeze()
+    # one part at a time, in order: each is added to all that came before it
+    for start, stop, pid, out in children:
+        part = _collect(pid, out)
+        if part is None or not tally.absorb(part):
+            _count_range(tally, fd, start, stop)
+        del part
+    return True
