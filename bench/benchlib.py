@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -101,3 +104,47 @@ def best_of(rounds: int, cmds: list[tuple[list[str], dict[str, str] | None]]) ->
             peak = max(best[i].max_rss_kib, run.max_rss_kib)
             best[i] = Run(seconds=fastest.seconds, max_rss_kib=peak, stdout=fastest.stdout)
     return best
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants, from /proc/PID/task/TID/children."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        try:
+            tasks = list(Path(f"/proc/{p}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            with contextlib.suppress(OSError):
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+    return found
+
+
+def _pss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def peak_pss(cmd: list[str], env: dict[str, str] | None = None, every: float = 0.002) -> int:
+    """Run a command to completion and return the peak, over samples taken every
+    ``every`` seconds, of the summed proportional set size (Pss, KiB) of it and every
+    process it started: the memory a tool of several processes takes, each shared page
+    counted once over all the processes that share it.  (A single process's peak RSS from
+    wait4() would leave out a forked worker; summing RSS would count the pages a fork
+    shares with its parent twice.)  The sampling costs time: use ``measure`` for that."""
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(cmd, stdout=out, env=env)
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, sum(_pss_kib(p) for p in _tree(proc.pid)))
+            time.sleep(every)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cmd[0]} exited {proc.returncode}")
+    return peak
