@@ -15,7 +15,9 @@ does not do), or when a child fails, that part is counted again here, alone, so 
 figures are always those of one tally reading the whole file.
 
 Each child is a fork of this process: the compiled pattern and the interpreter are
-shared with it, page by page, until either writes to them.  Below ``MIN_PART`` bytes
+shared with it, page by page, until either writes to them, and its ``hash()`` of a
+byte string is this process's (the distinct counts keep hashes; a process started
+afresh would have another hash seed).  Below ``MIN_PART`` bytes
 per part a file is counted here alone (a fork and a merge cost more than they save).
 """
 
