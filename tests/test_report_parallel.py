@@ -228,3 +228,19 @@ def test_no_fork_or_no_temporary_file_counts_here(
             m.setattr(module, name, refuse)
             got, _ = build.tally_files([log], jobs=3)
         assert state(got) == state(want)
+
+
+def test_a_bad_jobs_setting_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mailops import cli, exitcodes
+
+    conf = tmp_path / "mailops.toml"
+    for bad, says in (("-1", "jobs must be 0 (one per core) or more"), ("'two'", "jobs must be")):
+        conf.write_text(f"[report]\njobs = {bad}\n")
+        assert cli.main(["--config", str(conf), "report"]) == exitcodes.CONFIG
+        assert says in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--config", str(conf), "report", "--jobs", "0"])
+    assert exc.value.code == 2
+    assert "--jobs: must be at least 1" in capsys.readouterr().err

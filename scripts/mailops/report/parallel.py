@@ -17,13 +17,12 @@ figures are always those of one tally reading the whole file.
 Each child is a fork of this process: the compiled pattern and the interpreter are
 shared with it, page by page, until either writes to them, and its ``hash()`` of a
 byte string is this process's (the distinct counts keep hashes; a process started
-afresh would have another hash seed).  Below ``MIN_PART`` bytes
-per part a file is counted here alone (a fork and a merge cost more than they save).
+afresh would have another hash seed).  Below ``MIN_PART`` bytes per part a file is
+counted here alone (a fork and a merge cost more than they save).
 """
 
 from __future__ import annotations
 
-import gc
 import itertools
 import os
 import pickle
@@ -139,9 +138,6 @@ def feed_file_parallel(tally: Tally, fh: BinaryIO, jobs: int) -> bool:
     if len(offsets) < 3:
         return False
     tally.flush()
-    # Objects made so far go where the cycle collector never looks: a collection in a
-    # child would otherwise write to every page of them, and copy them all.
-    gc.freeze()
     children: list[tuple[int, int, int | None, BinaryIO | None]] = []
     try:
         for start, stop in itertools.pairwise(offsets[1:]):
@@ -154,8 +150,6 @@ def feed_file_parallel(tally: Tally, fh: BinaryIO, jobs: int) -> bool:
         for _, _, pid, out in children:
             _collect(pid, out)
         raise
-    finally:
-        gc.unfreeze()
     # one part at a time, in order: each is added to all that came before it
     for start, stop, pid, out in children:
         part = _collect(pid, out)

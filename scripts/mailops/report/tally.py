@@ -569,14 +569,18 @@ class Tally:
         "rejected", "reject_warnings", "held", "discarded", "bytes_received",
         "bytes_delivered", "fatal", "panic", "sasl_failures", "sasl_server_faults", "evicted",
     )  # fmt: skip
-    _TABLES = ("bounce_reasons", "defer_reasons", "reject_reasons", "sasl_clients")
+    # (table, its name in ``truncated``)
+    _TABLES = (
+        ("bounce_reasons", "bounce_reasons"), ("defer_reasons", "deferral_reasons"),
+        ("reject_reasons", "reject_reasons"), ("sasl_clients", "sasl_clients"),
+    )  # fmt: skip
     _DISTINCT = ("senders", "sending_domains", "recipients", "recipient_domains")
 
     def export(self) -> dict[str, Any]:
         """What ``absorb`` needs of this tally of a later part (the caches stay behind)."""
         self.flush()
         out: dict[str, Any] = {name: getattr(self, name) for name in self._SUMS}
-        for name in (*self._TABLES, "buckets", "rcpt_domains", "sender_domains"):
+        for name in (*(t for t, _ in self._TABLES), "buckets", "rcpt_domains", "sender_domains"):
             out[name] = getattr(self, name)
         for name in self._DISTINCT:
             out[name] = getattr(self, name).parts
@@ -635,13 +639,13 @@ class Tally:
             sender = self.sender_domains.get(dom) or self._new_sender_domain(dom)
             sender[0] += pair[0]
             sender[1] += pair[1]
-        for name in self._TABLES:
+        for name, shown in self._TABLES:
             table = getattr(self, name)
             for key, n in part[name].items():
                 if key in table:
                     table[key] += n
                 else:
-                    self._count(table, key, name if name != "defer_reasons" else "deferral_reasons")
+                    self._count(table, key, shown)  # (prunes the table if it is full)
                     table[key] += n - 1
         self.truncated |= part["truncated"]
         self.sizes.update(part["sizes"])
