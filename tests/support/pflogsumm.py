@@ -1,0 +1,57 @@
+"""Run the real pflogsumm and compare its Grand Totals with ``mailops report``'s."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+from pathlib import Path
+from types import ModuleType
+
+PFLOGSUMM = shutil.which("pflogsumm")
+
+
+def _text_reader() -> ModuleType:
+    """bench/pflogsumm_text.py, the one reader of pflogsumm's printed totals (the bench
+    uses it too; it is loaded from its file, bench being no package)."""
+    path = Path(__file__).resolve().parents[2] / "bench" / "pflogsumm_text.py"
+    spec = importlib.util.spec_from_file_location("pflogsumm_text", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+pflogsumm_text = _text_reader()
+
+TOTALS = (
+    "received", "delivered", "forwarded", "deferred", "deferrals", "bounced", "rejected",
+    "rejected_percent", "reject_warnings", "held", "discarded", "discarded_percent",
+    "bytes_received", "bytes_delivered", "senders", "sending_hosts_domains", "recipients",
+    "recipient_hosts_domains",
+)  # fmt: skip
+
+
+def totals(args: list[str]) -> dict[str, str]:
+    """pflogsumm's Grand Totals as printed (numbers above 512k come in k or m)."""
+    assert PFLOGSUMM is not None
+    proc = subprocess.run(
+        [PFLOGSUMM, *args], capture_output=True, text=True, check=True, timeout=600
+    )
+    found: dict[str, str] = pflogsumm_text.grand_totals(proc.stdout)
+    return found
+
+
+def as_printed(ours: dict[str, int]) -> dict[str, str]:
+    """Our grand totals written as pflogsumm prints them."""
+    assert set(TOTALS) == set(ours), "every grand total is compared"
+    return {
+        k: (str(v) if k.endswith("_percent") else str(pflogsumm_text.in_units(v)))
+        for k, v in ours.items()
+    }
+
+
+def differences(ours: dict[str, int], theirs: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """The totals that differ: name -> (ours, pflogsumm's)."""
+    mine = as_printed(ours)
+    return {k: (mine[k], theirs[k]) for k in TOTALS if mine[k] != theirs[k]}

@@ -1,0 +1,116 @@
+"""mailops report next to the real pflogsumm on many generated shapes of log.
+
+Each seed draws a shape (tests/support/postfix_loggen.py): several hosts in one file,
+short and long queue ids, queue ids reused by the same host and by another host while
+the first still holds them, deliveries deferred again and again for hours, local,
+virtual, pipe and lmtp deliveries, rejects at every stage.  Every grand total must be
+what pflogsumm 1.1.5 prints for the same file, read by one process and by several,
+the file cut into parts that fall inside messages still being deferred.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailops import cli
+from mailops.report import parallel
+from tests.support import pflogsumm, postfix_loggen
+
+pytestmark = pytest.mark.skipif(
+    pflogsumm.PFLOGSUMM is None, reason="pflogsumm is not installed (Debian package pflogsumm)"
+)
+SEEDS = range(24)
+JOBS = 4
+
+
+def ours(log: Path, jobs: int, capsys: pytest.CaptureFixture[str], day: str = "all") -> Any:
+    rc = cli.main(
+        ["--config", os.devnull, "report", "--log", str(log), "--day", day, "--format", "json",
+         "--jobs", str(jobs)]
+    )  # fmt: skip
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    return json.loads(out)
+
+
+_DEFERRAL = re.compile(rb" (\S+) postfix/[^:]*: (\w+): to=<.*status=deferred")
+
+
+def cuts_inside_deferred_messages(log: Path, jobs: int) -> list[int]:
+    """The offsets the parallel reader cuts ``log`` at, each checked to fall between two
+    deferrals of one message (the same host and queue id)."""
+    size = log.stat().st_size
+    with log.open("rb") as fh:
+        offsets = parallel.cuts(fh, size, min(jobs, size // parallel.MIN_PART))[1:-1]
+        fh.seek(0)
+        first: dict[bytes, int] = {}
+        last: dict[bytes, int] = {}
+        at = 0
+        for line in fh:
+            m = _DEFERRAL.search(line)
+            if m:
+                key = m.group(1) + b" " + m.group(2)
+                first.setdefault(key, at)
+                last[key] = at
+            at += len(line)
+    for cut in offsets:
+        spanning = [k for k in first if first[k] < cut <= last[k]]
+        assert spanning, f"no deferred message spans the cut at {cut}"
+    return offsets
+
+
+@pytest.fixture
+def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parts of 64 KiB: a log of ten thousand lines is cut as one of millions is."""
+    monkeypatch.setattr(parallel, "MIN_PART", 1 << 16)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_every_grand_total_is_pflogsumms(
+    seed: int, tmp_path: Path, small_parts: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "mail.log"
+    stats = postfix_loggen.generate(seed, log)
+    # the shape holds what it is meant to test
+    assert stats.deferrals > 100 and stats.most_deferrals >= 3
+    assert stats.longest_defer > 3600 and stats.queued_at_end > 0
+    shape = postfix_loggen.shape_of(seed)
+    if len(shape.hosts) > 1:
+        assert stats.reused_other > 0
+    assert len(cuts_inside_deferred_messages(log, JOBS)) == JOBS - 1
+    theirs = pflogsumm.totals([str(log)])
+    one = ours(log, 1, capsys)
+    many = ours(log, JOBS, capsys)
+    assert one["totals"]["bytes_delivered"] <= 524288, "bytes beyond pflogsumm's exact figures"
+    assert one["totals"]["received"] > 500
+    assert {
+        "one process": pflogsumm.differences(one["totals"], theirs),
+        f"{JOBS} processes": pflogsumm.differences(many["totals"], theirs),
+    } == {"one process": {}, f"{JOBS} processes": {}}
+    assert many == one
+
+
+@pytest.mark.parametrize("seed", [101, 102, 103, 104])
+def test_one_day_of_a_longer_log_is_pflogsumms(
+    seed: int, tmp_path: Path, small_parts: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--day yesterday`` next to ``pflogsumm -d yesterday``: messages deferred across
+    midnight, both days in the file."""
+    midnight = dt.datetime.combine(dt.date.today(), dt.time()).timestamp()
+    log = tmp_path / "mail.log"
+    postfix_loggen.generate(seed, log, start=midnight - 36 * 3600, iso=False)
+    theirs = pflogsumm.totals(["-d", "yesterday", str(log)])
+    one = ours(log, 1, capsys, "yesterday")
+    many = ours(log, JOBS, capsys, "yesterday")
+    assert one["totals"]["received"] > 100
+    assert {
+        "one process": pflogsumm.differences(one["totals"], theirs),
+        f"{JOBS} processes": pflogsumm.differences(many["totals"], theirs),
+    } == {"one process": {}, f"{JOBS} processes": {}}
