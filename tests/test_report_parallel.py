@@ -236,7 +236,10 @@ def test_a_bad_jobs_setting_is_a_clear_error(
     from mailops import cli, exitcodes
 
     conf = tmp_path / "mailops.toml"
-    for bad, says in (("-1", "jobs must be 0 (one per core) or more"), ("'two'", "jobs must be")):
+    for bad, says in (
+        ("-1", "[report] jobs: expected an integer >= 0 (0: one per core), got -1"),
+        ("'two'", '[report] jobs: expected an integer >= 0 (0: one per core), got "two"'),
+    ):
         conf.write_text(f"[report]\njobs = {bad}\n")
         assert cli.main(["--config", str(conf), "report"]) == exitcodes.CONFIG
         assert says in capsys.readouterr().err

@@ -68,45 +68,15 @@ from typing import Any
 from mailops import config, exitcodes
 from mailops.config import ConfigError
 
-DEFAULTS: dict[str, Any] = {
-    "logs": ["/var/log/mail.log"],
-    "rotated": False,
-    "day": "yesterday",
-    "format": "text",
-    "mail_to": [],
-    "mail_from": "",
-    "subject": "",
-    "sendmail": "/usr/sbin/sendmail",
-    "year": 0,
-    "top": 20,
-    "syslog_name": "postfix",
-    "cap": 5000,
-    "jobs": 0,
-}
-FORMATS = ("text", "json", "html")
+FORMATS = config.SCHEMA["report"]["format"].choices
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
-    """Defaults, then the [report] table, then the flags that were given."""
-    table = config.section(config.load(getattr(args, "config", None)), "report")
-    merged = dict(DEFAULTS)
-    for key, value in table.items():
-        if key not in DEFAULTS:
-            raise ConfigError(f"[report] unknown key {key!r}")
-        want = type(DEFAULTS[key])
-        if want is list:
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ConfigError(f"[report] {key} must be a list of strings")
-        elif want is bool:
-            if not isinstance(value, bool):
-                raise ConfigError(f"[report] {key} must be true or false")
-        elif not isinstance(value, want) or isinstance(value, bool):
-            raise ConfigError(f"[report] {key} must be {want.__name__}")
-        merged[key] = value
+    """Defaults, then the [report] table, then the flags that were given, all checked by
+    the settings reader that `mailops config check` runs."""
     flags = {
         "logs": args.log,
         "rotated": args.rotated,
-        "day": args.day,
         "format": args.format,
         "mail_to": args.mail_to,
         "mail_from": args.mail_from,
@@ -115,15 +85,9 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "syslog_name": args.syslog_name,
         "jobs": args.jobs,
     }
-    for key, value in flags.items():
-        if value is not None:
-            merged[key] = value
-    if merged["format"] not in FORMATS:
-        raise ConfigError(f"[report] format must be one of {', '.join(FORMATS)}")
-    if merged["top"] < 1 or merged["cap"] < merged["top"]:
-        raise ConfigError("[report] top must be at least 1 and cap at least top")
-    if merged["jobs"] < 0:
-        raise ConfigError("[report] jobs must be 0 (one per core) or more")
+    merged = config.table(config.load(getattr(args, "config", None)), "report", flags)
+    if args.day is not None:  # checked by run(), which says what a --day may be
+        merged["day"] = args.day
     if not merged["logs"]:
         raise ConfigError("[report] logs is empty and no --log was given")
     return merged
