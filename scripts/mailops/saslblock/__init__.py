@@ -69,7 +69,7 @@ from typing import Any
 
 from mailops import config, exitcodes
 from mailops.config import ConfigError
-from mailops.saslblock.accessmap import DB_SUFFIX, MapError, PostmapMissing, render, write_map
+from mailops.saslblock.accessmap import MapError, PostmapMissing, render, write_map
 from mailops.saslblock.blocks import (
     ALWAYS_PROTECTED,
     Blocker,
@@ -81,59 +81,22 @@ from mailops.saslblock.blocks import (
 from mailops.saslblock.follow import LogError, follow
 from mailops.saslblock.logscan import Scanner, parse_time
 
-DEFAULTS: dict[str, Any] = {
-    "log": "/var/log/mail.log",
-    "map": "/etc/postfix/access_dynamic",
-    "state": "/var/lib/mailops/saslblock.json",
-    "threshold": 5,
-    "window": 600,
-    "expire": 86400,
-    "allow": [],
-    "mynetworks": [],
-    "postmap": True,
-    "postmap_command": "postmap",
-    "map_type": "hash",
-    "reject_text": "Too many failed authentication attempts from your address",
-}
+DEFAULTS: dict[str, Any] = config.defaults("saslblock")
 LOCK_WAIT_SECONDS = 60.0
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
-    """Defaults, then the [saslblock] table, then the flags that were given."""
-    table = config.section(config.load(getattr(args, "config", None)), "saslblock")
-    merged = dict(DEFAULTS)
-    for key, value in table.items():
-        if key not in DEFAULTS:
-            raise ConfigError(f"[saslblock] unknown key {key!r}")
-        want = type(DEFAULTS[key])
-        if want is list:
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ConfigError(f"[saslblock] {key} must be a list of strings")
-        elif want is bool:
-            if not isinstance(value, bool):
-                raise ConfigError(f"[saslblock] {key} must be true or false")
-        elif not isinstance(value, want) or isinstance(value, bool):
-            raise ConfigError(f"[saslblock] {key} must be {want.__name__}")
-        merged[key] = value
-    for key in ("log", "map", "state", "threshold", "window", "expire"):
-        value = getattr(args, key, None)
-        if value is not None:
-            merged[key] = value
+    """Defaults, then the [saslblock] table, then the flags that were given, all checked by
+    the settings reader that `mailops config check` runs."""
+    keys = ("log", "map", "state", "threshold", "window", "expire")
+    flags = {key: getattr(args, key, None) for key in keys}
+    merged = config.table(config.load(getattr(args, "config", None)), "saslblock", flags)
     merged["allow"] = list(merged["allow"]) + list(getattr(args, "allow", None) or [])
     merged["mynetworks"] = list(merged["mynetworks"]) + list(
         getattr(args, "mynetworks", None) or []
     )
     if getattr(args, "no_postmap", False):
         merged["postmap"] = False
-    if merged["threshold"] < 1:
-        raise ConfigError("[saslblock] threshold must be at least 1")
-    if merged["window"] < 0 or merged["expire"] < 1:
-        raise ConfigError("[saslblock] window must be >= 0 and expire >= 1 (seconds)")
-    if merged["map_type"] not in DB_SUFFIX:
-        raise ConfigError(f"[saslblock] map_type must be one of {', '.join(DB_SUFFIX)}")
-    text = merged["reject_text"]
-    if not text.strip() or any(ch in text for ch in "\r\n\0"):
-        raise ConfigError("[saslblock] reject_text must be one non-empty line")
     return merged
 
 
