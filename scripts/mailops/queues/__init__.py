@@ -75,11 +75,9 @@ from pathlib import Path
 from typing import Any
 
 from mailops import config, exitcodes
-from mailops.config import ConfigError
 from mailops.queues import local as local_mod
 from mailops.queues import render
 from mailops.queues.collect import (
-    DEFAULT_COMMAND,
     HostSpec,
     HostSpecError,
     SSHOptions,
@@ -87,52 +85,17 @@ from mailops.queues.collect import (
     unique,
 )
 
-DEFAULTS: dict[str, Any] = {
-    "queue_directory": "",
-    "method": "auto",
-    "top": 10,
-    "sample": 1000,
-    "postqueue": "postqueue",
-    "postconf": "postconf",
-    "hosts": [],
-    "inventory_json": "",
-    "group": "",
-    "user": "mailops-queues",
-    "key": "~/.ssh/id_ed25519",
-    "known_hosts": "~/.ssh/known_hosts",
-    "port": 22,
-    "timeout": 10.0,
-    "parallel": 16,
-    "command": DEFAULT_COMMAND,
-    "format": "json",
-    "output": "",
-    "prometheus_output": "",
-}
-
-METHODS = ("auto", "files", "postqueue")
+DEFAULTS: dict[str, Any] = config.defaults("queues")
+METHODS = config.SCHEMA["queues"]["method"].choices
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
-    """Defaults, then the [queues] table, then the flags that were given."""
-    table = config.section(config.load(getattr(args, "config", None)), "queues")
-    merged = dict(DEFAULTS)
-    for key, value in table.items():
-        if key not in DEFAULTS:
-            raise ConfigError(f"[queues] unknown key {key!r}")
-        want = type(DEFAULTS[key])
-        ok = isinstance(value, want) or (want is float and isinstance(value, int))
-        if not ok or isinstance(value, bool):
-            raise ConfigError(f"[queues] {key} must be {want.__name__}")
-        merged[key] = value
-    for key in DEFAULTS:
-        if key == "hosts":  # --hosts is a comma list, read by resolve_hosts()
-            continue
-        value = getattr(args, key, None)
-        if value is not None:
-            merged[key] = value
-    if merged["method"] not in METHODS:
-        raise ConfigError(f"[queues] method must be one of {', '.join(METHODS)}")
-    return merged
+    """Defaults, then the [queues] table, then the flags that were given, all checked by
+    the settings reader that `mailops config check` runs."""
+    # --hosts is a comma list, read by resolve_hosts(); `local` prints its own --format.
+    skip = {"hosts", "format"} if getattr(args, "queues_command", "") == "local" else {"hosts"}
+    flags = {key: getattr(args, key, None) for key in DEFAULTS if key not in skip}
+    return config.table(config.load(getattr(args, "config", None)), "queues", flags)
 
 
 def _positive(text: str) -> int:
