@@ -207,12 +207,19 @@ CASES = [
         "4.4.1",
         "connect to mx.example.com[192.0.2.1]:25: Connection timed out",
         "delayed",
-        "networkerror",
+        "expired",  # the host cannot be reached: the message is running out of time
         False,
     ),
     (
         "4.4.1",
         "connect to mx.example.com[192.0.2.1]:25: Connection timed out",
+        "failed",
+        "expired",
+        False,
+    ),
+    (
+        "4.4.2",
+        "lost connection with mx.example.com[192.0.2.1] while receiving the initial greeting",
         "failed",
         "networkerror",
         False,

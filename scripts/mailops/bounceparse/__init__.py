@@ -34,7 +34,7 @@ from mailops.bounceparse import _text, links
 from mailops.bounceparse._base import Draft, from_hits
 from mailops.bounceparse._mime import MAX_INPUT, Context, bound_input, parse_bytes
 from mailops.bounceparse.dialects import DIALECTS, Dialect
-from mailops.bounceparse.heuristics import autoreply, generic
+from mailops.bounceparse.heuristics import autoreply, generic, notice_hits, own_addresses
 from mailops.bounceparse.model import REASONS, Kind, Recipient, Report
 from mailops.bounceparse.reports import arf, rfc3464
 from mailops.bounceparse.ses import ses
@@ -61,6 +61,8 @@ def _dialect_detector(name: str, dialect: Dialect) -> Detector:
         hits = dialect(text, ctx) if text else None
         if hits is None:
             return None
+        if not hits:  # a known notice in a layout the dialect does not know
+            hits = notice_hits(text, own_addresses(ctx))
         return Draft(kind="bounce", detector=name, recipients=from_hits(hits))
 
     return detect

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from mailops.bounceparse import _text, links
+from mailops.bounceparse import _text, links, reasons
 from mailops.bounceparse._base import MAX_RECIPIENTS, Draft, Hit, from_hits
 from mailops.bounceparse._mime import Context
 from mailops.bounceparse.model import Recipient
@@ -28,6 +28,8 @@ def autoreply(ctx: Context) -> Draft | None:
     auto = ctx.header("auto-submitted").lower()
     precedence = ctx.header("precedence").lower()
     subject = ctx.header("subject")
+    if looks_like_bounce(ctx):
+        return None  # a mailer daemon's notice marks itself auto-replied too (RFC 3834)
     if auto.startswith("auto-replied"):
         detector = "rfc3834"
     elif (
@@ -56,6 +58,10 @@ _BOUNCE_SUBJECT = re.compile(
 _DAEMONS = frozenset(
     ["mailer-daemon", "postmaster", "mail-daemon", "mailerdaemon", "mailer_daemon"]
 )
+_DAEMON_NAMES = frozenset(
+    ["mailerdaemon", "maildaemon", "postmaster", "maildeliverysystem", "maildeliverysubsystem"]
+)
+_SEPARATORS = re.compile(r"[._+-]")
 _CODE = re.compile(r"(?<![\w.])(?:[245]\d\d(?=[\s-])|[245]\.\d{1,3}\.\d{1,3}(?!\.?\d))")
 _QUOTED_START = re.compile(
     r"(?im)^[ \t]*(?:-{2,}.{0,60}(?:original|copy of|below this line|headers?|returned)|"
@@ -66,12 +72,24 @@ _QUOTED_START = re.compile(
 _REPLY_PREFIX = re.compile(r"(?i)^\s*(?:re|fwd?|aw|wg|sv|vs|tr|rv)\s*:")
 
 
+def _daemon(header: str) -> bool:
+    local = _text.first_address(header).partition("@")[0]
+    return local in _DAEMONS or _SEPARATORS.sub("", local) in _DAEMON_NAMES
+
+
+def own_addresses(ctx: Context) -> set[str]:
+    """The bounce's own From and To: never a failed recipient of the notice."""
+    return {_text.first_address(ctx.header("from")), _text.first_address(ctx.header("to"))}
+
+
 def looks_like_bounce(ctx: Context) -> bool:
-    """From a mailer daemon, or naming failed recipients, or with a bounce subject on
-    machine mail (null return path or Auto-Submitted): a person's "Re: Undelivered
-    mail" must not suppress the addresses it quotes."""
-    local = _text.first_address(ctx.header("from")).partition("@")[0]
-    if local in _DAEMONS or ctx.header("x-failed-recipients"):
+    """From a mailer daemon (in From or Return-Path), or naming failed recipients, or a
+    multipart/report, or with a bounce subject on machine mail (null return path or
+    Auto-Submitted): a person's "Re: Undelivered mail" must not suppress the addresses
+    it quotes."""
+    if _daemon(ctx.header("from")) or _daemon(ctx.header("return-path")):
+        return True
+    if ctx.header("x-failed-recipients") or ctx.ctype == "multipart/report":
         return True
     subject = ctx.header("subject")
     if not _BOUNCE_SUBJECT.search(subject) or _REPLY_PREFIX.match(subject):
@@ -81,35 +99,59 @@ def looks_like_bounce(ctx: Context) -> bool:
     return null_sender or (bool(auto) and not auto.startswith("no"))
 
 
+_DELAY_WORDS = re.compile(
+    r"(?i)\bdelayed\b|will (?:be )?retr|still trying|warning message only|"
+    r"this is (?:only )?a (?:temporary|warning)|temporary failure report|"
+    r"not yet been delivered"
+)
+
+
+def _informative(text: str) -> bool:
+    """Does a piece of a notice say why (an SMTP code or a known phrase)?"""
+    return bool(_CODE.search(text)) or reasons.has_phrase(text)
+
+
+def notice_hits(text: str, own: set[str], failed: list[str] | None = None) -> list[Hit]:
+    """The recipients of a notice in no known dialect, and what it says about each.
+
+    The notice (the text before the returned message) is cut into segments, each
+    starting at a line that names an address not seen before; a segment is that
+    recipient's account ("addr: 550 5.1.1 ...", "addr [User unknown]", a transcript).
+    A segment that gives no reason borrows the whole notice, which then usually names
+    it in prose ("The user's mailbox is full").  ``failed`` (X-Failed-Recipients) names
+    the recipients when the text does not."""
+    cut = _QUOTED_START.search(text)
+    notice = (text[: cut.start()] if cut else text)[:20000]
+    segments: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in notice.splitlines()[:400]:
+        fresh = [a for a in _text.all_addresses(line, 5) if a not in own and a not in segments]
+        if fresh and len(segments) < MAX_RECIPIENTS:
+            current = segments[fresh[0]] = [line.strip()]
+        elif current is not None and line.strip():
+            current.append(line.strip())
+    whole = " ".join(notice.split())[:3000]
+    wanted = failed or [a for a, lines in segments.items() if _informative(" ".join(lines))]
+    if not wanted:
+        wanted = list(segments)
+    permanent = None if _DELAY_WORDS.search(notice) else True
+    action = "delayed" if permanent is None else "failed"
+    hits: list[Hit] = []
+    for address in wanted[:MAX_RECIPIENTS]:
+        said = " ".join(segments.get(address, []))[:3000]
+        diagnostic = said if _informative(said) else whole
+        hits.append(Hit(address, diagnostic, "", action, permanent))
+    return hits
+
+
 def generic(ctx: Context) -> Draft | None:
     """A notice from a mailer daemon (or with a bounce subject) that no dialect knows:
-    each paragraph of the notice that names an address and an SMTP code is a recipient;
-    X-Failed-Recipients (Exim and others) names them when the text does not."""
+    read by notice_hits; X-Failed-Recipients (Exim and others) names the recipients
+    when present."""
     if not looks_like_bounce(ctx):
         return None
     draft = Draft(kind="bounce", detector="generic")
-    text = ctx.primary_text()
-    cut = _QUOTED_START.search(text)
-    notice = text[: cut.start()] if cut else text
-    own = {
-        _text.first_address(ctx.header("from")),
-        _text.first_address(ctx.header("to")),
-    }
-    hits: list[Hit] = []
-    for para in re.split(r"\n[ \t]*\n", notice[:20000]):
-        if not _CODE.search(para):
-            continue
-        for address in _text.all_addresses(para, 5):
-            if address not in own:
-                hits.append(Hit(address, " ".join(para.split())))
-                break
-        if len(hits) >= MAX_RECIPIENTS:
-            break
+    own = own_addresses(ctx)
     failed = _text.all_addresses(ctx.header("x-failed-recipients"), MAX_RECIPIENTS)
-    if failed:
-        by_address = {h.address: h for h in hits}
-        hits = [by_address.get(a, Hit(a)) for a in failed] + [
-            h for h in hits if h.address not in failed
-        ]
-    draft.recipients = from_hits(hits)
+    draft.recipients = from_hits(notice_hits(ctx.primary_text(), own, failed))
     return draft

@@ -36,6 +36,7 @@ _REPLY = re.compile(r"(?:^|[\s;:'\"(#\[=])([245])[0-5]\d(?=[\s:-]|$)")
 PRIORITY_STATUS: dict[str, str] = {
     "1.6": "hasmoved",
     "2.2": "mailboxfull",
+    "2.3": "exceedlimit",
     "3.4": "mesgtoobig",
     "4.7": "expired",
     "7.13": "suspend",
@@ -72,7 +73,7 @@ STATUS: dict[str, str] = {
     "4.0": "networkerror",
     "4.1": "networkerror",
     "4.2": "networkerror",
-    "4.3": "networkerror",
+    "4.3": "systemerror",  # directory or routing server failure
     "4.4": "hostunknown",
     "4.5": "systemfull",
     "4.6": "systemerror",
@@ -87,6 +88,10 @@ STATUS: dict[str, str] = {
     "7.0": "securityerror",
     "7.1": "policyviolation",
     "7.2": "policyviolation",
+    "7.8": "securityerror",  # RFC 4954: bad credentials, weak mechanism, encryption
+    "7.9": "securityerror",
+    "7.10": "securityerror",
+    "7.11": "securityerror",
     "7.13": "suspend",
     "7.15": "policyviolation",
     "7.16": "policyviolation",
@@ -107,9 +112,26 @@ def _table(rows: list[tuple[str, str]]) -> list[tuple[str, re.Pattern[str]]]:
 
 
 # Checked in order against the lower-cased diagnostic; the first match wins, so the
-# specific phrases come before the general ones.
+# specific phrases come before the general ones.  The phrasings are those the common MTAs
+# and mailbox providers use for each reason (see docs/bounceparse.md).
 STRONG = _table(
     [
+        (
+            "notcompliantrfc",
+            r"not (?:rfc ?\d{3,4}|rfc|standards?)[- ]?compliant|non-?compliant|"
+            r"rfc ?\d{3,4} (?:violation|non-?complian)|"
+            r"multiple (?:addresses in (?:the )?from|from|date|subject|message-id|"
+            r"sender|to)\b|duplicate header|malformed (?:header|message)|"
+            r"header (?:is )?(?:missing|malformed)|missing (?:required )?(?:date|from|"
+            r"message-id) header",
+        ),
+        (
+            "spamdetected",
+            r"(?:classified|detected|identified|considered|flagged|marked) as spam|"
+            r"spam (?:classification|content|score|filter|message)|looks like spam|"
+            r"\bub?e\b|\buce\b|uribl|surbl|blacklisted (?:url|link)|"
+            r"url (?:in (?:the )?message )?(?:is )?(?:black|block)listed",
+        ),
         (
             "authfailure",
             r"\b(?:spf|dkim|dmarc)\b|unauthenticated (?:e-?)?mail|sender is unauthenticated",
@@ -123,14 +145,16 @@ STRONG = _table(
         (
             "blocked",
             r"spamhaus|spamcop|sorbs|barracuda|\brbl\b|dnsbl|black ?list|block ?list|"
-            r"blocked using|(?<!not )listed (?:at|in|on|by)|\bbanned\b|client host rejected",
+            r"blocked using|(?<!not )listed (?:at|in|on|by)|\bbanned\b|client host rejected|"
+            r"(?:my name|hello|helo|ehlo)(?: name| command)? (?:was |is )?rejected|"
+            r"invalid (?:helo|ehlo)|bad (?:helo|ehlo)",
         ),
-        ("badreputation", r"reputation|sender ?score"),
+        ("badreputation", r"reputation|sender ?score|user complaints|complaint rate"),
         ("policyviolation", r"grey ?list|gray ?list"),
         (
             "toomanyconn",
             r"too many (?:concurrent |simultaneous |open )?(?:connections|sessions)|"
-            r"connection (?:limit|count)",
+            r"connection (?:limit|count|rate)",
         ),
         (
             "speeding",
@@ -148,33 +172,48 @@ STRONG = _table(
             "mailboxfull",
             r"mailbox (?:is )?full|full mailbox|inbox is full|account is full|over ?quota|quota|"
             r"mailbox size limit|mailbox has exceeded|exceeded storage|"
-            r"storage (?:space|allocation)|"
-            r"not enough (?:storage|space)|insufficient storage|mail ?folder is full",
+            r"storage (?:space|allocation)|mailbox (?:\w+ )?exceeded|"
+            r"not enough (?:storage|space)|insufficient storage|mail ?folder is full|"
+            r"messages in (?:the )?(?:recipient'?s )?mailbox exceeded|mailbox exceeds",
         ),
         (
             "rejected",
-            r"sender address rejected|sender rejected|sender denied|sender domain|"
+            r"sender address rejected|sender (?:was |is )?rejected|sender denied|sender domain|"
             r"sender verif|bad sender|invalid sender|sender not allowed|domain of sender|"
-            r"from address rejected|envelope sender",
+            r"from address rejected|envelope sender|"
+            r"(?:permission|not (?:allowed|authorized|permitted)) to post|"
+            r"not a member of (?:this|the) (?:mailing )?list|members? only|non-?member",
         ),
         (
             "notaccept",
-            r"null ?mx|(?:does not|doesn'?t|not) accept(?:ing)? (?:any )?(?:e-?)?mail|"
-            r"no mail service",
+            r"null ?mx|(?:does not|doesn'?t|not) (?:accept|receive)(?:ing)? (?:any )?(?:e-?)?mail|"
+            r"no mail service|\bno mx\b|couldn'?t find a mail exchanger",
+        ),
+        (
+            "networkerror",
+            r"name server reply|servfail|temporary failure in name resolution|"
+            r"not found, try again|network error",
         ),
         (
             "hostunknown",
-            r"host unknown|unknown host|host not found|host or domain name not found|"
+            r"host unknown|unknown host|host not found(?!, try again)|"
+            r"host or domain name not found|"
             r"domain (?:name )?not found|no such domain|domain (?:does not|doesn'?t) exist|"
-            r"unrou?teable (?:mail )?domain|\bno mx\b|nxdomain|name or service not known|"
-            r"(?:couldn'?t|could not) find any host|unknown domain|invalid domain",
+            r"unrou?teable (?:mail )?domain|nxdomain|name or service not known|"
+            r"(?:couldn'?t|could not) find any host|unknown domain|invalid domain|"
+            r"domain (?:is )?(?:not reachable|unreachable)",
         ),
         ("hasmoved", r"has moved|user moved|moved to|no longer (?:at|with|works|employed)"),
         (
             "suspend",
             r"(?:account|mailbox|user) (?:has been |is )?(?:disabled|suspended|deactivated|"
             r"inactive|locked|frozen)|disabled (?:account|mailbox|user)|\bis disabled|"
-            r"account expired|is no longer active",
+            r"account expired|is no longer active|temporar(?:y|ily) locked",
+        ),
+        (
+            "mailererror",
+            r"mailer error|command died|unknown mailer|procmail|exit status|pipe to \||"
+            r"child status",
         ),
         (
             "userunknown",
@@ -187,59 +226,70 @@ STRONG = _table(
             r"address couldn'?t be found|(?:does not|doesn'?t) exist|"
             r"doesn'?t have an? [^ ]{1,40} account|undeliverable address|"
             r"unknown (?:local[- ]part|address|mailbox)|bad destination mailbox|addressee unknown|"
-            r"no longer valid",
+            r"no longer valid|invalid (?:final delivery )?userid|user not listed|"
+            r"not listed in (?:the )?(?:public )?(?:name|address|directory)",
         ),
         ("blocked", r"\bblocked\b|\bblock(?:ed)? by\b"),
         (
             "norelaying",
             r"relay(?:ing)? (?:access )?(?:denied|not permitted|not allowed|prohibited|refused)|"
-            r"(?:not permitted|not allowed|unable|cannot) to relay|we do not relay|no relaying",
+            r"(?:not permitted|not allowed|unable|cannot|not configured) to relay|"
+            r"we do not relay|no relaying",
         ),
         (
             "securityerror",
             r"starttls|\btls\b|\bssl\b|encryption (?:is )?required|authentication (?:is )?required|"
-            r"must authenticate|not authenticated|auth(?:entication)? failed|certificate",
-        ),
-        (
-            "notcompliantrfc",
-            r"rfc ?(?:5322|2822|822|5321|2821)|not (?:rfc|standards?)[- ]compliant|non-compliant|"
-            r"multiple (?:from|date|subject|message-id)|duplicate header|"
-            r"malformed (?:header|message)",
+            r"must authenticate|not authenticated|auth(?:entication)? failed|certificate|"
+            r"unauthenticated senders?|smtp auth",
         ),
         (
             "mesgtoobig",
             r"message (?:is )?too (?:large|big)|message size exceeds|size exceeds|too big|"
-            r"exceeds (?:the )?(?:maximum|max)(?: allowed)? (?:message )?size|message size limit",
+            r"exceeds (?:the )?(?:maximum|max)(?: allowed)? (?:message )?size|"
+            r"(?:message|mail) size limit",
         ),
         ("exceedlimit", r"too many recipients|recipient limit|recipients? exceeded"),
         (
             "expired",
             r"expired|retry time(?:out)? exceeded|(?:too long|for too long) in (?:the )?queue|"
-            r"in the queue too long|could not be delivered within",
+            r"in the queue too long|(?:could not|not) (?:be )?delivered within|"
+            r"retry timeout exceeded|aborted after|(?:delivery )?failed (?:after )?\d+ attempts|"
+            r"(?:maximum|too many) (?:number of )?(?:delivery )?(?:attempts|retries)",
+        ),
+        (
+            # The remote host could not be reached at all: the notice comes when the MTA
+            # gives up (or warns that it is still trying), so the message expired.
+            "expired",
+            r"connect to [^ ]+: connection (?:timed out|refused)|"
+            r"(?:did not|didn'?t) accept our requests to connect|socket error|"
+            r"no answer from host|could not find a gateway|"
+            r"(?:could not|unable to|failed to|wasn'?t able to) (?:establish an? (?:smtp )?"
+            r"connection|connect)|(?:host|server) is not responding",
         ),
         (
             "networkerror",
             r"timed out|timeout|connection refused|network is unreachable|no route to host|"
+            r"dns (?:error|failure|lookup (?:failure|error|timeout))|"
             r"host is unreachable|lost connection|connection (?:reset|closed|dropped)|"
-            r"(?:could not|unable to|failed to) connect|requests to connect|broken pipe",
+            r"requests to connect|broken pipe",
         ),
         (
             "systemerror",
-            r"system error|internal (?:server )?error|local (?:error|problem)|loops back to myself|"
-            r"mail loop|routing loop|loop detected|too many hops|configuration error|misconfigur",
-        ),
-        (
-            "mailererror",
-            r"mailer error|command died|unknown mailer|procmail|exit status|pipe to \|",
+            r"system error|internal (?:system |server )?error|local (?:error|problem)|"
+            r"loops back to myself|mail loop|routing loop|loop detected|too many hops|"
+            r"configuration error|misconfigur",
         ),
         (
             "contenterror",
             r"message content|content (?:rejected|not accepted|restriction|filter)|attachment|"
             r"\bmime\b",
         ),
-        ("filtered", r"filtered|\bfilter\b|refused by recipient|rejected by (?:the )?recipient"),
-        ("policyviolation", r"policy|prohibited|not permitted|not allowed"),
-        ("syntaxerror", r"syntax|command unrecognized|unrecognized command"),
+        (
+            "filtered",
+            r"filtered|\bfilter\b|refused by recipient|rejected by (?:the )?recipient(?! domain)",
+        ),
+        ("policyviolation", r"policy|prohibited|not permitted|not allowed|protocol violation"),
+        ("syntaxerror", r"syntax|command unrecognized|unrecognized command|not implemented"),
     ]
 )
 WEAK = _table(
@@ -254,8 +304,19 @@ WEAK = _table(
 )
 
 
+def _codes(pattern: re.Pattern[str], text: str) -> list[re.Match[str]]:
+    return list(pattern.finditer(text[:2000]))[:20]
+
+
+def _failure_code(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
+    """The first 4xx/5xx code of a text, else its first code: an SMTP transcript quotes
+    the 2xx replies of the commands that worked before the one that failed."""
+    found = _codes(pattern, text)
+    return next((m for m in found if m.group(1) != "2"), found[0] if found else None)
+
+
 def split_status(text: str) -> tuple[str, str, str] | None:
-    match = _ENHANCED.search(text[:2000])
+    match = _failure_code(_ENHANCED, text)
     return (match.group(1), match.group(2), match.group(3)) if match else None
 
 
@@ -270,7 +331,7 @@ def choose_status(field: str, diagnostic: str) -> str:
         return ".".join(in_text)
     if given:
         return ".".join(given)
-    reply = _REPLY.search(diagnostic[:2000])
+    reply = _failure_code(_REPLY, diagnostic)
     return f"{reply.group(1)}.0.0" if reply else ""
 
 
@@ -281,6 +342,24 @@ def _match(table: list[tuple[str, re.Pattern[str]]], text: str) -> str:
     return ""
 
 
+# RFC 5321 reply codes that name a reason by themselves (used when nothing else does).
+REPLY_REASONS: dict[str, str] = {
+    "500": "syntaxerror",
+    "501": "syntaxerror",
+    "502": "syntaxerror",
+    "503": "syntaxerror",
+    "504": "syntaxerror",
+    "552": "mailboxfull",
+}
+_REPLY_CODE = re.compile(r"(?:^|[\s;:'\"(#\[=])([45][0-5]\d)(?=[\s:-]|$)")
+
+
+def has_phrase(text: str) -> bool:
+    """Does a text name a reason in words?"""
+    lowered = text[:2000].lower()
+    return bool(_match(STRONG, lowered) or _match(WEAK, lowered))
+
+
 def reason_for(status: str, diagnostic: str, action: str = "") -> str:
     action = action.strip().lower()
     parts = status.split(".")
@@ -289,13 +368,21 @@ def reason_for(status: str, diagnostic: str, action: str = "") -> str:
     if action in SUCCESS_ACTIONS or klass == "2":
         return "delivered"
     text = diagnostic[:2000].lower()
-    gave_up = "expired" if action == "failed" and klass == "4" else ""
+    # A 4.x.x failure, or a delay, means the MTA is retrying or has given up retrying.
+    retrying = action == "delayed" or (action == "failed" and klass == "4")
+    phrase = _match(STRONG, text)
+    if phrase == "hostunknown" and klass == "4":
+        phrase = "networkerror"  # a temporary DNS answer, not a verdict on the domain
+    specific = STATUS.get(detail, "") if detail and not detail.endswith(".0") else ""
+    reply = _failure_code(_REPLY_CODE, text)
     reason = (
         PRIORITY_STATUS.get(detail)
-        or _match(STRONG, text)
-        or gave_up
-        or STATUS.get(detail)
+        or phrase
+        or specific
+        or ("expired" if retrying else "")
         or _match(WEAK, text)
+        or STATUS.get(detail)
+        or (REPLY_REASONS.get(reply.group(1), "") if reply else "")
         or SUBJECT_DEFAULT.get(parts[1] if klass else "", "")
     )
     return reason if reason in REASONS else "undefined"

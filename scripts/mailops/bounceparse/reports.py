@@ -7,6 +7,7 @@ from mailops.bounceparse import _text
 from mailops.bounceparse._base import MAX_RECIPIENTS, Draft, Hit, from_hits, recipient, strip_type
 from mailops.bounceparse._mime import Context
 from mailops.bounceparse.dialects import DIALECTS
+from mailops.bounceparse.heuristics import notice_hits, own_addresses
 from mailops.bounceparse.links import original_headers
 from mailops.bounceparse.model import Recipient
 
@@ -34,9 +35,9 @@ def text_hits(ctx: Context) -> tuple[str, list[Hit]]:
         return "", []
     for name, dialect in DIALECTS:
         hits = dialect(text, ctx)
-        if hits is not None:
+        if hits:
             return name, hits
-    return "", []
+    return "generic", notice_hits(text, own_addresses(ctx))
 
 
 def _records(blocks: list[list[tuple[str, str]]]) -> tuple[dict[str, str], list[dict[str, str]]]:

@@ -31,7 +31,9 @@ def _json_object(text: str) -> dict[str, Any] | None:
     if start < 0 or ("notificationType" not in text and "eventType" not in text):
         return None
     try:
-        obj, _ = json.JSONDecoder().raw_decode(text, start)
+        # strict=False: a mail relay may fold a long JSON line, leaving a line break
+        # inside a string.
+        obj, _ = json.JSONDecoder(strict=False).raw_decode(text, start)
     except (ValueError, RecursionError):
         return None
     if not isinstance(obj, dict):
@@ -39,7 +41,7 @@ def _json_object(text: str) -> dict[str, Any] | None:
     inner = obj.get("Message")
     if obj.get("Type") == "Notification" and isinstance(inner, str):  # the SNS envelope
         try:
-            obj = json.loads(inner[: _text.TEXT_LIMIT])
+            obj = json.loads(inner[: _text.TEXT_LIMIT], strict=False)
         except (ValueError, RecursionError):
             return None
     return obj if isinstance(obj, dict) else None
