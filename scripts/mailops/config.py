@@ -390,8 +390,10 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "dnsbls": Setting([]),
         "mta_sts_url_base": Setting(""),
         "cafile": Setting(""),
-        "timeout": Setting(5.0, low=0.001, expect="a number of seconds > 0"),
-        "smtp_timeout": Setting(5.0, low=0.001, expect="a number of seconds > 0"),
+        "timeout": Setting(5.0, low=0.001, high=300, expect="a number of seconds, > 0 and <= 300"),
+        "smtp_timeout": Setting(
+            5.0, low=0.001, high=300, expect="a number of seconds, > 0 and <= 300"
+        ),
         "smtp_port": Setting(25, low=1, high=65535),
     },
 }

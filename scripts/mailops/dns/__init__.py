@@ -49,46 +49,18 @@ from pathlib import Path
 from typing import Any
 
 from mailops import config, exitcodes
-from mailops.config import ConfigError
 
-DEFAULTS: dict[str, Any] = {
-    "inventory": "",
-    "playbook_dir": "",
-    "dkim_keys": "",
-    "ansible_inventory": "",
-    "format": "zone",
-    "nameserver": "",
-    "sending_ips": [],
-    "dnsbls": [],
-    "mta_sts_url_base": "",
-    "cafile": "",
-    "timeout": 5.0,
-    "smtp_timeout": 5.0,
-    "smtp_port": 25,
-}
-FORMATS = ("zone", "json", "route53")
+DEFAULTS: dict[str, Any] = config.defaults("dns")
+FORMATS = config.SCHEMA["dns"]["format"].choices
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
-    """Defaults, then the [dns] table, then the flags that were given."""
-    table = config.section(config.load(getattr(args, "config", None)), "dns")
-    merged = dict(DEFAULTS)
-    for key, value in table.items():
-        if key not in DEFAULTS:
-            raise ConfigError(f"[dns] unknown key {key!r}")
-        want = type(DEFAULTS[key])
-        ok = isinstance(value, want) or (want is float and isinstance(value, int))
-        if not ok or isinstance(value, bool):
-            raise ConfigError(f"[dns] {key} must be {want.__name__}")
-        if want is list and not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"[dns] {key} must be a list of strings")
-        merged[key] = value
-    for key in DEFAULTS:
-        value = getattr(args, key, None)
-        if value is not None:
-            merged[key] = value
-    if merged["format"] not in FORMATS:
-        raise ConfigError(f"[dns] format must be one of {', '.join(FORMATS)}")
+    """Defaults, then the [dns] table, then the flags that were given, all checked by
+    the settings reader that `mailops config check` runs."""
+    flags = {key: getattr(args, key, None) for key in DEFAULTS if key != "nameserver"}
+    merged = config.table(config.load(getattr(args, "config", None)), "dns", flags)
+    if getattr(args, "nameserver", None):  # cmd_check says what is wrong with it (exit 2)
+        merged["nameserver"] = args.nameserver
     return merged
 
 
