@@ -85,7 +85,7 @@ def test_a_missing_key_stops_the_play_and_says_how_to_restore(tmp_path: Path) ->
     assert res.returncode != 0, out
     assert f"The DKIM key for selector s2 of domain {DOMAIN} is not in" in out, out
     assert "selector s1 " not in out, out
-    assert "docs/restore.md" in out and "playbooks/dkim_rotate.yml" in out, out
+    assert "playbooks/restore.yml" in out and "docs/restore.md" in out, out
     assert not key(tmp_path, "s2").exists(), "a key was made for a published selector"
     assert key(tmp_path, "s1").read_bytes() == before
 

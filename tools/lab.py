@@ -7,6 +7,8 @@
     tools/lab.py down              remove exactly the containers, network and images
                                    that the lab made (they carry the label below)
     tools/lab.py status            what is running
+    tools/lab.py recreate HOST     remove one host's container, start it again from the
+                                   image and converge it alone
 
 Everything the lab creates carries the label ``mailops.lab=1`` and a ``mailops-lab``
 name prefix, so ``down`` can remove it and nothing else.  The hosts, their addresses
@@ -603,6 +605,23 @@ def up(
     return lab, recap, ok
 
 
+def recreate(name: str) -> dict[str, dict[str, int]]:
+    """Remove one host's container and make it again from the image: started, reached
+    over SSH and converged alone (site.yml --limit NAME); return the PLAY RECAP.
+
+    What losing a host looks like, and what a converge alone gives back (for the
+    monitor: an empty store, which playbooks/restore.yml fills again).
+    """
+    lab = load_lab()
+    if name not in {h.name for h in lab.hosts}:
+        raise SystemExit(f"lab: no host {name!r} in {INVENTORY / 'hosts.yml'}")
+    log(f"removing {container(name)}")
+    podman("rm", "-f", "-t", "2", container(name))
+    start_hosts(lab)
+    ssh_setup(lab)
+    return converge(f"recreate-{name}", ("--limit", name))
+
+
 def lab_is_running(lab: Lab) -> bool:
     return all(running(container(h)) for h in lab.hosts)
 
@@ -652,7 +671,8 @@ def lab_lock(wait: int = LOCK_WAIT) -> Iterator[None]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("action", choices=["up", "check", "test", "down", "status"])
+    ap.add_argument("action", choices=["up", "check", "test", "down", "status", "recreate"])
+    ap.add_argument("host", nargs="?", help="recreate: the host to remove and make again")
     ap.add_argument("--no-check", action="store_true", help="up: skip the end-to-end checks")
     ap.add_argument("--keep", action="store_true", help="test: keep the lab afterwards")
     args = ap.parse_args()
@@ -675,6 +695,11 @@ def run_action(args: argparse.Namespace) -> int:
         blank = {"ok": 0, "changed": 0, "failed": 0, "unr": 0}
         ok = summary(lab, {h.name: dict(blank) for h in lab.hosts}, checks())
         return 0 if ok else 1
+    if args.action == "recreate":
+        if not args.host:
+            raise SystemExit("lab: recreate needs a host name (tools/lab.py recreate monitor)")
+        recap = recreate(args.host)
+        return 0 if recap and not any(r["failed"] or r["unr"] for r in recap.values()) else 1
     if args.action == "up":
         _, _, ok = up(run_checks=not args.no_check)
         log(f"make lab took {time.monotonic() - started:.0f} s")

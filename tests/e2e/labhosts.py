@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import yaml
 
@@ -165,3 +168,24 @@ def sink_on_inbox(command: str) -> Iterator[None]:
     finally:
         sh("inbox", f"kill $(cat {SINK_PID}) 2>/dev/null; sleep 1; rm -f {SINK_PID}")
         sh("inbox", "postfix start >/dev/null 2>&1")
+
+
+def submission_reply(node: str, address: str) -> str:
+    """A bulk node's reply at RCPT when app1 submits mail to ``address`` (as the
+    applications do): '<** 550 ... suppressed' for a suppressed address."""
+    ip = inventory()[node]["ip"]
+    res = swaks(
+        "app1", f"--server {ip} --from bounces@{mail_domain()} --to {address} --quit-after RCPT"
+    )
+    return smtp_reply(res)
+
+
+def lab_tool() -> ModuleType:
+    """tools/lab.py as a module (its lab_lock(), recreate(), ...); it is a script, not a
+    package, so it is loaded from its path."""
+    spec = importlib.util.spec_from_file_location("mailops_lab", ROOT / "tools" / "lab.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # (its dataclasses look themselves up there)
+    spec.loader.exec_module(mod)
+    return mod

@@ -1,0 +1,154 @@
+"""Issue 19 in the lab: the store and the DKIM keys survive the loss of the monitor.
+
+Known addresses go into the suppression list; playbooks/backup.yml backs up the store
+and the keys; the monitor's container is removed and made again from the image and
+converged alone (tools/lab.py recreate), which gives an empty store; then
+playbooks/restore.yml puts the backup back.  Every bulk node must refuse the addresses
+again at submission, every table must hold what it held, and the DKIM keys on the
+controller and on the signing hosts must be byte for byte the ones from before.  The
+keys are also restored into an empty key directory (a new controller) and compared.
+
+The monitor is down for the length of one converge of it alone; the lab's lock is held
+meanwhile, so no other lab run converges or tears down around it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.labhosts import (
+    ROOT,
+    lab_tool,
+    letters,
+    sh,
+    submission_reply,
+    token,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.serial, pytest.mark.slow]
+
+MAILOPS = "/opt/mailops/bin/mailops"
+KEYS_DIR = ROOT / ".lab" / "secrets" / "dkim"
+SIGNERS = ("mx1", "mail1", "mail2")
+# Rows per table of the store, one query (psql -c prints only a last statement's result).
+COUNTS = (
+    "select 'bounces', count(*) from bounces union all "
+    "select 'complaints', count(*) from complaints union all "
+    "select 'unsubscribes', count(*) from unsubscribes union all "
+    "select 'suppressions', count(*) from suppressions"
+)
+# The bulk nodes' sync runs every 20 s from cron; the issue's bound for a new
+# suppression to reach every node is five minutes.
+REFUSE_WITHIN = 300
+
+
+def playbook(name: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_FORCE_COLOR="0")
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "inventories/lab",
+         f"playbooks/{name}", *extra],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def host_keys() -> dict[str, str]:
+    """sha256 of every private key installed on the signing hosts, by host and path."""
+    out: dict[str, str] = {}
+    for host in SIGNERS:
+        res = sh(host, "cd /etc/opendkim/keys && sha256sum */*.private")
+        assert res.rc == 0, f"{host}: {res.out}{res.err}"
+        for line in res.out.splitlines():
+            digest, path = line.split()
+            out[f"{host}:{path}"] = digest
+    return out
+
+
+def table_counts() -> dict[str, int]:
+    res = sh("monitor", f'su postgres -s /bin/sh -c "psql -d mailops -Atc \\"{COUNTS}\\""')
+    assert res.rc == 0, res.out + res.err
+    return {t: int(n) for t, n in (line.split("|") for line in res.out.split())}
+
+
+def suppressed(address: str) -> bool:
+    return sh("mx1", f"{MAILOPS} suppression check {address}").rc == 0
+
+
+def every_node_refuses(addresses: list[str]) -> bool:
+    return all(
+        submission_reply(node, a).startswith("<** 550") for node in ("mail1", "mail2")
+        for a in addresses
+    )  # fmt: skip
+
+
+def test_store_and_keys_come_back_after_the_monitor_is_lost(
+    evidence: list[str], tmp_path: Path
+) -> None:
+    addresses = [f"kept-{letters(8)}@gmail.test", f"kept-{letters(8)}@outlook.test"]
+    added = sh("mx1", f"{MAILOPS} suppression add --note backup-check {' '.join(addresses)}")
+    assert added.rc == 0, added.out + added.err
+    backup_root = ROOT / ".lab" / "backups" / f"check-{token()}"
+    lab = lab_tool()
+    try:
+        wait_for("mail1 and mail2 refusing the new addresses",
+                 lambda: every_node_refuses(addresses), REFUSE_WITHIN, every=3)  # fmt: skip
+        keys_before = files(KEYS_DIR)
+        installed_before = host_keys()
+        assert any(k.endswith(".private") for k in keys_before), keys_before.keys()
+
+        with lab.lab_lock():
+            counts_before = table_counts()
+            made = playbook("backup.yml", "-e", f"backup_root={backup_root}")
+            assert made.returncode == 0, made.stdout[-3000:]
+            latest = (backup_root / "latest").resolve()
+            for path, mode in (
+                (backup_root, 0o700),
+                (latest, 0o700),
+                (latest / "store.dump", 0o600),
+            ):
+                assert stat.S_IMODE(path.stat().st_mode) == mode, path
+            assert files(latest / "dkim") == keys_before
+
+            down_for = lab.recreate("monitor")
+            failed = {h: r for h, r in down_for.items() if r["failed"] or r["unr"]}
+            assert down_for and not failed, f"the monitor's converge failed: {failed}"
+            # A converge alone gives an empty store: the backup is what brings it back.
+            assert not any(suppressed(a) for a in addresses)
+
+            put_back = playbook("restore.yml", "-e", f"backup={latest}")
+            assert put_back.returncode == 0, put_back.stdout[-3000:]
+            counts_after = table_counts()
+        assert counts_after == counts_before
+        assert all(suppressed(a) for a in addresses)
+        took = wait_for("mail1 and mail2 refusing the restored addresses",
+                        lambda: every_node_refuses(addresses), REFUSE_WITHIN, every=3)  # fmt: skip
+        reply = submission_reply("mail2", addresses[0])
+        assert "suppressed" in reply, reply
+        evidence.append(
+            f"store rows {counts_after}; both nodes refuse {took:.0f} s after restore: {reply}"
+        )
+
+        assert files(KEYS_DIR) == keys_before
+        assert host_keys() == installed_before
+
+        # A controller without the key directory gets the same bytes back.
+        fresh = tmp_path / "dkim"
+        only_keys = playbook("restore.yml", "--tags", "dkim", "-e", f"backup={latest}",
+                             "-e", f"opendkim__keys_dir={fresh}")  # fmt: skip
+        assert only_keys.returncode == 0, only_keys.stdout[-3000:]
+        assert files(fresh) == keys_before
+        evidence.append(f"{len(keys_before)} DKIM files identical after restore to an empty dir")
+    finally:
+        sh("mx1", f"{MAILOPS} suppression remove {' '.join(addresses)}")
+        shutil.rmtree(backup_root, ignore_errors=True)
