@@ -428,9 +428,11 @@ def table_problems(
     data: Mapping[str, Any],
     name: str,
     overrides: Mapping[str, Any] | None = None,
+    flag_names: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Table ``name``: its defaults overlaid with the file's values, then with
-    ``overrides`` (flags; None means not given), and every problem found, one line each."""
+    ``overrides`` (flags; None means not given), and every problem found, one line each.
+    A flag is named ``--key-with-dashes`` unless ``flag_names`` says otherwise."""
     schema = SCHEMA[name]
     values = defaults(name)
     problems: list[str] = []
@@ -452,7 +454,8 @@ def table_problems(
             continue
         setting = schema[key]
         if not setting.accepts(value):
-            problems.append(f"{_flag(key)}: expected {setting.expected()}, got {show(value)}")
+            flag = (flag_names or {}).get(key) or _flag(key)
+            problems.append(f"{flag}: expected {setting.expected()}, got {show(value)}")
         else:
             values[key] = float(value) if setting.kind is float else _copy(value)
     if not problems:
@@ -467,9 +470,10 @@ def table(
     data: Mapping[str, Any],
     name: str,
     overrides: Mapping[str, Any] | None = None,
+    flag_names: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Table ``name``, checked; raises ConfigError listing every problem of the table."""
-    values, problems = table_problems(data, name, overrides)
+    values, problems = table_problems(data, name, overrides, flag_names)
     if problems:
         raise ConfigError(*problems)
     return values

@@ -40,26 +40,17 @@ from typing import Any, BinaryIO, cast
 
 from mailops import config, exitcodes
 from mailops.bounceparse.model import Report
-from mailops.config import ConfigError
 from mailops.pipeio import log, read_message, run_pipe
 from mailops.store import RawInfo, open_from_config, policy_from_config, store_settings
-from mailops.store.settings import read_table
 from mailops.store.text import clean
 
 TOOL = "bounces ingest"
-DEFAULTS: dict[str, Any] = {
-    "max_message_bytes": 10 * 1024 * 1024,
-    "unrecognized_dir": "",
-}
 
 Parser = Callable[[bytes, str], Report]
 
 
 def settings(data: dict[str, Any]) -> dict[str, Any]:
-    values = read_table(data, "bounces", DEFAULTS, strict=False)
-    if values["max_message_bytes"] < 1024:
-        raise ConfigError("[bounces] max_message_bytes must be at least 1024")
-    return values
+    return config.table(data, "bounces")
 
 
 def _default_parser() -> Parser:

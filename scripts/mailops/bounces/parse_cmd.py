@@ -31,9 +31,8 @@ import sys
 from typing import Any
 
 from mailops import config, exitcodes
-from mailops.bounceparse import DEFAULT_VERP_PREFIXES, MAX_INPUT, Report, parse_message
+from mailops.bounceparse import MAX_INPUT, Report, parse_message
 from mailops.bounceparse._text import clean
-from mailops.config import ConfigError
 
 
 def register(sub: Any) -> None:
@@ -60,22 +59,12 @@ def register(sub: Any) -> None:
 
 
 def verp_prefixes(args: argparse.Namespace) -> tuple[str, ...]:
-    """[bounces] verp_prefixes, overridden by --verp-prefix."""
-    table = config.section(config.load(getattr(args, "config", None)), "bounces")
-    value: object = args.verp_prefix or table.get("verp_prefixes", list(DEFAULT_VERP_PREFIXES))
-    if not isinstance(value, list) or not value or not all(_local_part(v) for v in value):
-        raise ConfigError(
-            "[bounces] verp_prefixes must be a non-empty list of local parts (no '@' or '+')"
-        )
-    return tuple(value)
-
-
-def _local_part(value: object) -> bool:
-    return (
-        isinstance(value, str)
-        and 0 < len(value) <= 64
-        and not any(c in value for c in "@+ \t\r\n<>")
-    )
+    """[bounces] verp_prefixes, overridden by --verp-prefix, checked by the settings reader
+    that `mailops config check` runs."""
+    data = config.load(getattr(args, "config", None))
+    flags = {"verp_prefixes": args.verp_prefix}
+    values = config.table(data, "bounces", flags, {"verp_prefixes": "--verp-prefix"})
+    return tuple(values["verp_prefixes"])
 
 
 def rows(name: str, report: Report) -> list[dict[str, Any]]:
