@@ -35,12 +35,9 @@ from mailops.store.db import (
     Suppression,
     redact,
 )
-from mailops.store.settings import non_negative, read_table
 
 __all__ = [
     "DEFAULT_URL",
-    "POLICY_DEFAULTS",
-    "STORE_DEFAULTS",
     "Outcome",
     "Policy",
     "RawInfo",
@@ -53,32 +50,14 @@ __all__ = [
     "store_settings",
 ]
 
-STORE_DEFAULTS: dict[str, Any] = {
-    "url": DEFAULT_URL,
-    "tenant": "",
-    "timeout": 30.0,
-}
-
-# The policy keys of [suppression]; the table also holds the map settings, which
-# mailops.suppression reads.
-POLICY_DEFAULTS: dict[str, Any] = {
-    "soft_threshold": 3,
-    "soft_window_days": 7.0,
-    "expire_days": 30.0,
-}
-
 
 def store_settings(data: dict[str, Any]) -> dict[str, Any]:
-    values = read_table(data, "store", STORE_DEFAULTS)
-    non_negative("store", values, "timeout")
-    if not values["url"]:
-        raise config.ConfigError("[store] url must not be empty")
-    return values
+    return config.table(data, "store")
 
 
 def policy_from_config(data: dict[str, Any]) -> Policy:
-    values = read_table(data, "suppression", POLICY_DEFAULTS, strict=False)
-    non_negative("suppression", values, *POLICY_DEFAULTS)
+    """The policy keys of [suppression]; the whole table is checked, map keys included."""
+    values = config.table(data, "suppression")
     return Policy(
         soft_threshold=int(values["soft_threshold"]),
         soft_window_days=float(values["soft_window_days"]),

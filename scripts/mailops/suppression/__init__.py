@@ -61,9 +61,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mailops import config, exitcodes
-from mailops.config import ConfigError
 from mailops.store import (
-    POLICY_DEFAULTS,
     Store,
     StoreError,
     Suppression,
@@ -71,16 +69,9 @@ from mailops.store import (
     store_settings,
 )
 from mailops.store.db import DAY
-from mailops.store.settings import read_table
 from mailops.store.text import clean, normalize_address, valid_address, valid_reason
 from mailops.suppression import mapfile
 
-MAP_DEFAULTS: dict[str, Any] = {
-    "map": "/etc/postfix/suppressed",
-    "map_type": "hash",
-    "postmap": "postmap",
-}
-DEFAULTS: dict[str, Any] = {**POLICY_DEFAULTS, **MAP_DEFAULTS}
 CSV_FIELDS = (
     "address",
     "reason",
@@ -98,10 +89,7 @@ class ImportFileError(Exception):
 
 
 def settings(data: dict[str, Any]) -> dict[str, Any]:
-    values = read_table(data, "suppression", DEFAULTS)
-    if values["map_type"] not in mapfile.MAP_SUFFIX:
-        raise ConfigError(f"[suppression] map_type must be one of {', '.join(mapfile.MAP_SUFFIX)}")
-    return values
+    return config.table(data, "suppression")
 
 
 def iso(ts: int | None) -> str:
