@@ -60,36 +60,15 @@ from mailops.pipeio import (
 )
 from mailops.store import open_from_config, store_settings
 from mailops.store.db import DAY
-from mailops.store.settings import non_negative, read_table
 from mailops.store.text import clean, normalize_address, valid_address
 
 TOOL = "autoreply"
-DEFAULT_TEXT = (
-    "This address does not receive mail, so your message has not been read.\n"
-    "This is an automatic reply; it is sent at most once a week.\n"
-)
-DEFAULTS: dict[str, Any] = {
-    "text": DEFAULT_TEXT,
-    "text_file": "",
-    "from": "",
-    "subject_prefix": "Auto: ",
-    "period_days": 7.0,
-    "sendmail": "/usr/sbin/sendmail",
-    "timeout": 60.0,
-    "max_message_bytes": 1024 * 1024,
-}
 _MSGID = re.compile(r"<[^<>\s]{1,250}>")
 MAX_REFERENCES = 10
 
 
 def settings(data: dict[str, Any]) -> dict[str, Any]:
-    values = read_table(data, "autoreply", DEFAULTS)
-    non_negative("autoreply", values, "period_days", "timeout")
-    if values["max_message_bytes"] < 1024:
-        raise ConfigError("[autoreply] max_message_bytes must be at least 1024")
-    if not values["sendmail"]:
-        raise ConfigError("[autoreply] sendmail must not be empty")
-    return values
+    return config.table(data, "autoreply")
 
 
 def reply_text(values: dict[str, Any]) -> str:

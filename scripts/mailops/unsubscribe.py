@@ -27,7 +27,6 @@ import sys
 from typing import Any, BinaryIO
 
 from mailops import config, exitcodes
-from mailops.config import ConfigError
 from mailops.pipeio import (
     automatic_message,
     header,
@@ -39,11 +38,9 @@ from mailops.pipeio import (
     run_pipe,
 )
 from mailops.store import open_from_config, store_settings
-from mailops.store.settings import read_table
 from mailops.store.text import normalize_address, valid_address
 
 TOOL = "unsubscribe"
-DEFAULTS: dict[str, Any] = {"max_message_bytes": 1024 * 1024}
 
 
 def unsubscribe(
@@ -57,9 +54,7 @@ def unsubscribe(
 ) -> int:
     data = config.load(config_path)
     store_values = store_settings(data)
-    values = read_table(data, "unsubscribe", DEFAULTS)
-    if values["max_message_bytes"] < 1024:
-        raise ConfigError("[unsubscribe] max_message_bytes must be at least 1024")
+    values = config.table(data, "unsubscribe")
     raw = read_message(stream, int(values["max_message_bytes"]))
     msg = headers(raw.data)
     source = "envelope sender" if sender is not None else "From:"
