@@ -188,11 +188,44 @@ def test_a_last_line_without_newline_counts() -> None:
     assert t.received == 1 and t.lines == 1
 
 
-def test_state_is_dropped_when_a_message_is_removed() -> None:
+def test_a_removed_message_keeps_only_its_size_in_the_archive() -> None:
     t = Tally()
     t.feed((DATA / "small.log").read_bytes().splitlines(keepends=True))
     t.flush()
-    assert t.sizes == {} and t.clients == {} and t.deferred_ids == {}
+    assert t.sizes == {} and t.clients == {}
+    assert sorted(size for _, size in t.retired.export()) == [300, 500, 700, 1000]
+
+
+def test_a_reused_queue_id_counts_as_pflogsumm_counts_it() -> None:
+    """pflogsumm never forgets a queue id: the same id again (here on another host in the
+    same file, after "removed") keeps the first size, its sender is not counted again, and
+    its deferral does not make a second deferred message."""
+    t = Tally()
+    t.feed(
+        b"Nov 23 10:00:0%d %s postfix/%s\n" % (n, host, text)
+        for n, (host, text) in enumerate(
+            [
+                (b"mail1", b"smtpd[1]: 4AB: client=a.example[192.0.2.1]"),
+                (b"mail1", b"qmgr[2]: 4AB: from=<a@a.example>, size=100, nrcpt=1 (queue active)"),
+                (
+                    b"mail1",
+                    b"smtp[3]: 4AB: to=<x@b.test>, relay=none, delay=1, status=deferred (x)",
+                ),
+                (b"mail1", b"smtp[3]: 4AB: to=<x@b.test>, relay=m, delay=2, status=sent (ok)"),
+                (b"mail1", b"qmgr[2]: 4AB: removed"),
+                (b"mail2", b"smtpd[1]: 4AB: client=c.example[192.0.2.3]"),
+                (b"mail2", b"qmgr[2]: 4AB: from=<c@c.example>, size=7, nrcpt=1 (queue active)"),
+                (
+                    b"mail2",
+                    b"smtp[3]: 4AB: to=<y@b.test>, relay=none, delay=1, status=deferred (x)",
+                ),
+                (b"mail2", b"smtp[3]: 4AB: to=<y@b.test>, relay=m, delay=2, status=sent (ok)"),
+            ]
+        )
+    )
+    t.flush()
+    assert (t.received, t.delivered, t.deferrals, t.deferred) == (2, 2, 2, 1)
+    assert (t.bytes_received, t.bytes_delivered, len(t.senders)) == (100, 200, 1)
 
 
 def test_per_queue_id_state_is_capped() -> None:
@@ -699,7 +732,8 @@ def tally_state(t: Tally) -> dict[str, Any]:
               t.reject_reasons, t.sasl_clients)  # fmt: skip
     distinct = (t.senders, t.sending_domains, t.recipients, t.recipient_domains)
     return {
-        "totals": {k: v for k, v in vars(t).items() if isinstance(v, int)},
+        "totals": {k: v for k, v in vars(t).items() if isinstance(v, int)}
+        | {"deferred": t.deferred},
         "distinct": [len(d) for d in distinct],
         "tables": [sorted(table.items()) for table in tables],
     }

@@ -152,6 +152,24 @@ def test_a_queue_id_taken_for_new_that_was_not_is_counted_again(tmp_path: Path) 
         assert got == state(whole)
 
 
+def test_a_refused_part_leaves_the_tally_as_it_was() -> None:
+    """A part that must be counted again adds nothing, not even the lines it kept waiting
+    (issue 19: those were counted twice, once here and once in the second count)."""
+    head = SECOND[: SECOND.index(b"Nov 23 11:00:03")]
+    first = Tally()
+    first.feed_bytes(FIRST + head)
+    first.flush()
+    second = Tally()
+    second.begin_part()
+    # lines of the message across the cut wait; then 4F2A1 comes back as new: a conflict
+    second.feed_bytes(SECOND[SECOND.index(b"Nov 23 11:00:03") :] + FIRST)
+    second.flush()
+    assert second.waiting.count(b"\n") == 3
+    before = state(first)
+    assert not first.absorb(second.export())
+    assert state(first) == before
+
+
 def test_a_message_across_the_cut_waits_for_its_size(tmp_path: Path) -> None:
     first, second = Tally(), Tally()
     first.feed_bytes(SECOND[: SECOND.index(b"Nov 23 11:00:03")])

@@ -89,8 +89,9 @@ def shape_of(seed: int, lines: int = 12_000) -> Shape:
         hosts=hosts,
         iso=seed % 4 == 3,
         long_ids=(0.0, 1.0, 0.5)[seed % 3],
-        reuse_other=rnd.choice((0.02, 0.05, 0.15)) if len(hosts) > 1 else 0.0,
-        reuse_same=rnd.choice((0.0, 0.03, 0.1)),
+        # (every fourth shape reuses none: its parts are all added up, none counted again)
+        reuse_other=rnd.choice((0.02, 0.05, 0.15)) if len(hosts) > 1 and seed % 4 != 1 else 0.0,
+        reuse_same=rnd.choice((0.0, 0.03, 0.1)) if seed % 4 != 1 else 0.0,
         defer=rnd.choice((0.05, 0.15, 0.3)),
         max_tries=rnd.choice((6, 12, 25)),
         retry=rnd.choice((300, 600, 900)),

@@ -9,10 +9,13 @@ depend on earlier lines: those of a queue id it has not seen start (a ``client=`
 its delivery lines wait, and are counted here after the earlier parts, with their
 sizes.  ``Tally.absorb`` then adds the part's figures, in order.
 
-Where a part took a queue id for a new message while an earlier part still held state
-for it (a short queue id reused without a ``removed`` line in the log, which Postfix
-does not do), or when a child fails, that part is counted again here, alone, so the
-figures are always those of one tally reading the whole file.
+pflogsumm never forgets a queue id (tally.py), so a part's figures for a queue id it
+took as new are right only if no earlier line gave that queue id a size.  Where one did
+(a queue id used again, by another host in the same file or by the same host later),
+or where the part kept a line of that queue id waiting before it took it, or when a
+child fails, that part is counted again here, alone, and nothing of its first count is
+added: the figures are always those of one tally reading the whole file.  A log where
+queue ids come back within a part is then read at the speed of one process.
 
 Each child is a fork of this process: the compiled pattern and the interpreter are
 shared with it, page by page, until either writes to them, and its ``hash()`` of a

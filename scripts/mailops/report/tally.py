@@ -10,7 +10,7 @@ delivered
     recipient lines ``to=<...>, relay=..., delay=..., status=sent`` from any delivery
     agent, except those whose text says ``forwarded as`` (those are **forwarded**).
 deferred / deferrals
-    queue ids with at least one ``status=deferred`` line / all such lines.
+    distinct queue ids with at least one ``status=deferred`` line / all such lines.
 bounced
     ``status=bounced`` lines (one per recipient).
 rejected, reject warnings, held, discarded
@@ -36,17 +36,24 @@ own ``maillog_file`` writes) and RFC 3339 / ISO 8601 (``2024-11-23T10:00:01.123+
 host ...``).  pflogsumm skips ISO lines whose offset is not ``Z`` or ``+hh:mm``; we also
 read ``+hhmm`` and no offset (journald's ``short-iso``), so on such logs we count more.
 
-Memory stays bounded where pflogsumm's grows with the log: per-queue-id state goes when
-``qmgr`` logs ``removed`` (pflogsumm keeps every size forever), distinct counts keep an
-8-byte hash per address in arrays instead of the address, and the per-domain and reason tables
-are pruned to their largest entries once they grow past a cap (``truncated`` in the
-output says so; counts in a pruned table are then lower bounds).  The one behaviour
-that differs because of this: if Postfix reuses a short queue id within the log, the
-second message is counted afresh; pflogsumm would skip its size and sender.
+Queue ids are pflogsumm's: not qualified by host.  A queue id seen again (another host
+writing to the same file, or the same host using it again later) is the same message
+to it: its first size stays (later ``size=`` lines are skipped, so its sender is not
+counted again, and its deliveries count that size), and it is one deferred message
+however many hosts deferred it.  We count the same.  (``mailops report --cluster`` keeps
+each host's log apart, where a queue id of two hosts is two messages: build.py.)
+
+Memory stays bounded where pflogsumm's grows with the log, but for 16 bytes a message:
+a size goes from the per-queue-id table to a compact archive (``SizeArchive``) when
+``qmgr`` logs ``removed``, distinct counts (addresses, deferred queue ids) keep an 8-byte
+hash each in arrays, and the per-domain and reason tables are pruned to their largest
+entries once they grow past a cap (``truncated`` in the output says so; counts in a
+pruned table are then lower bounds).
 """
 
 from __future__ import annotations
 
+import bisect
 import gc
 import heapq
 import math
@@ -265,8 +272,12 @@ D_SENT, D_BYTES, D_DEFER, D_BOUNCE, D_DELAY_SUM, D_DELAY_MAX = range(6)
 # ---------------------------------------------------------------------- helpers
 
 
-def _keep(waiting: bytearray, buf: bytes, m: re.Match[bytes], end: int) -> None:
-    """Add the line a match of the buffer pattern starts on to ``waiting``, with a newline."""
+def _keep(
+    waiting: bytearray, waited: array[int], qid: bytes, buf: bytes, m: re.Match[bytes], end: int
+) -> None:
+    """Add the line a match of the buffer pattern starts on to ``waiting``, with a newline,
+    and the hash of its queue id to ``waited``."""
+    waited.append(hash(qid))
     stop = buf.find(b"\n", m.end(), end)
     if stop >= 0:
         waiting += buf[m.start() + 1 : stop + 1]
@@ -437,6 +448,67 @@ class Distinct:
         return sum(self.kept)
 
 
+class SizeArchive:
+    """The sizes of messages that went (``removed``), by a 64-bit hash of the queue id:
+    pflogsumm never forgets a queue id's size, so a queue id used again (by the same host
+    later, or by another host writing to the same file) keeps the first message's size,
+    and its ``from=<...>, size=`` lines are skipped.  16 bytes a message: the newest in a
+    dict, the rest in sorted arrays of hashes and sizes, searched by bisection."""
+
+    __slots__ = ("recent", "runs")
+    RECENT = 1 << 16
+
+    def __init__(self) -> None:
+        self.recent: dict[int, int] = {}
+        self.runs: list[tuple[array[int], array[int]]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.recent) or bool(self.runs)
+
+    def add(self, qid: bytes, size: int) -> None:
+        """Keep ``size`` (non-zero) for ``qid`` unless it has one already."""
+        h = hash(qid)
+        if h not in self.recent and not self._find(h):
+            self.recent[h] = size
+            if len(self.recent) >= self.RECENT:
+                self._settle()
+
+    def get(self, qid: bytes) -> int:
+        """The size kept for ``qid``, 0 if none."""
+        h = hash(qid)
+        return self.recent.get(h) or self._find(h)
+
+    def _find(self, h: int) -> int:
+        for keys, values in self.runs:
+            i = bisect.bisect_left(keys, h)
+            if i < len(keys) and keys[i] == h:
+                return values[i]
+        return 0
+
+    def _settle(self) -> None:
+        """Move the dict into a sorted run; merge runs of similar length."""
+        pairs = sorted(self.recent.items())
+        self.recent.clear()
+        while self.runs and len(self.runs[-1][0]) <= 2 * len(pairs):
+            keys, values = self.runs.pop()
+            pairs = sorted([*zip(keys, values, strict=True), *pairs])
+        self.runs.append((array("q", [k for k, _ in pairs]), array("q", [v for _, v in pairs])))
+
+    def holds_any(self, hashes: Iterable[int]) -> bool:
+        """Whether a size is kept for any of these queue id hashes."""
+        return any(h in self.recent or self._find(h) for h in hashes)
+
+    def export(self) -> list[tuple[int, int]]:
+        return [*self.recent.items(), *(p for k, v in self.runs for p in zip(k, v, strict=True))]
+
+    def update(self, pairs: list[tuple[int, int]]) -> None:
+        """Add the pairs of another archive whose queue ids this one does not hold."""
+        for h, size in pairs:
+            self.recent[h] = size
+            if len(self.recent) >= self.RECENT:
+                self._settle()
+
+
 def prune(table: dict[Any, Any], keep: int, weight: Callable[[Any], float]) -> None:
     """Keep the ``keep`` heaviest entries of ``table`` (in place)."""
     best = heapq.nlargest(keep, table.items(), key=lambda kv: weight(kv[1]))
@@ -470,7 +542,7 @@ class Tally:
         self.state_cap = state_cap
         self.lines = 0
         self.received = self.delivered = self.forwarded = 0
-        self.deferred = self.deferrals = self.bounced = 0
+        self.deferrals = self.bounced = 0
         self.rejected = self.reject_warnings = self.held = self.discarded = 0
         self.bytes_received = self.bytes_delivered = 0
         self.fatal = self.panic = 0
@@ -479,6 +551,7 @@ class Tally:
         self.sending_domains = Distinct()
         self.recipients = Distinct()
         self.recipient_domains = Distinct()
+        self.deferred_ids = Distinct()  # queue ids with a deferral (pflogsumm never forgets one)
         # (day key, hour) -> [received, delivered, deferred, bounced, rejected]
         self.buckets: dict[bytes, list[int]] = {}
         self.rcpt_domains: dict[bytes, list[float]] = {}
@@ -488,10 +561,11 @@ class Tally:
         self.reject_reasons: dict[tuple[bytes, bytes, bytes], int] = {}
         self.sasl_clients: dict[bytes, int] = {}
         self.truncated: set[str] = set()
-        # per queue id, until "removed"
+        # per queue id: sizes until "removed" (then in ``retired``, for good); clients
+        # until the message's size line (or never: pflogsumm keeps them)
         self.sizes: dict[bytes, int] = {}
+        self.retired = SizeArchive()
         self.clients: dict[bytes, bytes | None] = {}
-        self.deferred_ids: dict[bytes, None] = {}
         self.evicted = 0
         # caches, each emptied when it reaches 4096 entries
         self.domains_of: dict[bytes, bytes] = {}  # client -> gimme_domain(client) or b""
@@ -509,6 +583,13 @@ class Tally:
         self.known: set[bytes] | None = None
         self.waiting = bytearray()
         self.assumed = array("q")
+        self.waited = array("q")  # a hash of the queue id of each line kept waiting
+
+    @property
+    def deferred(self) -> int:
+        """Distinct queue ids with a deferral, as pflogsumm counts them: the same queue id
+        (of another host in the same file, or used again later) counts once."""
+        return len(self.deferred_ids)
 
     # ------------------------------------------------------------------ input
     def feed(self, lines: Iterable[bytes]) -> None:
@@ -565,7 +646,7 @@ class Tally:
 
     # what a later part hands back (parallel.py pickles it)
     _SUMS = (
-        "lines", "received", "delivered", "forwarded", "deferred", "deferrals", "bounced",
+        "lines", "received", "delivered", "forwarded", "deferrals", "bounced",
         "rejected", "reject_warnings", "held", "discarded", "bytes_received",
         "bytes_delivered", "fatal", "panic", "sasl_failures", "sasl_server_faults", "evicted",
     )  # fmt: skip
@@ -574,7 +655,7 @@ class Tally:
         ("bounce_reasons", "bounce_reasons"), ("defer_reasons", "deferral_reasons"),
         ("reject_reasons", "reject_reasons"), ("sasl_clients", "sasl_clients"),
     )  # fmt: skip
-    _DISTINCT = ("senders", "sending_domains", "recipients", "recipient_domains")
+    _DISTINCT = ("senders", "sending_domains", "recipients", "recipient_domains", "deferred_ids")
 
     def export(self) -> dict[str, Any]:
         """What ``absorb`` needs of this tally of a later part (the caches stay behind)."""
@@ -585,8 +666,8 @@ class Tally:
         for name in self._DISTINCT:
             out[name] = getattr(self, name).parts
         out.update(
-            truncated=self.truncated, sizes=self.sizes, clients=self.clients,
-            deferred_ids=self.deferred_ids, waiting=self.waiting, assumed=self.assumed,
+            truncated=self.truncated, sizes=self.sizes, retired=self.retired.export(),
+            clients=self.clients, waiting=self.waiting, assumed=self.assumed, waited=self.waited,
         )  # fmt: skip
         return out
 
@@ -594,17 +675,25 @@ class Tally:
         """Add the tally of the next part of the log (``export``) to this one, which has
         counted everything before it; as if one tally had read both, in order.
 
-        First the lines that part kept waiting are counted here, with this tally's state.
-        Then, if this tally still holds a size or a deferral for a queue id that the part
-        took as a new message, the part's figures for it would be wrong: nothing is added
-        and False is returned (the caller counts that part again, in this tally).
+        The part took each queue id it saw received (``assumed``) as one that never had a
+        size before.  If this tally holds a size for one of them (live or retired), or the
+        part kept a line of one waiting before it took it (a line that may give it a size
+        first), the part's figures for it may be wrong: nothing is added and False is
+        returned (the caller then counts that part again, in this tally).  Otherwise the
+        lines the part kept waiting are counted here, with this tally's state, and the
+        part's figures and state are added.
         """
-        self.count_waiting(part["waiting"])
         assumed = part["assumed"]
-        if assumed and (self.sizes or self.deferred_ids or self.clients):
-            pending = {hash(q) for q in (*self.sizes, *self.deferred_ids)}
-            if pending and not pending.isdisjoint(assumed):
+        if assumed:
+            taken = set(assumed)
+            if not taken.isdisjoint(part["waited"]):
                 return False
+            if self.sizes and not taken.isdisjoint({hash(q) for q in self.sizes}):
+                return False
+            if self.retired and self.retired.holds_any(taken):
+                return False
+        self.count_waiting(part["waiting"])
+        if assumed and self.clients:
             # a client= line replaces a client this tally kept for a queue id
             mine = {hash(q): q for q in self.clients}
             if mine:
@@ -649,9 +738,9 @@ class Tally:
                     table[key] += n - 1
         self.truncated |= part["truncated"]
         self.sizes.update(part["sizes"])
+        self.retired.update(part["retired"])
         self.clients.update(part["clients"])
-        self.deferred_ids.update(part["deferred_ids"])
-        for table in (self.sizes, self.clients, self.deferred_ids):
+        for table in (self.sizes, self.clients):
             while len(table) > self.state_cap:
                 self._evict(table)
         return True
@@ -699,7 +788,6 @@ class Tally:
         g_rbl, g_cmd2, g_qid2, g_rest = gi["rbl"], gi["cmd2"], gi["qid2"], gi["rest"]
         sizes = self.sizes
         clients = self.clients
-        deferred_ids = self.deferred_ids
         buckets = self.buckets
         rcpt_domains = self.rcpt_domains
         # (the arrays stay the same until tidy(), after the loop)
@@ -715,7 +803,9 @@ class Tally:
         part = self.known is not None  # a later part of a log: unknown queue ids' lines wait
         known: set[bytes] = self.known if self.known is not None else set()
         waiting = self.waiting
+        waited = self.waited
         assumed = self.assumed
+        retired = self.retired
         received = delivered = bytes_delivered = bytes_received = forwarded = 0
         last_ts = b""
         bucket = [0, 0, 0, 0, 0]
@@ -724,7 +814,7 @@ class Tally:
             if li == i_sent:  # status=sent
                 fq, ts, addr, dom, delay = m.group(g_fq, g_ts, g_to, g_dom, g_delay)
                 if part and fq not in known:
-                    _keep(waiting, buf, m, end)
+                    _keep(waiting, waited, fq, buf, m, end)
                     continue
                 if ts != last_ts:
                     bucket = buckets.get(ts) or buckets.setdefault(ts, [0, 0, 0, 0, 0])
@@ -748,16 +838,16 @@ class Tally:
                 rparts[h & 15].append(h)
                 bucket[1] += 1
                 delivered += 1
-                size = sizes.get(fq)
+                size = sizes.get(fq) or (retired.get(fq) if retired else 0)
                 if size:
                     row[1] += size
                     bytes_delivered += size
             elif li == i_sized:  # qmgr: from=<sender>, size=N (as _from does)
                 fq, addr, size_text = m.group(g_fq, g_from, g_size)
                 if part and fq not in known:
-                    _keep(waiting, buf, m, end)
+                    _keep(waiting, waited, fq, buf, m, end)
                     continue
-                if sizes.get(fq):
+                if sizes.get(fq) or (retired.get(fq) if retired else 0):
                     continue
                 size = sizes[fq] = int(size_text)
                 if fq not in clients:  # not seen received: a bounce, a forward, an old message
@@ -779,16 +869,12 @@ class Tally:
                 row_s[1] += size
             elif li == i_removed:  # forget the queue id, as _line does
                 fq = m.group(g_fq)
-                if part:
-                    if fq not in known:  # counted later, after which it has no state
-                        _keep(waiting, buf, m, end)
-                        continue
-                    known.discard(fq)
-                sizes.pop(fq, None)
-                if clients:
-                    clients.pop(fq, None)
-                if deferred_ids:
-                    deferred_ids.pop(fq, None)
+                if part and fq not in known:  # counted later
+                    _keep(waiting, waited, fq, buf, m, end)
+                    continue
+                size = sizes.pop(fq, 0)
+                if size:
+                    retired.add(fq, size)
             elif li == i_received:  # smtpd: client=
                 fq, ts, client = m.group(g_fq, g_ts, g_client)
                 if part and fq not in known:  # a new message (checked in Tally.absorb)
@@ -805,7 +891,7 @@ class Tally:
                     g_cmd, g_fq, g_ts, g_to, g_dom, g_delay, g_status, li
                 )
                 if part and fq not in known:
-                    _keep(waiting, buf, m, end)
+                    _keep(waiting, waited, fq, buf, m, end)
                     continue
                 line = buf[m.start(g_rest) : m.end()]
                 if more or status == b"sent":  # "=" or "forwarded as ": pflogsumm's tests
@@ -865,19 +951,19 @@ class Tally:
             elif li == i_gen:  # a queue id, then no fast shape
                 cmd, qid, ts = m.group(g_cmd, g_fq, g_ts)
                 if part and qid not in known:
-                    _keep(waiting, buf, m, end)
+                    _keep(waiting, waited, qid, buf, m, end)
                     continue
                 line_(buf[m.start(g_rest) : m.end()], cmd, qid, ts)
             elif li in (i_qidp, i_qid, i_qid3):  # pflogsumm's general split
                 cmd, qid, ts = m.group(g_cmd, li, g_ts)
                 if part and qid not in known:
-                    _keep(waiting, buf, m, end)
+                    _keep(waiting, waited, qid, buf, m, end)
                     continue
                 line_(buf[m.start(g_rest) : m.end()], cmd, qid, ts)
             else:  # postfix-script, or "postfix" alone
                 cmd, qid, ts = m.group(g_cmd2, g_qid2, g_ts)
                 if part and qid not in known:
-                    _keep(waiting, buf, m, end)
+                    _keep(waiting, waited, qid, buf, m, end)
                     continue
                 line_(buf[m.start(g_rest) : m.end()], b"postfix" + cmd, qid, ts)
         self.received += received
@@ -885,7 +971,10 @@ class Tally:
         self.bytes_delivered += bytes_delivered
         self.bytes_received += bytes_received
         self.forwarded += forwarded
-        for d in (self.senders, self.sending_domains, self.recipients, self.recipient_domains):
+        for d in (
+            self.senders, self.sending_domains, self.recipients, self.recipient_domains,
+            self.deferred_ids,
+        ):  # fmt: skip
             d.tidy()
         for table in (sizes, clients):  # the loop leaves their cap to here
             while len(table) > self.state_cap:
@@ -936,7 +1025,7 @@ class Tally:
         if b", size=" in line:
             f = _FROM_SIZE.search(line)
             if f is not None:
-                if not self.sizes.get(qid):
+                if not (self.sizes.get(qid) or self.retired.get(qid)):
                     self._from(qid, f.group(1), int(f.group(2)))
                 return
         if b"status=" in line:
@@ -953,9 +1042,9 @@ class Tally:
                 self.clients[qid] = None  # pflogsumm's "pickup"
             return
         if line.endswith(b": removed"):
-            self.sizes.pop(qid, None)
-            self.clients.pop(qid, None)
-            self.deferred_ids.pop(qid, None)
+            size = self.sizes.pop(qid, 0)
+            if size:
+                self.retired.add(qid, size)
 
     def _delivery(
         self, cmd: bytes, qid: bytes, ts: bytes, line: bytes,
@@ -981,7 +1070,7 @@ class Tally:
             self.recipients.add(addr)
             self._bucket(ts)[1] += 1
             self.delivered += 1
-            size = self.sizes.get(qid)
+            size = self.sizes.get(qid) or self.retired.get(qid)
             if size:
                 row[D_BYTES] += size
                 self.bytes_delivered += size
@@ -1101,11 +1190,7 @@ class Tally:
 
     def _deferred(self, cmd: bytes, qid: bytes, dom: bytes, delay: bytes, line: bytes) -> None:
         self.deferrals += 1
-        if qid not in self.deferred_ids:
-            self.deferred += 1
-            if len(self.deferred_ids) >= self.state_cap:
-                self._evict(self.deferred_ids)
-            self.deferred_ids[qid] = None
+        self.deferred_ids.add(qid)
         row = self.rcpt_domains.get(dom)
         if row is None:
             row = self._new_domain(dom)
