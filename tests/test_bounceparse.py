@@ -481,7 +481,9 @@ def test_base64_delivery_status_is_decoded() -> None:
     body, sep, tail = rest.partition(b"\n--454BUKqV012345")
     import base64
 
-    encoded = base64.encodebytes(body.replace(b"Status: 5.1.2", b"Status: 5.1.1"))
+    encoded = base64.encodebytes(
+        body.replace(b"Status: 5.1.2", b"Status: 5.1.1\nDiagnostic-Code: smtp; 550 5.1.1 unknown")
+    )
     raw = (
         head
         + b"Content-Type: message/delivery-status\nContent-Transfer-Encoding: base64\n\n"

@@ -61,8 +61,17 @@ def _dialect_detector(name: str, dialect: Dialect) -> Detector:
         hits = dialect(text, ctx) if text else None
         if hits is None:
             return None
-        if not hits:  # a known notice in a layout the dialect does not know
-            hits = notice_hits(text, own_addresses(ctx))
+        if not hits or not all(h.diagnostic for h in hits):
+            # A known notice in a layout the dialect does not know: read it generically,
+            # for the recipients or for what it says about them.
+            generic_hits = notice_hits(text, own_addresses(ctx))
+            if not hits:
+                hits = generic_hits
+            said = {h.address: h.diagnostic for h in generic_hits}
+            for hit in hits:
+                hit.diagnostic = hit.diagnostic or said.get(
+                    _text.normalize_address(hit.address), ""
+                )
         return Draft(kind="bounce", detector=name, recipients=from_hits(hits))
 
     return detect

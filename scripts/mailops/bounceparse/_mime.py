@@ -260,4 +260,8 @@ def _ctype(msg: Message) -> str:
         ctype = msg.get_content_type()
     except Exception:  # a header object that does not stringify: treat as text
         return "text/plain"
-    return ctype[:100] if isinstance(ctype, str) else "text/plain"
+    if not isinstance(ctype, str):
+        return "text/plain"
+    # "text/plain charset=..." (a parameter without its ";"): the type is the first word.
+    words = ctype[:100].split()
+    return words[0].rstrip(";") if words else "text/plain"

@@ -111,7 +111,9 @@ def _informative(text: str) -> bool:
     return bool(_CODE.search(text)) or reasons.has_phrase(text)
 
 
-def notice_hits(text: str, own: set[str], failed: list[str] | None = None) -> list[Hit]:
+def notice_hits(
+    text: str, own: set[str], failed: list[str] | None = None, returned_to: str = ""
+) -> list[Hit]:
     """The recipients of a notice in no known dialect, and what it says about each.
 
     The notice (the text before the returned message) is cut into segments, each
@@ -119,13 +121,16 @@ def notice_hits(text: str, own: set[str], failed: list[str] | None = None) -> li
     recipient's account ("addr: 550 5.1.1 ...", "addr [User unknown]", a transcript).
     A segment that gives no reason borrows the whole notice, which then usually names
     it in prose ("The user's mailbox is full").  ``failed`` (X-Failed-Recipients) names
-    the recipients when the text does not."""
+    the recipients when present; ``returned_to`` (the single To of the returned message)
+    when nothing else does."""
     cut = _QUOTED_START.search(text)
     notice = (text[: cut.start()] if cut else text)[:20000]
     segments: dict[str, list[str]] = {}
     current: list[str] | None = None
     for line in notice.splitlines()[:400]:
-        fresh = [a for a in _text.all_addresses(line, 5) if a not in own and a not in segments]
+        fresh = []
+        if "@" in line:
+            fresh = [a for a in _text.all_addresses(line, 5) if a not in own and a not in segments]
         if fresh and len(segments) < MAX_RECIPIENTS:
             current = segments[fresh[0]] = [line.strip()]
         elif current is not None and line.strip():
@@ -134,6 +139,8 @@ def notice_hits(text: str, own: set[str], failed: list[str] | None = None) -> li
     wanted = failed or [a for a, lines in segments.items() if _informative(" ".join(lines))]
     if not wanted:
         wanted = list(segments)
+    if not wanted and returned_to and returned_to not in own:
+        wanted = [returned_to]
     permanent = None if _DELAY_WORDS.search(notice) else True
     action = "delayed" if permanent is None else "failed"
     hits: list[Hit] = []
@@ -142,6 +149,20 @@ def notice_hits(text: str, own: set[str], failed: list[str] | None = None) -> li
         diagnostic = said if _informative(said) else whole
         hits.append(Hit(address, diagnostic, "", action, permanent))
     return hits
+
+
+def _returned_to(ctx: Context) -> str:
+    """The recipient of the returned message when it had exactly one (its To header, from
+    the attached message or, failing that, the copy quoted in the notice)."""
+    values = [v for n, v in links.original_headers(ctx) if n == "to"]
+    if not values:
+        quoted = _QUOTED_TO.search(ctx.primary_text()[:60000])
+        values = [quoted.group(1)] if quoted else []
+    found = _text.all_addresses(_text.decode_header(values[0]), 2) if len(values) == 1 else []
+    return found[0] if len(found) == 1 else ""
+
+
+_QUOTED_TO = re.compile(r"(?im)^to:[ \t]*(.{1,500})$")
 
 
 def generic(ctx: Context) -> Draft | None:
@@ -153,5 +174,5 @@ def generic(ctx: Context) -> Draft | None:
     draft = Draft(kind="bounce", detector="generic")
     own = own_addresses(ctx)
     failed = _text.all_addresses(ctx.header("x-failed-recipients"), MAX_RECIPIENTS)
-    draft.recipients = from_hits(notice_hits(ctx.primary_text(), own, failed))
+    draft.recipients = from_hits(notice_hits(ctx.primary_text(), own, failed, _returned_to(ctx)))
     return draft

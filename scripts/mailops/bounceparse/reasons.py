@@ -22,6 +22,7 @@ Mailbox full, policy, reputation, network, temporary (4.x.x) and delays are soft
 
 from __future__ import annotations
 
+import functools
 import re
 
 from mailops.bounceparse.model import REASONS
@@ -320,13 +321,24 @@ def split_status(text: str) -> tuple[str, str, str] | None:
     return (match.group(1), match.group(2), match.group(3)) if match else None
 
 
+def _remote_status(diagnostic: str) -> tuple[str, str, str] | None:
+    """The enhanced code the remote server gave: the last 4.x.x/5.x.x code of the text.
+    A relay quotes the remote's reply after its own words ("5.1.0 - Unknown address
+    error 550-'5.2.2 ... Mailbox full'", "4.4.7 Message expired ... <421 4.4.2 ...>")."""
+    found = [m for m in _codes(_ENHANCED, diagnostic) if m.group(1) != "2"]
+    if not found:
+        return split_status(diagnostic)
+    last = found[-1]
+    return (last.group(1), last.group(2), last.group(3))
+
+
 def choose_status(field: str, diagnostic: str) -> str:
-    """The most specific status we can name: the Status field, refined by an enhanced
-    code in the diagnostic when the field is generic (X.0.0), else the reply code class."""
+    """The most specific status we can name: the remote server's own enhanced code from
+    the diagnostic when it is of the same class as the Status field (the reporting MTA
+    often puts a generic or guessed code there), else the Status field, else the reply
+    code's class."""
     given = split_status(field)
-    in_text = split_status(diagnostic)
-    if given and (given[1], given[2]) != ("0", "0"):
-        return ".".join(given)
+    in_text = _remote_status(diagnostic)
     if in_text and (not given or in_text[0] == given[0]):
         return ".".join(in_text)
     if given:
@@ -340,6 +352,18 @@ def _match(table: list[tuple[str, re.Pattern[str]]], text: str) -> str:
         if pattern.search(text):
             return reason
     return ""
+
+
+@functools.lru_cache(maxsize=512)
+def _strong(text: str) -> str:
+    """The first STRONG reason of a lower-cased text (cached: a notice's text is often
+    asked about twice, once to find its recipients and once to classify them)."""
+    return _match(STRONG, text)
+
+
+@functools.lru_cache(maxsize=512)
+def _weak(text: str) -> str:
+    return _match(WEAK, text)
 
 
 # RFC 5321 reply codes that name a reason by themselves (used when nothing else does).
@@ -357,7 +381,7 @@ _REPLY_CODE = re.compile(r"(?:^|[\s;:'\"(#\[=])([45][0-5]\d)(?=[\s:-]|$)")
 def has_phrase(text: str) -> bool:
     """Does a text name a reason in words?"""
     lowered = text[:2000].lower()
-    return bool(_match(STRONG, lowered) or _match(WEAK, lowered))
+    return bool(_strong(lowered) or _weak(lowered))
 
 
 def reason_for(status: str, diagnostic: str, action: str = "") -> str:
@@ -370,7 +394,7 @@ def reason_for(status: str, diagnostic: str, action: str = "") -> str:
     text = diagnostic[:2000].lower()
     # A 4.x.x failure, or a delay, means the MTA is retrying or has given up retrying.
     retrying = action == "delayed" or (action == "failed" and klass == "4")
-    phrase = _match(STRONG, text)
+    phrase = _strong(text)
     if phrase == "hostunknown" and klass == "4":
         phrase = "networkerror"  # a temporary DNS answer, not a verdict on the domain
     specific = STATUS.get(detail, "") if detail and not detail.endswith(".0") else ""
@@ -380,7 +404,7 @@ def reason_for(status: str, diagnostic: str, action: str = "") -> str:
         or phrase
         or specific
         or ("expired" if retrying else "")
-        or _match(WEAK, text)
+        or _weak(text)
         or STATUS.get(detail)
         or (REPLY_REASONS.get(reply.group(1), "") if reply else "")
         or SUBJECT_DEFAULT.get(parts[1] if klass else "", "")

@@ -3,11 +3,13 @@ notifications (and RFC 6533's global form) and RFC 5965 ARF feedback reports."""
 
 from __future__ import annotations
 
+import re
+
 from mailops.bounceparse import _text
 from mailops.bounceparse._base import MAX_RECIPIENTS, Draft, Hit, from_hits, recipient, strip_type
 from mailops.bounceparse._mime import Context
 from mailops.bounceparse.dialects import DIALECTS
-from mailops.bounceparse.heuristics import notice_hits, own_addresses
+from mailops.bounceparse.heuristics import looks_like_bounce, notice_hits, own_addresses
 from mailops.bounceparse.links import original_headers
 from mailops.bounceparse.model import Recipient
 
@@ -64,12 +66,30 @@ def _records(blocks: list[list[tuple[str, str]]]) -> tuple[dict[str, str], list[
     return per_message, records[:MAX_RECIPIENTS]
 
 
-def rfc3464(ctx: Context) -> Draft | None:
+_TEXT_DSN = re.compile(r"(?im)^[ \t]*final-recipient[ \t]*:[ \t]*\S")
+
+
+def _dsn_source(ctx: Context) -> str | None:
+    """The delivery-status fields: the DSN part, else "" for a report that lost it, else
+    a notice that pastes the fields into its text (some MTAs send no DSN part but copy
+    its Final-Recipient/Action/Status/Diagnostic-Code lines), else None."""
     parts = ctx.parts_of(DSN_TYPES)
-    if not parts and _report_type(ctx) not in ("delivery-status", "global-delivery-status"):
+    if parts:
+        return parts[0].text()
+    if _report_type(ctx) in ("delivery-status", "global-delivery-status"):
+        return ""
+    text = ctx.primary_text()
+    if _TEXT_DSN.search(text[:20000]) and looks_like_bounce(ctx):
+        return text[:20000]
+    return None
+
+
+def rfc3464(ctx: Context) -> Draft | None:
+    source = _dsn_source(ctx)
+    if source is None:
         return None
     draft = Draft(kind="bounce", detector="rfc3464")
-    blocks = _text.parse_blocks(parts[0].text()) if parts else []
+    blocks = _text.parse_blocks(source) if source else []
     per_message, records = _records(blocks)
     draft.original_message_id = per_message.get("x-original-message-id", "")
     recipients: list[Recipient] = []
