@@ -88,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = args.func(args)
     except ConfigError as exc:
-        print(f"mailops: configuration error: {exc}", file=sys.stderr)
+        for problem in exc.problems:  # one line each, the same from a tool and config check
+            print(f"mailops: configuration error: {problem}", file=sys.stderr)
         return exitcodes.TEMPFAIL if in_pipe else exitcodes.CONFIG
     except KeyboardInterrupt:
         return 130

@@ -36,7 +36,8 @@ class ConfigError(Exception):
 
     @property
     def problems(self) -> tuple[str, ...]:
-        return tuple(str(a) for a in self.args) or ("bad settings",)
+        lines = (str(a).replace("\r", "\\r").replace("\n", "\\n") for a in self.args)
+        return tuple(lines) or ("bad settings",)
 
     def __str__(self) -> str:
         return "; ".join(self.problems)
@@ -71,14 +72,6 @@ def load(explicit: str | None = None) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     return data
-
-
-def section(data: dict[str, Any], name: str) -> dict[str, Any]:
-    """One table, unchecked (kept only while the tools move to :func:`table`)."""
-    value = data.get(name, {})
-    if not isinstance(value, dict):
-        raise ConfigError(f"[{name}]: expected a table, got {show(value)}")
-    return value
 
 
 # --------------------------------------------------------------------------- the schema
