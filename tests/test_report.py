@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import base64
 import datetime as dt
 import email
 import gzip
@@ -432,6 +434,8 @@ def test_mail_html_with_inline_charts(tmp_path: Path, capsys: pytest.CaptureFixt
         assert image.get_content_type() == "image/png"
         cid = image["Content-ID"].strip("<>")
         assert f"cid:{cid}" in body
+        # shown in the text where the HTML puts it, not offered as an attachment
+        assert image.get_content_disposition() == "inline"
         check_png(image.get_payload(decode=True))
     assert "gmail.com" in body and "Grand totals" in body
 
@@ -482,9 +486,24 @@ def test_sendmail_failure_is_temporary(tmp_path: Path, capsys: pytest.CaptureFix
     assert "queue full" in capsys.readouterr().err
 
 
-def test_html_format_prints_a_mime_message(capsys: pytest.CaptureFixture[str]) -> None:
+def test_html_format_prints_a_standalone_page(capsys: pytest.CaptureFixture[str]) -> None:
+    """--format html: one HTML page that shows everything by itself, charts included."""
     rc, out, _ = run_cli(
         ["--log", str(DATA / "small.log"), "--day", "all", "--format", "html"], capsys
+    )
+    assert rc == 0
+    assert out.startswith("<!DOCTYPE html>") and out.rstrip().endswith("</html>")
+    assert "cid:" not in out and "Content-Type" not in out
+    srcs = re.findall(r'<img src="data:image/png;base64,([^"]+)"', out)
+    assert len(srcs) == 2
+    for src in srcs:
+        check_png(base64.b64decode(src))
+    assert "gmail.com" in out and "Grand totals" in out
+
+
+def test_mail_format_prints_a_mime_message(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run_cli(
+        ["--log", str(DATA / "small.log"), "--day", "all", "--format", "mail"], capsys
     )
     assert rc == 0
     msg = email.message_from_string(out)
@@ -497,6 +516,46 @@ def test_html_format_prints_a_mime_message(capsys: pytest.CaptureFixture[str]) -
         "image/png",
         "image/png",
     ]
+    images = [part for part in msg.walk() if part.get_content_maintype() == "image"]
+    assert [part.get_content_disposition() for part in images] == ["inline", "inline"]
+
+
+def test_a_day_with_no_line_in_the_log_is_said(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--day on a log without a line of that day: a warning, not zeros alone."""
+    argv = ["--log", str(DATA / "small.log"), "--day", "2024-11-24"]
+    rc, out, err = run_cli([*argv, "--format", "json"], capsys)
+    assert rc == 0
+    rep = json.loads(out)
+    assert rep["totals"]["received"] == 0
+    assert rep["warnings"] == [
+        "no line of 2024-11-24 counted in 34 lines read: check --day and which log was read"
+    ]
+    assert "warning: no line of 2024-11-24" in err
+    rc, out, _ = run_cli([*argv, "--format", "text"], capsys)
+    assert "Warning: no line of 2024-11-24" in out.splitlines()[1]
+    # a day with lines: no warning
+    assert (
+        json_report(["--log", str(DATA / "small.log"), "--day", "2024-11-23"], capsys)["warnings"]
+        == []
+    )
+
+
+def test_every_option_has_help_and_no_rest_markup(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name in ("report", "queues"):
+        if name not in sub.choices:
+            continue
+        command = sub.choices[name]
+        for action in command._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"mailops {name} {action.option_strings[0]}: no help"
+    with pytest.raises(SystemExit):
+        cli.main(["report", "--help"])
+    out = capsys.readouterr().out
+    assert "``" not in out and "--format {text,json,html,mail}" in out
 
 
 # ---------------------------------------------------------------------- charts

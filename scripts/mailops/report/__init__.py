@@ -2,8 +2,9 @@
 
 Usage::
 
-    mailops report [--log FILE ...] [--rotated | --no-rotated]
-                   [--day today|yesterday|YYYY-MM-DD|all] [--format text|json|html]
+    mailops report [--log FILE ...] [--cluster] [--logs-from DIR]
+                   [--rotated | --no-rotated]
+                   [--day today|yesterday|YYYY-MM-DD|all] [--format text|json|html|mail]
                    [--mail-to ADDR ...] [--mail-from ADDR] [--year YYYY] [--top N]
                    [--syslog-name NAME] [--jobs N]
 
@@ -18,22 +19,31 @@ reject reasons, SASL authentication failures per client and per-sender-domain vo
 first), leaving out those last written before the day asked for.  ``--day`` keeps the
 lines of one day as pflogsumm's ``-d`` does (classic timestamps have no year: ``Nov 23``
 lines of any year count; ``--year`` names the year for the per-day table, which
-otherwise follows pflogsumm: this year, or last year for a month still to come).
+otherwise follows pflogsumm: this year, or last year for a month still to come).  When
+not one line of the day asked for counted, the report says so (a warning on stderr and
+in every format) instead of printing zeros without a word.
 
 Formats: ``text`` (pflogsumm's layout with exact numbers, for grep), ``json`` (schema
-``mailops.report/1``, docs/report.md), ``html`` (a MIME mail: text alternative plus
-HTML with PNG charts of hourly traffic and outcomes per destination as
-``multipart/related`` parts, printed so it can be piped to ``sendmail -t`` or saved).
-``--mail-to ADDR`` (or ``--mail``, to the settings' ``mail_to``) sends the chosen format
-through ``sendmail`` instead of printing it; without either the report is printed, even
-where the settings name recipients.
+``mailops.report/1``, docs/report.md), ``html`` (a standalone HTML page, its PNG charts
+of hourly traffic and outcomes per destination inside it as ``data:`` URIs) and
+``mail`` (a MIME message: text alternative plus the HTML, the charts as inline
+``multipart/related`` parts referenced by ``cid:``, printed so it can be piped to
+``sendmail -t`` or saved).  ``--mail-to ADDR`` (or ``--mail``, to the settings'
+``mail_to``) sends the report through ``sendmail`` instead of printing it (``html`` and
+``mail`` both send the MIME message); without either the report is printed, even where
+the settings name recipients.
 
 A large plain file (32 MiB or more) is counted by up to ``--jobs`` processes at once,
 one part of the file each, with the same figures (``mailops.report.parallel``); the
 default is one per core, at most 4.  ``--jobs 1`` reads with one process.
 
-Run on the monitor host over every node's log (``--log mx1.log --log mail1.log ...``)
-it makes one report for the cluster.
+Several ``--log`` files are one stream, read in the order given, as pflogsumm reads
+them: a queue id is one message wherever it appears.  For one report of the whole
+cluster, run on the monitor host over a copy of every node's log, ``--cluster`` takes
+each ``--log`` FILE (with its rotations, with ``--rotated``) as the log of another host:
+each is counted apart, so the same queue id on two hosts is two messages, and the
+figures are added up.  ``--logs-from DIR`` is ``--cluster`` with every log in DIR (a
+file whose name is another's plus a rotation suffix goes with that one).
 
 Exit codes: 0 done; 2 bad arguments; 66 a log cannot be read; 75 sendmail failed;
 78 bad settings or no sendmail.
@@ -68,7 +78,11 @@ from typing import Any
 from mailops import config, exitcodes
 from mailops.config import ConfigError
 
-FORMATS = config.SCHEMA["report"]["format"].choices
+# "mail" is also accepted where the settings reader does not list it yet: the flag is
+# taken here, before the reader checks the rest
+FORMATS: tuple[str, ...] = tuple(
+    dict.fromkeys((*config.SCHEMA["report"]["format"].choices, "mail"))
+)
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -77,7 +91,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     flags = {
         "logs": args.log,
         "rotated": args.rotated,
-        "format": args.format,
+        "format": None if args.format == "mail" else args.format,
         "mail_to": args.mail_to,
         "mail_from": args.mail_from,
         "year": args.year,
@@ -88,6 +102,8 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     merged = config.table(config.load(getattr(args, "config", None)), "report", flags)
     if args.day is not None:  # checked by run(), which says what a --day may be
         merged["day"] = args.day
+    if args.format == "mail":
+        merged["format"] = "mail"
     if not merged["logs"]:
         raise ConfigError("[report] logs is empty and no --log was given")
     return merged
@@ -110,15 +126,29 @@ def run(args: argparse.Namespace) -> int:
     if mail and not s["mail_to"]:
         _err("--mail: no recipients ([report] mail_to is empty and no --mail-to)")
         return exitcodes.USAGE
-    paths = list(build.iter_paths(s["logs"], s["rotated"], day))
+    logs = list(s["logs"])
+    cluster = bool(args.cluster)
     try:
-        tally, sources = build.tally_files(
-            paths, day, s["syslog_name"], s["cap"], jobs=s["jobs"] or None
-        )
+        if args.logs_from is not None:
+            logs = build.host_logs(Path(args.logs_from))
+            cluster = True
+        if cluster:
+            groups = [list(build.iter_paths([log], s["rotated"], day)) for log in logs]
+            tally, sources = build.tally_cluster(
+                groups, day, s["syslog_name"], s["cap"], jobs=s["jobs"] or None
+            )
+        else:
+            paths = list(build.iter_paths(logs, s["rotated"], day))
+            tally, sources = build.tally_files(
+                paths, day, s["syslog_name"], s["cap"], jobs=s["jobs"] or None
+            )
     except build.LogError as exc:
         _err(str(exc))
         return exitcodes.NOINPUT
-    rep = build.report(tally, sources, day, top=s["top"], year=s["year"] or None)
+    warnings = [w for w in (build.nothing_of_the_day(tally, day),) if w]
+    for w in warnings:
+        _err(f"warning: {w}")
+    rep = build.report(tally, sources, day, top=s["top"], year=s["year"] or None, warnings=warnings)
     del tally  # its sets are the bulk of the memory; the mail code loads after they go
     from mailops.report import render
 
@@ -127,8 +157,10 @@ def run(args: argparse.Namespace) -> int:
             out = render.as_json(rep)
         elif s["format"] == "text":
             out = render.as_text(rep)
+        elif s["format"] == "html":
+            out = render.page(rep)
         else:
-            out = render.mail(rep, "html", _mail_from(s), ["root"], s["subject"]).as_string()
+            out = render.mail(rep, "mail", _mail_from(s), ["root"], s["subject"]).as_string()
         sys.stdout.write(out)
         return exitcodes.OK
     return send(rep, s)
@@ -192,10 +224,25 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "report",
         help="daily summary of the Postfix log (pflogsumm's totals, charts by mail)",
-        description=(__doc__ or "").split("\n\n")[0],
+        description=(__doc__ or "").split("\n\n")[0].replace("``", ""),
     )
     parser.add_argument(
-        "--log", action="append", metavar="FILE", help="log to read (repeat; default from settings)"
+        "--log",
+        action="append",
+        metavar="FILE",
+        help="log to read (repeat: one stream, in order; default: [report] logs)",
+    )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="each --log FILE is another host's: count each apart (a queue id per host) "
+        "and add them up, one report for the cluster",
+    )
+    parser.add_argument(
+        "--logs-from",
+        metavar="DIR",
+        help="--cluster over every log in DIR (e.g. the copies of each node's log on the "
+        "monitor), instead of --log",
     )
     parser.add_argument(
         "--rotated",
@@ -204,16 +251,33 @@ def register(subparsers: Any) -> None:
         help="also read FILE.1, FILE.2.gz ... that may hold lines of the day",
     )
     parser.add_argument("--day", help="today, yesterday, YYYY-MM-DD or all (default yesterday)")
-    parser.add_argument("--format", choices=FORMATS)
-    parser.add_argument("--mail-to", action="append", metavar="ADDR", help="mail the report")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="text (pflogsumm's layout), json (docs/report.md), html (a standalone page "
+        "with its charts) or mail (a MIME message, charts inline); default text",
+    )
+    parser.add_argument(
+        "--mail-to",
+        action="append",
+        metavar="ADDR",
+        help="mail the report to ADDR (repeat) through sendmail instead of printing it",
+    )
     parser.add_argument(
         "--mail", action="store_true", help="mail the report to the settings' mail_to"
     )
-    parser.add_argument("--mail-from", metavar="ADDR")
-    parser.add_argument("--year", type=_year, help="year of classic (yearless) timestamps")
-    parser.add_argument("--top", type=_positive, help="rows per table (default 20)")
-    parser.add_argument("--syslog-name", help="also count this Postfix syslog_name")
     parser.add_argument(
-        "--jobs", type=_positive, help="processes for a large file (default one per core)"
+        "--mail-from",
+        metavar="ADDR",
+        help="sender of the mailed report (default: [report] mail_from, else mailops@FQDN)",
+    )
+    parser.add_argument("--year", type=_year, help="year of classic (yearless) timestamps")
+    parser.add_argument("--top", type=_positive, metavar="N", help="rows per table (default 20)")
+    parser.add_argument("--syslog-name", metavar="NAME", help="also count this Postfix syslog_name")
+    parser.add_argument(
+        "--jobs",
+        type=_positive,
+        metavar="N",
+        help="processes for a plain file of 32 MiB or more (default one per core, at most 4)",
     )
     parser.set_defaults(func=run)

@@ -26,6 +26,7 @@ from mailops.report.tally import (
     D_SENT,
     MONTH_NAMES,
     DaySpec,
+    SizeArchive,
     Tally,
 )
 
@@ -192,6 +193,70 @@ def tally_files(
     return tally, sources
 
 
+def tally_cluster(
+    groups: Sequence[Sequence[Path]],
+    day: dt.date | None = None,
+    syslog_name: str = "postfix",
+    cap: int = 5000,
+    jobs: int | None = None,
+) -> tuple[Tally, list[dict[str, Any]]]:
+    """One tally for several hosts' logs, each group of files one host's (its log and
+    rotations): every host's files are counted apart, so a queue id of one host never
+    meets the same queue id of another (two messages, where one file holding both hosts'
+    lines is counted as pflogsumm counts it, one message), and the figures are added up."""
+    total: Tally | None = None
+    sources: list[dict[str, Any]] = []
+    for group in groups:
+        tally, found = tally_files(group, day, syslog_name, cap, jobs)
+        sources += found
+        if total is None:
+            total = tally
+            continue
+        part = tally.export()
+        del tally
+        # the queue ids' state is of no use past its own host's log
+        part.update(sizes={}, retired=[], clients={})
+        total.sizes.clear()
+        total.retired = SizeArchive()
+        total.clients.clear()
+        assert total.absorb(part)
+    if total is None:
+        return tally_files([], day, syslog_name, cap, jobs)
+    return total, sources
+
+
+def host_logs(directory: Path) -> list[str]:
+    """The logs in ``directory`` for ``--logs-from``: every regular file but those named
+    after another plus a rotation suffix (``mail1.log.1``, ``mail1.log-20241123.gz``),
+    which ``--rotated`` adds to that one; sorted by name."""
+    try:
+        names = sorted(p.name for p in directory.iterdir() if p.is_file())
+    except OSError as exc:
+        raise LogError(f"{directory}: {exc.strerror or exc}") from None
+    present = set(names)
+    logs = [
+        n
+        for n in names
+        if not any(
+            n.startswith(base) and _ROTATED.match(n[len(base) :]) for base in present if base != n
+        )
+    ]
+    if not logs:
+        raise LogError(f"{directory}: no log in it")
+    return [str(directory / n) for n in logs]
+
+
+def nothing_of_the_day(tally: Tally, day: dt.date | None) -> str | None:
+    """A warning when a day was asked for and not one line of it counted (a wrong day, a
+    log that rotated, the wrong file), rather than a report of zeros that says nothing."""
+    if day is None or tally.buckets or tally.sasl_failures or tally.forwarded:
+        return None
+    return (
+        f"no line of {day.isoformat()} counted in {tally.lines:,} lines read: "
+        "check --day and which log was read"
+    )
+
+
 # ---------------------------------------------------------------------- the report
 
 
@@ -230,6 +295,7 @@ def report(
     year: int | None = None,
     now: dt.datetime | None = None,
     host: str | None = None,
+    warnings: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The documented report dict (schema ``mailops.report/1``)."""
     now = now or dt.datetime.now(dt.UTC)
@@ -326,6 +392,7 @@ def report(
         },
         "problems": {"fatal": t.fatal, "panic": t.panic},
         "truncated": sorted(t.truncated),
+        "warnings": list(warnings),
     }
 
 

@@ -1,7 +1,9 @@
-"""Render a report dict as greppable text, JSON, or a mail with inline charts."""
+"""Render a report dict as greppable text, JSON, a standalone HTML page, or a mail with
+inline charts."""
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 from email.message import EmailMessage
@@ -56,7 +58,7 @@ def _section(out: list[str], name: str) -> None:
 
 def as_text(rep: dict[str, Any]) -> str:
     """pflogsumm's layout, with exact numbers (no k/m) so that grep and awk can read it."""
-    out = [title(rep)]
+    out = [title(rep), *(f"Warning: {w}" for w in rep.get("warnings", []))]
     _section(out, "Grand Totals")
     t = rep["totals"]
     for key, label in TOTAL_LINES:
@@ -136,18 +138,40 @@ def _table(headers: list[str], rows: list[list[Any]], numeric: set[int]) -> str:
     return f'<table style="border-collapse:collapse;margin:4px 0 16px 0;">{head}{body}</table>'
 
 
-def as_html(rep: dict[str, Any], hourly_cid: str, domains_cid: str) -> str:
+def _data_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def page(rep: dict[str, Any]) -> str:
+    """The report as a standalone HTML page: the charts are in it (``data:`` URIs), so
+    the one file shows everything in a browser, saved or served."""
+    return as_html(
+        rep,
+        _data_uri(png.hourly_chart(rep["hourly"], HOURLY)),
+        _data_uri(png.domains_chart(rep["recipient_domains"])),
+    )
+
+
+def as_html(rep: dict[str, Any], hourly_src: str, domains_src: str) -> str:
+    """The HTML of the report; ``hourly_src`` and ``domains_src`` are where the two
+    charts come from (``cid:...`` in a mail, ``data:...`` in a page)."""
     t = rep["totals"]
     totals = [[label, f"{t[key]:,}"] for key, label in TOTAL_LINES]
     parts = [
-        '<html><body style="font-family:Helvetica,Arial,sans-serif;color:#212529;">',
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title(rep))}</title></head>",
+        '<body style="font-family:Helvetica,Arial,sans-serif;color:#212529;">',
         f"<h2>{html.escape(title(rep))}</h2>",
+        *(
+            f'<p style="color:#b35900;"><b>Warning:</b> {html.escape(w)}</p>'
+            for w in rep.get("warnings", [])
+        ),
         "<h3>Grand totals</h3>",
         _table(["", "count"], totals, {1}),
         "<h3>Traffic per hour</h3>",
-        f'<img src="cid:{hourly_cid}" alt="messages per hour">',
+        f'<img src="{html.escape(hourly_src)}" alt="messages per hour">',
         "<h3>Outcomes per destination</h3>",
-        f'<img src="cid:{domains_cid}" alt="delivered, deferred, bounced per domain">',
+        f'<img src="{html.escape(domains_src)}" alt="delivered, deferred, bounced per domain">',
         _table(
             ["domain", "delivered", "bytes", "deferred", "bounced", "avg delay s", "max delay s"],
             [
@@ -209,8 +233,9 @@ def as_html(rep: dict[str, Any], hourly_cid: str, domains_cid: str) -> str:
 def mail(
     rep: dict[str, Any], fmt: str, mail_from: str, mail_to: list[str], subject_text: str = ""
 ) -> EmailMessage:
-    """The report as a mail: html (text alternative + HTML with inline PNG charts as a
-    multipart/related part), or text/plain for text and json."""
+    """The report as a mail: for ``mail`` (and ``html``) a text alternative and the HTML
+    with its PNG charts as inline parts of a multipart/related, referenced by ``cid:``
+    (mail clients do not show ``data:`` images); text/plain for text and json."""
     msg = EmailMessage()
     msg["From"] = mail_from
     msg["To"] = ", ".join(mail_to)
@@ -222,11 +247,13 @@ def mail(
         msg.set_content(as_json(rep), subtype="plain")
         return msg
     msg.set_content(as_text(rep))
-    if fmt != "html":
+    if fmt not in ("html", "mail"):
         return msg
     hourly_cid = make_msgid("hourly")
     domains_cid = make_msgid("domains")
-    msg.add_alternative(as_html(rep, hourly_cid[1:-1], domains_cid[1:-1]), subtype="html")
+    msg.add_alternative(
+        as_html(rep, f"cid:{hourly_cid[1:-1]}", f"cid:{domains_cid[1:-1]}"), subtype="html"
+    )
     parts = msg.get_payload()
     assert isinstance(parts, list)
     related = parts[1]
@@ -236,6 +263,7 @@ def mail(
         maintype="image",
         subtype="png",
         cid=hourly_cid,
+        disposition="inline",
         filename="hourly.png",
     )
     related.add_related(
@@ -243,6 +271,7 @@ def mail(
         maintype="image",
         subtype="png",
         cid=domains_cid,
+        disposition="inline",
         filename="domains.png",
     )
     return msg
