@@ -7,10 +7,14 @@ and goes only to the lab's own hosts.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,8 +29,8 @@ MX = HOSTS["mx1"]
 # Every lab host except the outside world itself.
 TARGETS = [h for h in HOSTS if h != "inbox"]
 
-# Classic relay tricks: each must be refused with 5xx on every port of every host.  The
-# company domain is a relay domain on mx1; sender-specified routing is never honoured.
+# Classic relay tricks: each must be refused on every port of every host.  The company
+# domain is a relay domain on mx1; sender-specified routing is never honoured.
 RELAY_TRICKS = [
     "alice@gmail.test",
     f"alice%gmail.test@{DOMAIN}",
@@ -47,36 +51,78 @@ RELAY_TRICKS = [
     f"alice@gmail.test%{DOMAIN}",
     f"{DOMAIN}!gmail.test!alice",
 ]
+# Postfix refuses this one as bad syntax (a '%' in the domain) before any restriction.
+SYNTAX_REFUSAL = {f"alice@gmail.test%{DOMAIN}": r"501 5\.1\.3 Bad recipient address syntax"}
+STRANGER = "inbox"
+HELO = "probe.gmail.test"
+SENDER = "alice@gmail.test"
+ADDR = "<[^>]*>"  # the recipient or the client, as Postfix names it in a refusal
 
-# Runs in inbox: one SMTP session per batch of recipients (Postfix hangs up after
-# smtpd_hard_error_limit errors, and slows down after the soft limit), STARTTLS on 587.
-# Prints JSON: {"listening": bool, "auth_before_tls": bool, "replies": {rcpt: "code text"}}.
-PROBE = r"""
+
+@dataclass(frozen=True)
+class Door:
+    """A port of a group's hosts: who legitimately gets a recipient accepted there, and
+    the reason a stranger's relay attempt is refused with."""
+
+    control_client: str  # the lab host whose session of the probe's shape must be accepted
+    control_rcpt: str
+    control_auth: bool  # the control logs in (SASL) after STARTTLS
+    refusal: str  # regex of the whole reply to every probe
+
+
+DOORS = {
+    # The MX takes the company domain from anyone, and relays nothing else for strangers.
+    ("mail_mx", 25): Door(STRANGER, f"bill@{DOMAIN}", False,
+                          rf"554 5\.7\.1 {ADDR}: Relay access denied"),
+    # Submission relays for logged-in clients only.
+    ("mail_mx", 587): Door(STRANGER, "alice@gmail.test", True,
+                           rf"554 5\.7\.1 {ADDR}: Recipient address rejected: Access denied"),
+    # The bulk nodes take mail from the cluster's application servers only.
+    ("mail_bulk", 25): Door("app1", "alice@gmail.test", False,
+                            rf"554 5\.7\.1 {ADDR}: Client host rejected: Access denied"),
+}  # fmt: skip
+
+# Runs in a lab host; reads {host, port, helo, sender, rcpts, control: rcpt | null, auth:
+# [user, password] | null} as JSON on stdin (the password stays out of the process list).
+# One SMTP session per batch of recipients (Postfix hangs up after smtpd_hard_error_limit
+# errors, and slows down after the soft limit), each batch after the control recipient
+# when there is one, STARTTLS whenever offered.  Prints JSON: {"listening": bool,
+# "sessions": [{"ehlo", "auth_before_tls": bool, "login", "mail", "replies": {rcpt: "code
+# text"}}]}; a session stops at the first command that is not answered 2xx.
+SESSION = r"""
 import json, smtplib, ssl, sys
-host, port, rcpts = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
-out = {"listening": True, "auth_before_tls": False, "replies": {}}
-def session():
-    s = smtplib.SMTP(host, port, local_hostname="probe.gmail.test", timeout=20)
-    s.ehlo()
-    if s.has_extn("auth"):
-        out["auth_before_tls"] = True
-    if s.has_extn("starttls"):
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        s.starttls(context=ctx)
-        s.ehlo()
-    return s
+job = json.load(sys.stdin)
+out = {"listening": True, "sessions": []}
+def text(code, msg):
+    return f"{code} {msg.decode(errors='replace')}".replace("\n", " ")
 try:
-    for i in range(0, len(rcpts), 6):
-        s = session()
-        code, msg = s.mail("alice@gmail.test")
-        for r in rcpts[i:i + 6]:
-            if code >= 400:
-                out["replies"][r] = f"{code} (MAIL FROM) {msg.decode(errors='replace')}"
-                continue
-            c, m = s.docmd("RCPT TO:<%s>" % r)
-            out["replies"][r] = f"{c} {m.decode(errors='replace')}"
+    rcpts = job["rcpts"]
+    for i in range(0, len(rcpts) or 1, 6):
+        got = {"ehlo": "", "auth_before_tls": False, "login": "", "mail": "", "replies": {}}
+        out["sessions"].append(got)
+        s = smtplib.SMTP(job["host"], job["port"], local_hostname=job["helo"], timeout=20)
+        code, msg = s.ehlo()
+        got["ehlo"] = text(code, msg.split(b"\n")[0])
+        got["auth_before_tls"] = s.has_extn("auth")
+        if code == 250 and s.has_extn("starttls"):
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            s.starttls(context=ctx)
+            code, msg = s.ehlo()
+            got["ehlo"] = text(code, msg.split(b"\n")[0] + b" (after STARTTLS)")
+        if code == 250 and job["auth"]:
+            try:
+                code, msg = s.login(*job["auth"])
+            except smtplib.SMTPAuthenticationError as e:
+                code, msg = e.smtp_code, e.smtp_error
+            got["login"] = text(code, msg)
+        if code < 300:
+            code, msg = s.mail(job["sender"])
+            got["mail"] = text(code, msg)
+        if code < 300:
+            for r in ([job["control"]] if job["control"] else []) + rcpts[i:i + 6]:
+                got["replies"][r] = text(*s.docmd("RCPT TO:<%s>" % r))
         try:
             s.quit()
         except smtplib.SMTPException:
@@ -87,34 +133,88 @@ print(json.dumps(out))
 """
 
 
-def probe(host: str, port: int, rcpts: list[str]) -> dict:
+def smtp(
+    client: str, host: str, port: int, rcpts: list[str], control: str = "", auth: bool = False
+) -> dict[str, Any]:
+    job = {
+        "host": HOSTS[host]["ip"],
+        "port": port,
+        "helo": HELO,
+        "sender": SENDER,
+        "rcpts": rcpts,
+        "control": control or None,
+        "auth": [f"app1@{DOMAIN}", _secret("sasl-app1")] if auth else None,
+    }
     res = subprocess.run(
-        ["podman", "exec", f"{PREFIX}-inbox", "python3", "-c", PROBE,
-         HOSTS[host]["ip"], str(port), json.dumps(rcpts)],
-        capture_output=True, text=True, timeout=180, check=False,
+        ["podman", "exec", "-i", f"{PREFIX}-{client}", "python3", "-c", SESSION],
+        input=json.dumps(job), capture_output=True, text=True, timeout=180, check=False,
     )  # fmt: skip
-    assert res.returncode == 0, f"probe of {host}:{port} failed: {res.stderr[-800:]}"
-    return json.loads(res.stdout)
+    assert res.returncode == 0, f"SMTP from {client} to {host}:{port} failed: {res.stderr[-800:]}"
+    out: dict[str, Any] = json.loads(res.stdout)
+    return out
+
+
+def _secret(name: str) -> str:
+    return (ROOT / ".lab" / "secrets" / name).read_text().split()[0]
+
+
+def _reached_rcpt(where: str, session: dict[str, Any]) -> list[str]:
+    """What kept a session from having its recipients judged, if anything."""
+    problems = []
+    if not session["ehlo"].startswith("250"):
+        problems.append(f"{where}: EHLO {HELO} answered {session['ehlo']}")
+    elif session["login"] and not session["login"].startswith("235"):
+        problems.append(f"{where}: login answered {session['login']}")
+    elif not session["mail"].startswith("250"):
+        problems.append(f"{where}: MAIL FROM:<{SENDER}> answered {session['mail'] or '-'}")
+    return problems
 
 
 @pytest.mark.parametrize("port", [25, 587])
-def test_no_host_relays_or_offers_auth_in_clear(port: int, evidence: list[str]) -> None:
-    problems, seen = [], []
-    for host in TARGETS:
-        out = probe(host, port, RELAY_TRICKS)
-        if not out["listening"]:
-            seen.append(f"{host}: closed")
-            continue
-        if out["auth_before_tls"]:
+@pytest.mark.parametrize("host", TARGETS)
+def test_no_host_relays_or_offers_auth_in_clear(host: str, port: int, evidence: list[str]) -> None:
+    door = DOORS.get((HOSTS[host]["group"], port))
+    # Where the stranger itself may deliver (the MX's port 25), every probe session holds
+    # the control too, next to the probes.
+    beside = door.control_rcpt if door and door.control_client == STRANGER else ""
+    beside = "" if door and door.control_auth else beside
+    out = smtp(STRANGER, host, port, RELAY_TRICKS, control=beside)
+    if not out["listening"]:
+        assert door is None, f"{host}:{port} is closed, yet it is a door: {door}"
+        evidence.append(f"{host}:{port} closed")
+        return
+    assert door is not None, f"{host}:{port} listens, and no probe says what it may accept"
+    # The positive control: a session of the same shape (HELO, sender, TLS) from a client
+    # the host serves is accepted at RCPT, so the probes below are judged on their
+    # recipients by the same path.
+    control = smtp(door.control_client, host, port, [], door.control_rcpt, door.control_auth)
+    where = f"control {door.control_client}->{host}:{port}"
+    assert control["listening"], where
+    (session,) = control["sessions"]
+    assert not _reached_rcpt(where, session), _reached_rcpt(where, session)
+    got = session["replies"][door.control_rcpt]
+    assert got.startswith("250"), f"{where}: <{door.control_rcpt}> answered {got}"
+    problems: list[str] = []
+    replies: dict[str, str] = {}
+    for session in out["sessions"]:
+        problems += _reached_rcpt(f"{STRANGER}->{host}:{port}", session)
+        if session["auth_before_tls"]:
             problems.append(f"{host}:{port} offers AUTH before STARTTLS")
-        accepted = {r: v for r, v in out["replies"].items() if not v.startswith("5")}
-        if accepted:
-            problems.append(f"{host}:{port} did not refuse with 5xx: {accepted}")
-        if len(out["replies"]) != len(RELAY_TRICKS):
-            problems.append(f"{host}:{port} answered {len(out['replies'])} of the probes")
-        seen.append(f"{host}: {len(out['replies'])} refused")
+        if beside and not session["replies"].get(beside, "").startswith("250"):
+            problems.append(f"<{beside}> beside the probes: {session['replies'].get(beside)}")
+        replies.update({r: v for r, v in session["replies"].items() if r != beside})
+    for rcpt in RELAY_TRICKS:
+        want = SYNTAX_REFUSAL.get(rcpt, door.refusal)
+        if rcpt not in replies:
+            problems.append(f"<{rcpt}> was never judged")
+        elif not re.fullmatch(want, replies[rcpt].strip()):
+            problems.append(f"<{rcpt}> answered {replies[rcpt]!r}, not /{want}/")
     assert not problems, problems
-    evidence.append(f"port {port}: " + ", ".join(seen))
+    reasons = sorted({re.sub(ADDR, "<>", r) for r in replies.values()})
+    evidence.append(
+        f"{host}:{port}: control {door.control_client} <{door.control_rcpt}> 250;"
+        f" {len(replies)} probes refused: {'; '.join(reasons)}"
+    )
 
 
 # Runs in inbox: one session whose DATA hides a second message behind a non-standard
@@ -211,7 +311,7 @@ def _testssl(target: str, workdir: str) -> dict[str, str]:
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("testssl") is None, reason="testssl.sh is not installed")
 @pytest.mark.parametrize("port", [587, 25])
-def test_tls_below_1_2_is_refused(port: int, tmp_path, evidence: list[str]) -> None:
+def test_tls_below_1_2_is_refused(port: int, tmp_path: Path, evidence: list[str]) -> None:
     found = _testssl(f"{MX['ip']}:{port}", str(tmp_path))
     for old in ("SSLv2", "SSLv3", "TLS1", "TLS1_1"):
         assert old in found, found
