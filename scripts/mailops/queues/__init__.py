@@ -220,16 +220,30 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "queues",
         help="queue sizes of this host or of every node (JSON, Prometheus)",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        description=__doc__.split("\n\n")[0].replace("``", "") if __doc__ else None,
     )
     sub = parser.add_subparsers(dest="queues_command", metavar="ACTION")
     sub.required = True
 
     lp = sub.add_parser("local", help="count this host's Postfix queues")
-    lp.add_argument("--queue-directory", dest="queue_directory", metavar="DIR")
-    lp.add_argument("--method", choices=METHODS)
+    lp.add_argument(
+        "--queue-directory",
+        dest="queue_directory",
+        metavar="DIR",
+        help="Postfix's queue directory (default: what postconf says)",
+    )
+    lp.add_argument(
+        "--method",
+        choices=METHODS,
+        help="files (count the queue files: root or postfix), postqueue (postqueue -j: "
+        "anyone, slower) or auto (files when readable; the default)",
+    )
     lp.add_argument("--json", action="store_true", help="same as --format json")
-    lp.add_argument("--format", choices=("text", "json", "prometheus"))
+    lp.add_argument(
+        "--format",
+        choices=("text", "json", "prometheus"),
+        help="text (default), json or the Prometheus text exposition",
+    )
     lp.add_argument("--top", type=_positive, metavar="N", help="destinations to report")
     lp.add_argument("--sample", type=_positive, metavar="N", help="defer logfiles to read at most")
     lp.set_defaults(func=cmd_local)
@@ -237,16 +251,32 @@ def register(subparsers: Any) -> None:
     cp = sub.add_parser("collect", help="query every node over SSH")
     src = cp.add_mutually_exclusive_group()
     src.add_argument("--hosts", metavar="H1,H2", help="name[=address][:port],...")
-    src.add_argument("--inventory-json", dest="inventory_json", metavar="FILE")
+    src.add_argument(
+        "--inventory-json",
+        dest="inventory_json",
+        metavar="FILE",
+        help="hosts from `ansible-inventory --list` output saved in FILE",
+    )
     cp.add_argument("--group", metavar="G", help="inventory group (default: every host)")
-    cp.add_argument("--user", metavar="U")
-    cp.add_argument("--key", metavar="FILE")
-    cp.add_argument("--known-hosts", dest="known_hosts", metavar="FILE")
-    cp.add_argument("--port", type=int, metavar="P")
+    cp.add_argument("--user", metavar="U", help="SSH user on the nodes (default mailops-queues)")
+    cp.add_argument("--key", metavar="FILE", help="SSH private key (default ~/.ssh/id_ed25519)")
+    cp.add_argument(
+        "--known-hosts",
+        dest="known_hosts",
+        metavar="FILE",
+        help="the only host keys trusted, never added to (default ~/.ssh/known_hosts)",
+    )
+    cp.add_argument("--port", type=int, metavar="P", help="SSH port (default 22)")
     cp.add_argument("--timeout", type=float, metavar="S", help="seconds per host")
-    cp.add_argument("--parallel", type=_positive, metavar="N")
+    cp.add_argument(
+        "--parallel", type=_positive, metavar="N", help="hosts queried at once (default 16)"
+    )
     cp.add_argument("--command", metavar="CMD", help="command asked for (the node forces its own)")
-    cp.add_argument("--format", choices=("json", "prometheus"))
+    cp.add_argument(
+        "--format",
+        choices=("json", "prometheus"),
+        help="json (default) or the Prometheus text exposition",
+    )
     cp.add_argument("--output", metavar="FILE", help="write atomically (mode 0644)")
     cp.add_argument(
         "--prometheus-output",
