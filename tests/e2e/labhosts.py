@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import TypeVar
 
 import yaml
 
@@ -189,3 +190,38 @@ def lab_tool() -> ModuleType:
     sys.modules[spec.name] = mod  # (its dataclasses look themselves up there)
     spec.loader.exec_module(mod)
     return mod
+
+
+def file_mtime(host: str, path: str) -> float | None:
+    """When a file in a lab host was last written (seconds since the epoch), None if absent.
+
+    The containers share this machine's kernel clock, so it compares with time.time().
+    """
+    res = sh(host, f"stat -c %Y {path}")
+    return float(res.out) if res.rc == 0 and res.out.strip() else None
+
+
+_T = TypeVar("_T")
+
+
+def wait_for_value(
+    what: str,
+    probe: Callable[[], _T],
+    accept: Callable[[_T], bool],
+    timeout: float,
+    every: float = 2,
+) -> _T:
+    """The first value of ``probe()`` that ``accept`` takes, read every ``every`` seconds;
+    AssertionError naming ``what`` and the last value after ``timeout`` seconds.
+
+    For the effect of a scheduled job: the check waits for what the job changed and never
+    runs the job itself.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        last = probe()
+        if accept(last):
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f} s (last seen: {last!r:.300})")
+        time.sleep(every)

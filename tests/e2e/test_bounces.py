@@ -15,6 +15,13 @@ MX = HOSTS["mx1"]["ip"]
 MAILOPS = "/opt/mailops/bin/mailops"
 # The issue's bound: from the bounce arriving at mx1 to every node refusing.
 SUPPRESSION_DEADLINE = 300
+# The nodes' suppression map follows the store through cron's job on each node (every
+# minute, syncing every mailops__suppression_sync_every seconds within it): a stored
+# address is in both maps within the job's period plus a margin.  The checks wait for
+# that job and never run it.
+SYNC_PERIOD = 60
+SYNC_MARGIN = 30
+SUPPRESSION_MAP = "/etc/postfix/suppressed"
 
 
 def suppressed(address: str) -> bool:
@@ -36,6 +43,24 @@ def refused_by(node: str, address: str) -> str:
         f"--server {HOSTS[node]['ip']} --from bounces@{DOMAIN} --to {address} --quit-after RCPT",
     )
     return smtp_reply(res)
+
+
+def in_every_map(address: str, evidence: list[str]) -> None:
+    """Wait until the suppression map of mail1 and of mail2 holds ``address`` (just stored)."""
+
+    def probe() -> bool:
+        return all(
+            sh(n, f"postmap -q '{address}' hash:{SUPPRESSION_MAP}").out.strip()
+            for n in ("mail1", "mail2")
+        )
+
+    took = wait_until(
+        f"{address} in the suppression map of mail1 and mail2 (cron's sync)",
+        probe,
+        SYNC_PERIOD + SYNC_MARGIN,
+        every=2,
+    )
+    evidence.append(f"{took:.0f} s from the store to both nodes' maps")
 
 
 def every_node_refuses(address: str, evidence: list[str]) -> None:
@@ -61,6 +86,7 @@ def test_hard_bounce_is_stored_and_every_node_refuses(evidence: list[str]) -> No
     listed = sh("mx1", f"{MAILOPS} suppression list | grep -i '{address}'").out
     assert "userunknown" in listed or "hard" in listed, listed
     evidence.append(listed.strip()[:160])
+    in_every_map(address, evidence)
     every_node_refuses(address, evidence)
 
 
@@ -118,6 +144,7 @@ def test_feedback_report_suppresses_the_complainer(evidence: list[str]) -> None:
     listed = sh("mx1", f"{MAILOPS} suppression list | grep -i '{address}'").out
     assert "complaint" in listed or "feedback" in listed, listed
     evidence.append(listed.strip()[:160])
+    in_every_map(address, evidence)
     every_node_refuses(address, evidence)
 
 
