@@ -42,6 +42,8 @@ from mailops.bounceparse.ses import ses
 __all__ = [
     "DEFAULT_VERP_PREFIXES",
     "DETECTORS",
+    "DETECTOR_FAILED_NOTE",
+    "ERROR_NOTE",
     "MAX_INPUT",
     "REASONS",
     "Recipient",
@@ -94,21 +96,34 @@ def detector_names() -> list[str]:
 
 
 def parse_message(
-    raw: bytes, envelope_to: str = "", *, verp_prefixes: tuple[str, ...] = DEFAULT_VERP_PREFIXES
+    raw: bytes,
+    envelope_to: str = "",
+    *,
+    verp_prefixes: tuple[str, ...] = DEFAULT_VERP_PREFIXES,
+    strict: bool = False,
 ) -> Report:
     """Classify one message.  Never raises; worst case Report(kind="other", detector="none").
 
     ``envelope_to`` is the envelope recipient when the caller knows it (a Postfix pipe's
     ${original_recipient}); it is the first place a VERP token is looked for.
     ``verp_prefixes`` are the local parts of VERP return paths (``bounces+TOKEN@``).
+    ``strict`` is for tests: a failing detector (or any other internal error) raises
+    instead of becoming a note, so that a test cannot miss it.
     """
     try:
-        return _sanitize(_parse(raw, envelope_to, verp_prefixes))
+        return _sanitize(_parse(raw, envelope_to, verp_prefixes, strict))
     except Exception as exc:  # the contract: a Report for every input
-        return Report(kind="other", detector="none", notes=(_text.clean(f"error: {exc!r}"),))
+        if strict:
+            raise
+        return Report(kind="other", detector="none", notes=(_text.clean(f"{ERROR_NOTE}{exc!r}"),))
 
 
-def _parse(raw: bytes, envelope_to: str, verp_prefixes: tuple[str, ...]) -> Report:
+# How an internal failure shows in Report.notes (tests look for these prefixes).
+ERROR_NOTE = "error: "
+DETECTOR_FAILED_NOTE = "detector failed: "
+
+
+def _parse(raw: bytes, envelope_to: str, verp_prefixes: tuple[str, ...], strict: bool) -> Report:
     if isinstance(raw, str):
         raw = raw.encode("utf-8", "surrogateescape")
     data, notes = bound_input(bytes(raw))
@@ -118,7 +133,9 @@ def _parse(raw: bytes, envelope_to: str, verp_prefixes: tuple[str, ...]) -> Repo
         try:
             draft = detect(ctx)
         except Exception as exc:  # one broken detector must not hide the others
-            notes.append(f"detector {name} failed: {type(exc).__name__}")
+            if strict:
+                raise
+            notes.append(f"{DETECTOR_FAILED_NOTE}{name}: {type(exc).__name__}")
             draft = None
         if draft is not None:
             break
