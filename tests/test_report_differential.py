@@ -138,3 +138,58 @@ def test_one_day_of_a_longer_log_is_pflogsumms(
         "one process": pflogsumm.differences(one["totals"], theirs),
         f"{JOBS} processes": pflogsumm.differences(many["totals"], theirs),
     } == {"one process": {}, f"{JOBS} processes": {}}
+
+
+@pytest.mark.parametrize("seed", [201, 202, 203])
+def test_a_cluster_report_keeps_each_hosts_queue_ids_apart(
+    seed: int, tmp_path: Path, small_parts: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--cluster`` over two hosts' logs that use the same queue ids: the figures of
+    pflogsumm over the two logs with their queue ids kept distinct (two messages), where
+    one stream of both counts a shared queue id once, as pflogsumm does."""
+    mail1, own2, mail2 = tmp_path / "mail1.log", tmp_path / "own2.log", tmp_path / "mail2.log"
+    postfix_loggen.generate(seed, mail1, hosts=("mail1",))
+    postfix_loggen.generate(seed + 50, own2, hosts=("mail2",))
+    ids1 = postfix_loggen.queue_ids(mail1.read_text())
+    assert set(ids1).isdisjoint(postfix_loggen.queue_ids(own2.read_text()))
+    mail2.write_text(postfix_loggen.take_queue_ids(own2.read_text(), ids1))
+    shared = set(ids1) & set(postfix_loggen.queue_ids(mail2.read_text()))
+    assert len(shared) > 1000
+    apart = pflogsumm.totals([str(mail1), str(own2)])
+    for jobs in (1, JOBS):
+        rc = cli.main(
+            ["--config", os.devnull, "report", "--cluster", "--log", str(mail1), "--log",
+             str(mail2), "--day", "all", "--format", "json", "--jobs", str(jobs)]
+        )  # fmt: skip
+        out, err = capsys.readouterr()
+        assert rc == 0, err
+        cluster = json.loads(out)
+        assert pflogsumm.differences(cluster["totals"], apart) == {}, jobs
+    # the same from a directory of the hosts' logs (mail2's own, unshared log moved away)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for log in (mail1, mail2):
+        log.rename(logs / log.name)
+    (logs / "mail1.log.1").write_text("")  # a rotation: read with mail1.log, not as a host
+    rc = cli.main(
+        ["--config", os.devnull, "report", "--logs-from", str(logs), "--rotated", "--day",
+         "all", "--format", "json"]
+    )  # fmt: skip
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    from_dir = json.loads(out)
+    assert from_dir["totals"] == cluster["totals"]
+    assert [s["path"] for s in from_dir["sources"]] == [
+        str(logs / n) for n in ("mail1.log.1", "mail1.log", "mail2.log")
+    ]
+    # one stream of both: shared queue ids are one message, as pflogsumm counts them
+    one = ours(logs / "mail1.log", 1, capsys)
+    rc = cli.main(
+        ["--config", os.devnull, "report", "--log", str(logs / "mail1.log"), "--log",
+         str(logs / "mail2.log"), "--day", "all", "--format", "json"]
+    )  # fmt: skip
+    stream = json.loads(capsys.readouterr().out)["totals"]
+    assert one["totals"]["received"] < stream["received"]
+    assert stream["deferred"] < cluster["totals"]["deferred"]
+    together = pflogsumm.totals([str(logs / "mail1.log"), str(logs / "mail2.log")])
+    assert pflogsumm.differences(stream, together) == {}

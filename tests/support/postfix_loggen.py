@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -337,14 +338,23 @@ class _Gen:
 
 
 def generate(
-    seed: int, path: Path, lines: int = 12_000, start: float | None = None, iso: bool | None = None
+    seed: int,
+    path: Path,
+    lines: int = 12_000,
+    start: float | None = None,
+    iso: bool | None = None,
+    hosts: tuple[str, ...] | None = None,
 ) -> Stats:
     """Write the log of ``shape_of(seed, lines)`` to ``path`` (about ``lines`` lines);
     ``start`` (a Unix time) is when it begins, by default a fixed day of this year;
-    ``iso`` overrides the shape's choice of timestamps."""
+    ``iso`` and ``hosts`` override the shape's timestamps and hosts."""
     shape = shape_of(seed, lines)
     if iso is not None:
         shape.iso = iso
+    if hosts is not None:
+        shape.hosts = hosts
+        if len(hosts) == 1:
+            shape.reuse_other = 0.0
     if start is None:
         year = dt.datetime.now(dt.UTC).year  # pflogsumm takes classic stamps as this year's
         start = dt.datetime(year, 3, 9, 17, tzinfo=dt.UTC).timestamp()
@@ -353,3 +363,24 @@ def generate(
     with path.open("w", encoding="ascii") as fh:
         fh.writelines(text)
     return gen.stats
+
+
+_QID_LINE = re.compile(
+    r"postfix/[\w/-]+\[\d+\]: ([0-9A-Za-z]+): (?:client=|uid=|message-id=|from=<|to=<|removed)"
+)
+
+
+def queue_ids(text: str) -> list[str]:
+    """The queue ids of a generated log, in order of first appearance."""
+    return list(dict.fromkeys(m.group(1) for m in _QID_LINE.finditer(text)))
+
+
+def take_queue_ids(text: str, ids: list[str]) -> str:
+    """``text`` with its queue ids replaced, in order of first appearance, by ``ids``
+    (as far as there are): another host's log that uses the same queue ids."""
+    mapping = dict(zip(queue_ids(text), ids, strict=False))
+    return re.sub(
+        r"(postfix/[\w/-]+\[\d+\]: )([0-9A-Za-z]+)(: )",
+        lambda m: m.group(1) + mapping.get(m.group(2), m.group(2)) + m.group(3),
+        text,
+    )

@@ -26,6 +26,7 @@ from mailops.report.tally import (
     D_SENT,
     MONTH_NAMES,
     DaySpec,
+    Distinct,
     SizeArchive,
     Tally,
 )
@@ -206,7 +207,7 @@ def tally_cluster(
     lines is counted as pflogsumm counts it, one message), and the figures are added up."""
     total: Tally | None = None
     sources: list[dict[str, Any]] = []
-    for group in groups:
+    for host, group in enumerate(groups):
         tally, found = tally_files(group, day, syslog_name, cap, jobs)
         sources += found
         if total is None:
@@ -214,8 +215,15 @@ def tally_cluster(
             continue
         part = tally.export()
         del tally
-        # the queue ids' state is of no use past its own host's log
+        # the queue ids' state is of no use past its own host's log, and the deferred
+        # queue ids are this host's: salted with its number, none is another host's
         part.update(sizes={}, retired=[], clients={})
+        salted = Distinct()
+        for arr in part["deferred_ids"]:
+            for h in arr:
+                h = hash((host, h))
+                salted.parts[h & 15].append(h)
+        part["deferred_ids"] = salted.parts
         total.sizes.clear()
         total.retired = SizeArchive()
         total.clients.clear()
