@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -165,15 +166,23 @@ def test_lab_reverse_zone(capsys: pytest.CaptureFixture[str], tmp_path: Path) ->
 
 
 def test_lab_keys_dir_resolved_from_the_inventory(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """opendkim__keys_dir is "{{ lab_secrets_dir }}/dkim", lab_secrets_dir is
-    "{{ playbook_dir }}/../.lab/secrets": with playbook_dir given, keys are found there."""
-    playbooks = tmp_path / "repo" / "playbooks"
-    playbooks.mkdir(parents=True)
-    key = make_key(tmp_path / "repo" / ".lab" / "secrets" / "dkim" / "company.test", "s1")
+    "{{ inventory_dir }}/../../.lab/secrets": a copy of the lab inventory elsewhere, named
+    by a relative path as the lab's play does, finds the keys beside its own copy,
+    whatever --playbook-dir says."""
+    repo = tmp_path / "repo"
+    shutil.copytree(LAB, repo / "inventories" / "lab")
+    key = make_key(repo / ".lab" / "secrets" / "dkim" / "company.test", "s1")
+    elsewhere = tmp_path / "elsewhere" / "playbooks"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(repo)
     code, out, err = run_mailops(
-        plan_argv(LAB, "--format", "json", "--playbook-dir", str(playbooks)), capsys
+        plan_argv(
+            repo / "inventories" / "lab", "--format", "json", "--playbook-dir", str(elsewhere)
+        ),
+        capsys,
     )
     assert code == 0, err
     recs = {(r["name"], r["type"]): r for r in json.loads(out)}

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from tests.e2e.labhosts import headers, inventory, sh, smtp_reply, swaks, token, wait_for_maildir
@@ -75,3 +81,24 @@ def test_inbox_refuses_unknown_users_so_bounces_are_real(evidence: list[str]) ->
     reply = smtp_reply(res)
     assert "550 5.1.1" in reply, res.out
     evidence.append(reply.strip())
+
+
+def test_ad_hoc_ansible_reaches_every_host_from_the_repository_root(
+    evidence: list[str],
+) -> None:
+    """What an operator types every day: an ad-hoc command against the lab inventory,
+    from the repository root, with no playbook (so no playbook_dir) and none of the
+    Makefile's environment."""
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    # A control socket of its own: one left by an earlier connection would let ssh in
+    # without reading the key file or the known hosts this check is about.
+    env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = tempfile.mkdtemp(prefix="adhoc-cp-")
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible"), "-i", "inventories/lab", "all",
+         "-m", "ansible.builtin.ping", "--one-line"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    ok = [ln.split()[0] for ln in proc.stdout.splitlines() if '"ping": "pong"' in ln]
+    assert proc.returncode == 0 and sorted(ok) == sorted(HOSTS), proc.stdout + proc.stderr
+    evidence.append(f"ansible -i inventories/lab all -m ping: pong from {len(ok)} hosts")

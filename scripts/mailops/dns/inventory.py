@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -46,7 +47,8 @@ class Inventory:
         return {
             "inventory_hostname": host,
             "inventory_hostname_short": host.split(".")[0],
-            "inventory_dir": str(self.path if self.path.is_dir() else self.path.parent),
+            # Absolute, as Ansible gives it: a relative one would be read from playbook_dir.
+            "inventory_dir": os.path.abspath(self.path if self.path.is_dir() else self.path.parent),
             "playbook_dir": str(self.playbook_dir),
         }
 
