@@ -172,6 +172,7 @@ STRONG = _table(
         (
             "mailboxfull",
             r"mailbox (?:is )?full|full mailbox|inbox is full|account is full|over ?quota|quota|"
+            r"too much mail data|exceeded (?:the )?(?:mailbox|storage) (?:size|limit)|"
             r"mailbox size limit|mailbox has exceeded|exceeded storage|"
             r"storage (?:space|allocation)|mailbox (?:\w+ )?exceeded|"
             r"not enough (?:storage|space)|insufficient storage|mail ?folder is full|"
@@ -201,6 +202,7 @@ STRONG = _table(
             r"host or domain name not found|"
             r"domain (?:name )?not found|no such domain|domain (?:does not|doesn'?t) exist|"
             r"unrou?teable (?:mail )?domain|nxdomain|name or service not known|"
+            r"unrou?teable address|domain must exist|account or domain may not exist|"
             r"(?:couldn'?t|could not) find any host|unknown domain|invalid domain|"
             r"domain (?:is )?(?:not reachable|unreachable)",
         ),
@@ -209,7 +211,9 @@ STRONG = _table(
             "suspend",
             r"(?:account|mailbox|user) (?:has been |is )?(?:disabled|suspended|deactivated|"
             r"inactive|locked|frozen)|disabled (?:account|mailbox|user)|\bis disabled|"
-            r"account expired|is no longer active|temporar(?:y|ily) locked",
+            r"account expired|is no longer active|temporar(?:y|ily) locked|"
+            r"(?:recipient|user|account) suspended|has been (?:suspended|deactivated)|"
+            r"due to extended inactivity",
         ),
         (
             "mailererror",
@@ -223,7 +227,9 @@ STRONG = _table(
             r"recipient (?:unknown|invalid|not found)|recip(?:ient)?notfound|"
             r"recipient address rejected: access denied|mailbox (?:not found|does not exist|"
             r"unknown)|no mailbox|not a valid (?:mailbox|user|recipient|address)|"
-            r"invalid (?:mailbox|address|user)|unrou?teable address|address not found|"
+            r"invalid (?:mailbox|address|user)|address not found|user not known|"
+            r"no mailbox here|not our customer|no such person|bad recipient|"
+            r"unknown or illegal alias|no valid recipients|recipient does not exist|"
             r"address couldn'?t be found|(?:does not|doesn'?t) exist|"
             r"doesn'?t have an? [^ ]{1,40} account|undeliverable address|"
             r"unknown (?:local[- ]part|address|mailbox)|bad destination mailbox|addressee unknown|"
@@ -235,7 +241,8 @@ STRONG = _table(
             "norelaying",
             r"relay(?:ing)? (?:access )?(?:denied|not permitted|not allowed|prohibited|refused)|"
             r"(?:not permitted|not allowed|unable|cannot|not configured) to relay|"
-            r"we do not relay|no relaying",
+            r"we do not relay|no relaying|not in my list of allowed rcpthosts|"
+            r"(?:relay|relaying) (?:is )?not (?:permitted|allowed)",
         ),
         (
             "securityerror",
@@ -247,13 +254,14 @@ STRONG = _table(
             "mesgtoobig",
             r"message (?:is )?too (?:large|big)|message size exceeds|size exceeds|too big|"
             r"exceeds (?:the )?(?:maximum|max)(?: allowed)? (?:message )?size|"
-            r"(?:message|mail) size limit",
+            r"(?:message|mail) size limit|size limit exceeded|message file too big|"
+            r"exceeds (?:the )?(?:message )?size limit",
         ),
         ("exceedlimit", r"too many recipients|recipient limit|recipients? exceeded"),
         (
             "expired",
-            r"expired|retry time(?:out)? exceeded|(?:too long|for too long) in (?:the )?queue|"
-            r"in the queue too long|(?:could not|not) (?:be )?delivered within|"
+            r"expired|retry time(?:out)? exceeded|(?:could not|not) (?:be )?delivered within|"
+            r"cannot send message for|undeliverable for \d+ days|"
             r"retry timeout exceeded|aborted after|(?:delivery )?failed (?:after )?\d+ attempts|"
             r"(?:maximum|too many) (?:number of )?(?:delivery )?(?:attempts|retries)",
         ),
@@ -262,6 +270,7 @@ STRONG = _table(
             # gives up (or warns that it is still trying), so the message expired.
             "expired",
             r"connect to [^ ]+: connection (?:timed out|refused)|"
+            r"connection timed out (?:during user open|with)|deferred: connection|"
             r"(?:did not|didn'?t) accept our requests to connect|socket error|"
             r"no answer from host|could not find a gateway|"
             r"(?:could not|unable to|failed to|wasn'?t able to) (?:establish an? (?:smtp )?"
@@ -278,7 +287,8 @@ STRONG = _table(
             "systemerror",
             r"system error|internal (?:system |server )?error|local (?:error|problem)|"
             r"loops back to myself|mail loop|routing loop|loop detected|too many hops|"
-            r"configuration error|misconfigur",
+            r"configuration error|misconfigur|error in processing|server error|"
+            r"temporary local problem|unable to contact ldap|ldap (?:server )?error",
         ),
         (
             "contenterror",
@@ -378,6 +388,12 @@ REPLY_REASONS: dict[str, str] = {
 _REPLY_CODE = re.compile(r"(?:^|[\s;:'\"(#\[=])([45][0-5]\d)(?=[\s:-]|$)")
 
 
+_GAVE_UP = re.compile(
+    r"(?:too long|for too long) in (?:the )?queue|in the queue too long|"
+    r"not going to try again"
+)
+
+
 def has_phrase(text: str) -> bool:
     """Does a text name a reason in words?"""
     lowered = text[:2000].lower()
@@ -393,7 +409,10 @@ def reason_for(status: str, diagnostic: str, action: str = "") -> str:
         return "delivered"
     text = diagnostic[:2000].lower()
     # A 4.x.x failure, or a delay, means the MTA is retrying or has given up retrying.
-    retrying = action == "delayed" or (action == "failed" and klass == "4")
+    # Or the notice says it gave up retrying (qmail: "I'm not going to try again").
+    retrying = (
+        action == "delayed" or (action == "failed" and klass == "4") or bool(_GAVE_UP.search(text))
+    )
     phrase = _strong(text)
     if phrase == "hostunknown" and klass == "4":
         phrase = "networkerror"  # a temporary DNS answer, not a verdict on the domain
