@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -44,11 +43,12 @@ class Inventory:
         return sorted(self.groups.get(name, set()))
 
     def specials(self, host: str) -> dict[str, Any]:
+        # Absolute, as Ansible gives it: a relative one would be read from playbook_dir.
+        inventory_dir = (self.path if self.path.is_dir() else self.path.parent).absolute()
         return {
             "inventory_hostname": host,
             "inventory_hostname_short": host.split(".")[0],
-            # Absolute, as Ansible gives it: a relative one would be read from playbook_dir.
-            "inventory_dir": os.path.abspath(self.path if self.path.is_dir() else self.path.parent),
+            "inventory_dir": str(inventory_dir),
             "playbook_dir": str(self.playbook_dir),
         }
 
