@@ -25,6 +25,7 @@ from mailops.bounceparse import (
     Report,
     parse_message,
 )
+from mailops.bounceparse import reasons
 from mailops.bounceparse._text import ADDRESS_MAX, DIAGNOSTIC_MAX, LINE_MAX
 
 DATA = Path(__file__).resolve().parent / "data" / "bounces"
@@ -190,3 +191,17 @@ def test_recursion_limit_is_not_reached_even_when_low(raw: bytes) -> None:
         check(parse(b"Content-Type: message/rfc822\n\n" * 100 + raw))
     finally:
         sys.setrecursionlimit(old)
+
+
+PHRASE_ROWS = [(reason, row) for reason, row in reasons.STRONG + reasons.WEAK]
+
+
+@pytest.mark.parametrize(("reason", "row"), PHRASE_ROWS, ids=[r for r, _ in PHRASE_ROWS])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_phrase_gates_never_hide_a_match(
+    reason: str, row: reasons.Phrases, data: st.DataObject
+) -> None:
+    """A text the row's regex matches always passes the row's literal gates."""
+    text = data.draw(st.from_regex(row.regex, fullmatch=False))
+    assert row.search(text), (reason, text)

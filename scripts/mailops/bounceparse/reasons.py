@@ -108,8 +108,79 @@ SUBJECT_DEFAULT: dict[str, str] = {
 }
 
 
-def _table(rows: list[tuple[str, str]]) -> list[tuple[str, re.Pattern[str]]]:
-    return [(reason, re.compile(pattern)) for reason, pattern in rows]
+_META = frozenset("\\()[]{}?*+|.^$")
+
+
+def branches(pattern: str) -> list[str]:
+    """The top-level alternatives of a regular expression ("a|b(c|d)" -> a, b(c|d))."""
+    out: list[str] = []
+    depth, start, i, in_class = 0, 0, 0, False
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif char == "|" and depth == 0:
+            out.append(pattern[start:i])
+            start = i + 1
+        i += 1
+    out.append(pattern[start:])
+    return out
+
+
+def gate(branch: str) -> str:
+    """A literal every match of the branch contains: its leading literal characters (a
+    leading \\b skipped, a character made optional by the next one dropped), or "" when
+    that is shorter than three characters."""
+    text = branch[2:] if branch.startswith("\\b") else branch
+    literal: list[str] = []
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if char == "\\" and i + 1 < len(text) and not text[i + 1].isalnum():
+            char, i = text[i + 1], i + 2  # an escaped punctuation character: itself
+        elif char in _META:
+            break
+        else:
+            i += 1
+        if i < len(text) and text[i] in "?*{":
+            break  # this character is optional
+        literal.append(char)
+    return "".join(literal) if len(literal) >= 3 else ""
+
+
+class Phrases:
+    """One row of a phrase table: a regular expression and the literals that gate it.
+
+    Python's regex engine scans fast only for a pattern that starts with a literal; a
+    long alternation is tried at every position of the text.  Each row is therefore
+    searched only when one of its alternatives' leading literals occurs in the text (a
+    plain substring test), unless some alternative has none, when it is always searched.
+    The result is the same as searching the row's regex alone."""
+
+    __slots__ = ("gates", "regex")
+
+    def __init__(self, pattern: str) -> None:
+        self.regex = re.compile(pattern)
+        gates = [gate(b) for b in branches(pattern)]
+        self.gates: tuple[str, ...] | None = None if "" in gates else tuple(gates)
+
+    def search(self, text: str) -> bool:
+        if self.gates is not None and not any(g in text for g in self.gates):
+            return False
+        return self.regex.search(text) is not None
+
+
+def _table(rows: list[tuple[str, str]]) -> list[tuple[str, Phrases]]:
+    return [(reason, Phrases(pattern)) for reason, pattern in rows]
 
 
 # Checked in order against the lower-cased diagnostic; the first match wins, so the
@@ -128,14 +199,15 @@ STRONG = _table(
         ),
         (
             "spamdetected",
-            r"(?:classified|detected|identified|considered|flagged|marked) as spam|"
+            r"classified as spam|detected as spam|identified as spam|considered (?:as )?spam|"
+            r"flagged as spam|marked as spam|"
             r"spam (?:classification|content|score|filter|message)|looks like spam|"
-            r"\bub?e\b|\buce\b|uribl|surbl|blacklisted (?:url|link)|"
+            r"\bube\b|\buce\b|uribl|surbl|blacklisted (?:url|link)|"
             r"url (?:in (?:the )?message )?(?:is )?(?:black|block)listed",
         ),
         (
             "authfailure",
-            r"\b(?:spf|dkim|dmarc)\b|unauthenticated (?:e-?)?mail|sender is unauthenticated",
+            r"\bspf\b|\bdkim\b|\bdmarc\b|unauthenticated (?:e-?)?mail|sender is unauthenticated",
         ),
         (
             "requireptr",
@@ -146,8 +218,11 @@ STRONG = _table(
         (
             "blocked",
             r"spamhaus|spamcop|sorbs|barracuda|\brbl\b|dnsbl|black ?list|block ?list|"
-            r"blocked using|(?<!not )listed (?:at|in|on|by)|\bbanned\b|client host rejected|"
-            r"(?:my name|hello|helo|ehlo)(?: name| command)? (?:was |is )?rejected|"
+            r"blocked using|listed (?:at|in|on|by)(?<!not listed \w\w)|\bbanned\b|"
+            r"client host rejected|my name (?:was |is )?rejected|"
+            r"helo(?: name| command)? (?:was |is )?rejected|"
+            r"ehlo(?: name| command)? (?:was |is )?rejected|"
+            r"hello(?: name| command)? (?:was |is )?rejected|"
             r"invalid (?:helo|ehlo)|bad (?:helo|ehlo)",
         ),
         ("badreputation", r"reputation|sender ?score|user complaints|complaint rate"),
@@ -183,12 +258,14 @@ STRONG = _table(
             r"sender address rejected|sender (?:was |is )?rejected|sender denied|sender domain|"
             r"sender verif|bad sender|invalid sender|sender not allowed|domain of sender|"
             r"from address rejected|envelope sender|"
-            r"(?:permission|not (?:allowed|authorized|permitted)) to post|"
+            r"permission to post|not allowed to post|not authorized to post|"
+            r"not permitted to post|"
             r"not a member of (?:this|the) (?:mailing )?list|members? only|non-?member",
         ),
         (
             "notaccept",
-            r"null ?mx|(?:does not|doesn'?t|not) (?:accept|receive)(?:ing)? (?:any )?(?:e-?)?mail|"
+            r"null ?mx|not (?:accept|receive)(?:ing)? (?:any )?(?:e-?)?mail|"
+            r"doesn'?t (?:accept|receive)(?:ing)? (?:any )?(?:e-?)?mail|"
             r"no mail service|\bno mx\b|couldn'?t find a mail exchanger",
         ),
         (
@@ -203,16 +280,18 @@ STRONG = _table(
             r"domain (?:name )?not found|no such domain|domain (?:does not|doesn'?t) exist|"
             r"unrou?teable (?:mail )?domain|nxdomain|name or service not known|"
             r"unrou?teable address|domain must exist|account or domain may not exist|"
-            r"(?:couldn'?t|could not) find any host|unknown domain|invalid domain|"
+            r"couldn'?t find any host|could not find any host|unknown domain|invalid domain|"
             r"domain (?:is )?(?:not reachable|unreachable)",
         ),
         ("hasmoved", r"has moved|user moved|moved to|no longer (?:at|with|works|employed)"),
         (
             "suspend",
-            r"(?:account|mailbox|user) (?:has been |is )?(?:disabled|suspended|deactivated|"
-            r"inactive|locked|frozen)|disabled (?:account|mailbox|user)|\bis disabled|"
+            r"account (?:has been |is )?(?:disabled|suspended|deactivated|inactive|locked|frozen)|"
+            r"mailbox (?:has been |is )?(?:disabled|suspended|deactivated|inactive|locked|frozen)|"
+            r"user (?:has been |is )?(?:disabled|suspended|deactivated|inactive|locked|frozen)|"
+            r"disabled (?:account|mailbox|user)|\bis disabled|"
             r"account expired|is no longer active|temporar(?:y|ily) locked|"
-            r"(?:recipient|user|account) suspended|has been (?:suspended|deactivated)|"
+            r"recipient suspended|user suspended|account suspended|has been (?:suspended|deactivated)|"
             r"due to extended inactivity",
         ),
         (
@@ -223,14 +302,14 @@ STRONG = _table(
         (
             "userunknown",
             r"user unknown|unknown user|no such (?:user|mailbox|recipient|address|account)|"
-            r"user not found|user (?:does not|doesn'?t) exist|(?:unknown|invalid) recipient|"
+            r"user not found|user (?:does not|doesn'?t) exist|unknown recipient|invalid recipient|"
             r"recipient (?:unknown|invalid|not found)|recip(?:ient)?notfound|"
             r"recipient address rejected: access denied|mailbox (?:not found|does not exist|"
             r"unknown)|no mailbox|not a valid (?:mailbox|user|recipient|address)|"
             r"invalid (?:mailbox|address|user)|address not found|user not known|"
             r"no mailbox here|not our customer|no such person|bad recipient|"
             r"unknown or illegal alias|no valid recipients|recipient does not exist|"
-            r"address couldn'?t be found|(?:does not|doesn'?t) exist|"
+            r"address couldn'?t be found|does not exist|doesn'?t exist|"
             r"doesn'?t have an? [^ ]{1,40} account|undeliverable address|"
             r"unknown (?:local[- ]part|address|mailbox)|bad destination mailbox|addressee unknown|"
             r"no longer valid|invalid (?:final delivery )?userid|user not listed|"
@@ -240,9 +319,10 @@ STRONG = _table(
         (
             "norelaying",
             r"relay(?:ing)? (?:access )?(?:denied|not permitted|not allowed|prohibited|refused)|"
-            r"(?:not permitted|not allowed|unable|cannot|not configured) to relay|"
+            r"not permitted to relay|not allowed to relay|unable to relay|cannot relay|"
+            r"not configured to relay|"
             r"we do not relay|no relaying|not in my list of allowed rcpthosts|"
-            r"(?:relay|relaying) (?:is )?not (?:permitted|allowed)",
+            r"relay(?:ing)? (?:is )?not (?:permitted|allowed)",
         ),
         (
             "securityerror",
@@ -254,16 +334,17 @@ STRONG = _table(
             "mesgtoobig",
             r"message (?:is )?too (?:large|big)|message size exceeds|size exceeds|too big|"
             r"exceeds (?:the )?(?:maximum|max)(?: allowed)? (?:message )?size|"
-            r"(?:message|mail) size limit|size limit exceeded|message file too big|"
+            r"message size limit|mail size limit|size limit exceeded|message file too big|"
             r"exceeds (?:the )?(?:message )?size limit",
         ),
         ("exceedlimit", r"too many recipients|recipient limit|recipients? exceeded"),
         (
             "expired",
-            r"expired|retry time(?:out)? exceeded|(?:could not|not) (?:be )?delivered within|"
+            r"expired|retry time(?:out)? exceeded|not (?:be )?delivered within|"
             r"cannot send message for|undeliverable for \d+ days|"
-            r"retry timeout exceeded|aborted after|(?:delivery )?failed (?:after )?\d+ attempts|"
-            r"(?:maximum|too many) (?:number of )?(?:delivery )?(?:attempts|retries)",
+            r"retry timeout exceeded|aborted after|failed (?:after )?\d+ attempts|"
+            r"maximum (?:number of )?(?:delivery )?(?:attempts|retries)|"
+            r"too many (?:delivery )?(?:attempts|retries)",
         ),
         (
             # The remote host could not be reached at all: the notice comes when the MTA
@@ -271,10 +352,13 @@ STRONG = _table(
             "expired",
             r"connect to [^ ]+: connection (?:timed out|refused)|"
             r"connection timed out (?:during user open|with)|deferred: connection|"
-            r"(?:did not|didn'?t) accept our requests to connect|socket error|"
+            r"accept our requests to connect|socket error|"
             r"no answer from host|could not find a gateway|"
-            r"(?:could not|unable to|failed to|wasn'?t able to) (?:establish an? (?:smtp )?"
-            r"connection|connect)|(?:host|server) is not responding",
+            r"could not (?:establish an? (?:smtp )?connection|connect)|"
+            r"unable to (?:establish an? (?:smtp )?connection|connect)|"
+            r"failed to (?:establish an? (?:smtp )?connection|connect)|"
+            r"able to establish an? (?:smtp )?connection|"
+            r"host is not responding|server is not responding",
         ),
         (
             "networkerror",
@@ -357,9 +441,9 @@ def choose_status(field: str, diagnostic: str) -> str:
     return f"{reply.group(1)}.0.0" if reply else ""
 
 
-def _match(table: list[tuple[str, re.Pattern[str]]], text: str) -> str:
-    for reason, pattern in table:
-        if pattern.search(text):
+def _match(table: list[tuple[str, Phrases]], text: str) -> str:
+    for reason, phrases in table:
+        if phrases.search(text):
             return reason
     return ""
 
