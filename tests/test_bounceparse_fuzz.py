@@ -24,8 +24,8 @@ from mailops.bounceparse import (
     REASONS,
     Report,
     parse_message,
+    reasons,
 )
-from mailops.bounceparse import reasons
 from mailops.bounceparse._text import ADDRESS_MAX, DIAGNOSTIC_MAX, LINE_MAX
 
 DATA = Path(__file__).resolve().parent / "data" / "bounces"

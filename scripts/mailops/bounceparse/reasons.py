@@ -291,7 +291,8 @@ STRONG = _table(
             r"user (?:has been |is )?(?:disabled|suspended|deactivated|inactive|locked|frozen)|"
             r"disabled (?:account|mailbox|user)|\bis disabled|"
             r"account expired|is no longer active|temporar(?:y|ily) locked|"
-            r"recipient suspended|user suspended|account suspended|has been (?:suspended|deactivated)|"
+            r"recipient suspended|user suspended|account suspended|"
+            r"has been (?:suspended|deactivated)|"
             r"due to extended inactivity",
         ),
         (
