@@ -217,7 +217,7 @@ def tally_cluster(
         del tally
         # the queue ids' state is of no use past its own host's log, and the deferred
         # queue ids are this host's: salted with its number, none is another host's
-        part.update(sizes={}, retired=[], clients={})
+        part.update(sizes={}, retired=SizeArchive(1).export(), clients={})
         salted = Distinct()
         for arr in part["deferred_ids"]:
             for h in arr:

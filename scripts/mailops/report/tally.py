@@ -53,7 +53,6 @@ pruned table are then lower bounds).
 
 from __future__ import annotations
 
-import bisect
 import gc
 import heapq
 import math
@@ -452,61 +451,79 @@ class SizeArchive:
     """The sizes of messages that went (``removed``), by a 64-bit hash of the queue id:
     pflogsumm never forgets a queue id's size, so a queue id used again (by the same host
     later, or by another host writing to the same file) keeps the first message's size,
-    and its ``from=<...>, size=`` lines are skipped.  16 bytes a message: the newest in a
-    dict, the rest in sorted arrays of hashes and sizes, searched by bisection."""
+    and its ``from=<...>, size=`` lines are skipped.
 
-    __slots__ = ("recent", "runs")
-    RECENT = 1 << 16
+    An open-addressing table in two arrays (hashes, sizes; 0 marks a free slot), at most
+    two thirds full: 24 to 48 bytes a message, where a dict of them takes about 100, and
+    no burst of memory when it grows."""
 
-    def __init__(self) -> None:
-        self.recent: dict[int, int] = {}
-        self.runs: list[tuple[array[int], array[int]]] = []
+    __slots__ = ("count", "keys", "mask", "values")
+
+    def __init__(self, slots: int = 1024) -> None:
+        self.keys = array("q", bytes(8 * slots))
+        self.values = array("q", bytes(8 * slots))
+        self.mask = slots - 1
+        self.count = 0
 
     def __bool__(self) -> bool:
-        return bool(self.recent) or bool(self.runs)
+        return self.count > 0
 
     def add(self, qid: bytes, size: int) -> None:
-        """Keep ``size`` (non-zero) for ``qid`` unless it has one already."""
-        h = hash(qid)
-        if h not in self.recent and not self._find(h):
-            self.recent[h] = size
-            if len(self.recent) >= self.RECENT:
-                self._settle()
+        """Keep ``size`` (non-zero) for ``qid``, which must have none yet (a queue id with
+        a size kept never gets another: its size lines are skipped)."""
+        self._put(hash(qid) or 1, size)
+
+    def _put(self, h: int, size: int) -> None:
+        keys, mask = self.keys, self.mask
+        i = h & mask
+        while keys[i]:
+            if keys[i] == h:
+                return
+            i = (i + 1) & mask
+        keys[i] = h
+        self.values[i] = size
+        self.count += 1
+        if 3 * self.count > 2 * mask:
+            self._grow()
+
+    def _grow(self) -> None:
+        keys, values = self.keys, self.values
+        slots = 2 * (self.mask + 1)
+        self.keys = array("q", bytes(8 * slots))
+        self.values = array("q", bytes(8 * slots))
+        self.mask = slots - 1
+        self.count = 0
+        for h, size in zip(keys, values, strict=True):
+            if h:
+                self._put(h, size)
+
+    def _find(self, h: int) -> int:
+        keys, mask = self.keys, self.mask
+        i = h & mask
+        k = keys[i]
+        while k:
+            if k == h:
+                return self.values[i]
+            i = (i + 1) & mask
+            k = keys[i]
+        return 0
 
     def get(self, qid: bytes) -> int:
         """The size kept for ``qid``, 0 if none."""
-        h = hash(qid)
-        return self.recent.get(h) or self._find(h)
-
-    def _find(self, h: int) -> int:
-        for keys, values in self.runs:
-            i = bisect.bisect_left(keys, h)
-            if i < len(keys) and keys[i] == h:
-                return values[i]
-        return 0
-
-    def _settle(self) -> None:
-        """Move the dict into a sorted run; merge runs of similar length."""
-        pairs = sorted(self.recent.items())
-        self.recent.clear()
-        while self.runs and len(self.runs[-1][0]) <= 2 * len(pairs):
-            keys, values = self.runs.pop()
-            pairs = sorted([*zip(keys, values, strict=True), *pairs])
-        self.runs.append((array("q", [k for k, _ in pairs]), array("q", [v for _, v in pairs])))
+        return self._find(hash(qid) or 1)
 
     def holds_any(self, hashes: Iterable[int]) -> bool:
-        """Whether a size is kept for any of these queue id hashes."""
-        return any(h in self.recent or self._find(h) for h in hashes)
+        """Whether a size is kept for any of these queue id hashes (``hash(qid)``)."""
+        return any(self._find(h or 1) for h in hashes)
 
-    def export(self) -> list[tuple[int, int]]:
-        return [*self.recent.items(), *(p for k, v in self.runs for p in zip(k, v, strict=True))]
+    def export(self) -> tuple[array[int], array[int]]:
+        return self.keys, self.values
 
-    def update(self, pairs: list[tuple[int, int]]) -> None:
-        """Add the pairs of another archive whose queue ids this one does not hold."""
-        for h, size in pairs:
-            self.recent[h] = size
-            if len(self.recent) >= self.RECENT:
-                self._settle()
+    def update(self, table: tuple[array[int], array[int]]) -> None:
+        """Add what another archive (``export``) holds."""
+        for h, size in zip(*table, strict=True):
+            if h:
+                self._put(h, size)
 
 
 def prune(table: dict[Any, Any], keep: int, weight: Callable[[Any], float]) -> None:
