@@ -252,6 +252,150 @@ CASES = [
     ("2.0.0", "250 2.0.0 OK", "delivered", "delivered", False),
     ("", "", "relayed", "delivered", False),
     ("", "", "failed", "undefined", False),
+    # The general phrasings of issue 19, one class of wording each.
+    (
+        "5.7.1",
+        "550 5.7.1 Messages with multiple addresses in From: header are not accepted",
+        "failed",
+        "notcompliantrfc",
+        False,
+    ),
+    (
+        "5.7.1",
+        "550 5.7.1 This message is not RFC 5322 compliant. To reduce the amount of "
+        "spam sent, this message has been blocked.",
+        "failed",
+        "notcompliantrfc",
+        False,
+    ),
+    (
+        "5.0.0",
+        "554 Transaction failed: Duplicate header 'DKIM-Signature'.",
+        "failed",
+        "notcompliantrfc",
+        False,
+    ),
+    (
+        "5.0.0",
+        "Your email was rejected due to spam classification. Set up SPF records.",
+        "failed",
+        "spamdetected",
+        False,
+    ),
+    (
+        "5.7.1",
+        "550 5.7.1 Message content rejected, UBE, id=00000-22-225",
+        "failed",
+        "spamdetected",
+        False,
+    ),
+    (
+        "5.0.0",
+        "Connected to 192.0.2.1 but my name was rejected. Remote host said: 501 5.0.0 "
+        "Invalid domain name",
+        "failed",
+        "blocked",
+        False,
+    ),
+    (
+        "5.0.0",
+        "Name service error for domain example.test: Host not found, try again",
+        "failed",
+        "networkerror",
+        False,
+    ),
+    (
+        "4.0.0",
+        "DNS Error: DNS type 'mx' lookup of example.test responded with code NXDOMAIN "
+        "Domain name not found: example.test",
+        "failed",
+        "networkerror",
+        False,
+    ),
+    (
+        "5.1.2",
+        "Host or domain name not found. Name service error for name=x.test type=MX: Host not found",
+        "failed",
+        "hostunknown",
+        True,
+    ),
+    (
+        "5.4.4",
+        "Sorry, I couldn't find a mail exchanger or IP address. (#5.4.4)",
+        "failed",
+        "notaccept",
+        True,
+    ),
+    (
+        "4.4.3",
+        "Unable to contact LDAP server. (#4.4.3) I'm not going to try again; this "
+        "message has been in the queue too long.",
+        "failed",
+        "systemerror",
+        False,
+    ),
+    (
+        "5.0.0",
+        "Sorry, no mailbox here by that name. I'm not going to try again; this "
+        "message has been in the queue too long.",
+        "failed",
+        "userunknown",
+        True,
+    ),
+    (
+        "",
+        "The recipient server did not accept our requests to connect. [mx.example.test "
+        "192.0.2.7: timed out]",
+        "delayed",
+        "expired",
+        False,
+    ),
+    ("4.3.2", "452 4.3.2 Connection rate limit exceeded.", "failed", "toomanyconn", False),
+    (
+        "5.2.3",
+        "550 5.2.3 RESOLVER.RST.RecipSizeLimit; message too large for this recipient",
+        "failed",
+        "exceedlimit",
+        False,
+    ),
+    ("5.0.0", "504 Command parameter not implemented", "failed", "syntaxerror", False),
+    ("5.0.0", "550 Unauthenticated senders not allowed", "failed", "securityerror", False),
+    (
+        "5.7.1",
+        "501 RCPT TO not accepted: 5.7.1 This system is not configured to relay mail",
+        "failed",
+        "norelaying",
+        False,
+    ),
+    (
+        "5.0.0",
+        "Mail size limit exceeded. For explanation visit the postmaster pages",
+        "failed",
+        "mesgtoobig",
+        False,
+    ),
+    (
+        "5.0.0",
+        "The number of messages in recipient's mailbox exceeded the local limit.",
+        "failed",
+        "mailboxfull",
+        False,
+    ),
+    (
+        "5.7.9",
+        "554 5.7.9 Message not accepted for policy reasons.",
+        "failed",
+        "policyviolation",
+        False,
+    ),
+    ("5.7.9", "550 5.7.9 Rejected", "failed", "securityerror", False),
+    (
+        "5.0.0",
+        "permission denied: you do not have permission to post messages to the group",
+        "failed",
+        "rejected",
+        False,
+    ),
 ]
 
 
@@ -278,6 +422,23 @@ def test_every_table_reason_is_in_the_vocabulary() -> None:
         ("", "relay build 25.4.4.10 said: 450 try later", "4.0.0"),  # not 5.4.4 or 4.4.10
         ("4.0.0", "550 5.1.1 user unknown", "4.0.0"),  # a class that disagrees is ignored
         ("", "no code at all", ""),
+        # the remote's own code, quoted after the relay's words, beats a guessed field
+        (
+            "5.1.0",
+            "5.1.0 - Unknown address error 550-'5.2.2 <a@example.test>... Mailbox Full'",
+            "5.2.2",
+        ),
+        (
+            "4.4.7",
+            "554 4.4.7 Message expired: unable to deliver <421 4.4.2 Connection timed out>",
+            "4.4.2",
+        ),
+        ("5.1.1", "552 5.2.2 Over quota", "5.2.2"),
+        (
+            "",
+            "Out: 250 2.1.0 Ok In: RCPT TO:<a@example.test> Out: 550 5.1.1 no such user",
+            "5.1.1",
+        ),  # the transcript's successful commands come first
     ],
 )
 def test_status_choice(field: str, diag: str, want: str) -> None:
@@ -555,3 +716,102 @@ def test_generic_needs_machine_mail(headers: bytes, kind: str) -> None:
     assert report.kind == kind
     if kind == "bounce":
         assert [(r.address, r.hard) for r in report.recipients] == [("someone@company.test", True)]
+
+
+# --- notices in no known dialect (issue 19) --------------------------------------------
+
+
+def test_a_mailer_daemon_notice_marked_auto_replied_is_a_bounce() -> None:
+    raw = (
+        b"From: Mail Delivery Subsystem <mailer-daemon@mail.example.org>\n"
+        b"To: bounces+a1@company.test\n"
+        b"Auto-Submitted: auto-replied\n"
+        b"X-Failed-Recipients: list@example.org\n"
+        b"Subject: Delivery Status Notification (Failure)\n\n"
+        b"We're writing to let you know that the group you tried to contact may not exist,\n"
+        b"or you may not have permission to post messages to the group.\n"
+    )
+    report = parse_message(raw)
+    assert (report.kind, report.detector) == ("bounce", "generic")
+    assert [(r.address, r.reason) for r in report.recipients] == [("list@example.org", "rejected")]
+
+
+def test_an_unsubscribe_request_is_feedback_about_its_sender() -> None:
+    raw = (
+        b"From: someone@example.net\nTo: opt-out-1234@company.test\n"
+        b"Subject: unsubscribe\nAuto-Submitted: auto-replied\n\n"
+        b"This mail program sent this email to unsubscribe.\n"
+    )
+    report = parse_message(raw)
+    assert (report.kind, report.detector, report.feedback_type) == (
+        "feedback",
+        "unsubscribe",
+        "unsubscribe",
+    )
+    assert [(r.address, r.reason) for r in report.recipients] == [
+        ("someone@example.net", "feedback")
+    ]
+
+
+def test_a_notice_in_no_dialect_gives_each_recipient_its_own_reason() -> None:
+    raw = (
+        b"From: MAILER-DAEMON@mx.example.org\nTo: news@company.test\n"
+        b"Subject: failure notice\n\n"
+        b"Your message could not be delivered to these recipients.\n\n"
+        b'"amy@example.org":\nSMTP error from remote server after RCPT command:\n'
+        b"host: mx.example.org\n5.1.1 <amy@example.org>... User Unknown\n"
+        b'"bob@example.org":\nSMTP error from remote server after RCPT command:\n'
+        b"host: mx.example.org\n5.2.2 <bob@example.org>... Mailbox Full\n"
+        b"--- The header of the original message is following. ---\n"
+        b"From: news@company.test\nTo: amy@example.org\n"
+    )
+    report = parse_message(raw)
+    assert report.detector == "generic"
+    got = [(r.address, r.status, r.reason, r.hard) for r in report.recipients]
+    assert got == [
+        ("amy@example.org", "5.1.1", "userunknown", True),
+        ("bob@example.org", "5.2.2", "mailboxfull", False),
+    ]
+
+
+def test_a_notice_that_says_why_in_prose_before_the_address() -> None:
+    raw = (
+        b"From: Postmaster@mail.example.org\nTo: news@company.test\n"
+        b"Subject: Mail System Error - Returned Mail\n\n"
+        b"The user(s) account is disabled.\n\n<cat@example.org>\n"
+    )
+    report = parse_message(raw)
+    assert [(r.address, r.reason) for r in report.recipients] == [("cat@example.org", "suspend")]
+
+
+def test_dsn_fields_pasted_into_the_notice_are_read_as_a_dsn() -> None:
+    raw = (
+        b"From: MAILER-DAEMON@mail.example.org\nTo: news@company.test\n"
+        b"Subject: Delivery Status Notification (Failure)\n"
+        b"Content-Type: text/plain\n\n"
+        b"An error occurred while trying to deliver the mail to the following recipients:\n"
+        b"dan@example.org\n\nTechnical report:\n"
+        b"Reporting-MTA: dsn; mta.example.org\nAction: failed\n"
+        b"Final-Recipient: rfc822; dan@example.org\n"
+        b"Diagnostic-Code: smtp; 550 5.1.1 <dan@example.org>: user unknown\n"
+        b"Status: 5.1.1\n"
+    )
+    report = parse_message(raw)
+    assert report.detector == "rfc3464"
+    got = [(r.address, r.status, r.reason, r.hard) for r in report.recipients]
+    assert got == [("dan@example.org", "5.1.1", "userunknown", True)]
+
+
+def test_a_content_type_without_its_semicolon_still_names_its_type() -> None:
+    raw = (
+        b"From: MAILER-DAEMON@mail.example.org\nTo: news@company.test\n"
+        b"Subject: Returned Mail: User unknown\n"
+        b'Content-Type: multipart/mixed; boundary="b"\n\n--b\n'
+        b'Content-Type: text/plain\n   charset="us-ascii"\n\n'
+        b"---The following addresses had delivery errors---\n\n"
+        b"eve@example.org [User unknown]\n\n--b--\n"
+    )
+    report = parse_message(raw)
+    assert [(r.address, r.reason) for r in report.recipients] == [
+        ("eve@example.org", "userunknown")
+    ]

@@ -2,23 +2,25 @@
 
 ``parse_message(raw)`` runs a table of detectors over one message, first match wins:
 
-=========  ==========================================================================
-arf        RFC 5965 feedback report (multipart/report; report-type=feedback-report)
-rfc3464    RFC 3464 / RFC 6533 delivery status notification, from any MTA (Postfix,
-           Sendmail, Exim 4.9x, Exchange/Office 365, Gmail, Amazon SES, ...)
-ses        Amazon SES JSON notification delivered by mail (SNS e-mail subscription)
-postfix    Postfix notice without its DSN part ("This is the mail system at host")
-exim       Exim ("This message was created automatically by mail delivery software")
-sendmail   Sendmail ("----- The following addresses had permanent fatal errors -----")
-yahoo      Yahoo ("Sorry, we were unable to deliver your message ...")
-qmail      qmail QSBMF ("Hi. This is the qmail-send program at ...")
-exchange   Exchange / Office 365 NDR text ("Delivery has failed to these recipients")
-gmail      Gmail plain notices ("Delivery to the following recipient failed permanently")
-rfc3834    auto-reply by its Auto-Submitted: auto-replied header
-vacation   auto-reply by X-Autoreply-style headers or an out-of-office subject
-generic    from a mailer daemon or with a bounce subject, in no known dialect
-none       not a bounce, complaint or auto-reply (kind "other")
-=========  ==========================================================================
+===========  ========================================================================
+arf          RFC 5965 feedback report (multipart/report; report-type=feedback-report)
+rfc3464      RFC 3464 / RFC 6533 delivery status notification, from any MTA (Postfix,
+             Sendmail, Exim 4.9x, Exchange/Office 365, Gmail, Amazon SES, ...), and a
+             notice that pastes the DSN fields into its text
+ses          Amazon SES JSON notification delivered by mail (SNS e-mail subscription)
+postfix      Postfix notice without its DSN part ("This is the mail system at host")
+exim         Exim ("This message was created automatically by mail delivery software")
+sendmail     Sendmail ("----- The following addresses had permanent fatal errors -----")
+yahoo        Yahoo ("Sorry, we were unable to deliver your message ...")
+qmail        qmail QSBMF ("Hi. This is the qmail-send program at ...")
+exchange     Exchange / Office 365 NDR text ("Delivery has failed to these recipients")
+gmail        Gmail plain notices ("Delivery to the following recipient failed ...")
+unsubscribe  List-Unsubscribe mailto request (subject "unsubscribe"), kind "feedback"
+rfc3834      auto-reply by its Auto-Submitted: auto-replied header
+vacation     auto-reply by X-Autoreply-style headers or an out-of-office subject
+generic      from a mailer daemon or with a bounce subject, in no known dialect
+none         not a bounce, complaint or auto-reply (kind "other")
+===========  ========================================================================
 
 It never raises: any input, however malformed, gives a Report.  Every string in the
 Report is one line of printable text (no CR, LF, NUL or other controls), capped in
@@ -34,7 +36,7 @@ from mailops.bounceparse import _text, links
 from mailops.bounceparse._base import Draft, from_hits
 from mailops.bounceparse._mime import MAX_INPUT, Context, bound_input, parse_bytes
 from mailops.bounceparse.dialects import DIALECTS, Dialect
-from mailops.bounceparse.heuristics import autoreply, generic, notice_hits, own_addresses
+from mailops.bounceparse.heuristics import autoreply, complete_hits, generic
 from mailops.bounceparse.model import REASONS, Kind, Recipient, Report
 from mailops.bounceparse.reports import arf, rfc3464
 from mailops.bounceparse.ses import ses
@@ -63,17 +65,7 @@ def _dialect_detector(name: str, dialect: Dialect) -> Detector:
         hits = dialect(text, ctx) if text else None
         if hits is None:
             return None
-        if not hits or not all(h.diagnostic for h in hits):
-            # A known notice in a layout the dialect does not know: read it generically,
-            # for the recipients or for what it says about them.
-            generic_hits = notice_hits(text, own_addresses(ctx))
-            if not hits:
-                hits = generic_hits
-            said = {h.address: h.diagnostic for h in generic_hits}
-            for hit in hits:
-                hit.diagnostic = hit.diagnostic or said.get(
-                    _text.normalize_address(hit.address), ""
-                )
+        hits = complete_hits(text, ctx, hits)
         return Draft(kind="bounce", detector=name, recipients=from_hits(hits))
 
     return detect
@@ -92,7 +84,7 @@ DETECTORS: tuple[tuple[str, Detector], ...] = (
 def detector_names() -> list[str]:
     """Every detector name a Report can carry (autoreply reports as rfc3834/vacation)."""
     names = [name for name, _ in DETECTORS if name != "autoreply"]
-    return [*names[:-1], "rfc3834", "vacation", names[-1], "none"]
+    return [*names[:-1], "unsubscribe", "rfc3834", "vacation", names[-1], "none"]
 
 
 def parse_message(

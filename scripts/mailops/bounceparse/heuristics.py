@@ -30,6 +30,8 @@ def autoreply(ctx: Context) -> Draft | None:
     subject = ctx.header("subject")
     if looks_like_bounce(ctx):
         return None  # a mailer daemon's notice marks itself auto-replied too (RFC 3834)
+    if subject.strip().lower() == "unsubscribe":
+        return _unsubscribe(ctx)
     if auto.startswith("auto-replied"):
         detector = "rfc3834"
     elif (
@@ -46,6 +48,18 @@ def autoreply(ctx: Context) -> Draft | None:
     address = _text.first_address(ctx.header("from"))
     if address:
         draft.recipients.append(Recipient(address, "", "vacation", False, "", "", subject))
+    return draft
+
+
+def _unsubscribe(ctx: Context) -> Draft:
+    """A List-Unsubscribe mailto request (RFC 2369; mail programs send it, marked
+    auto-replied, with the subject "unsubscribe"): the sender asks to get no more mail,
+    so it is feedback about the From address, to suppress like a complaint."""
+    draft = Draft(kind="feedback", detector="unsubscribe", feedback_type="unsubscribe")
+    address = _text.first_address(ctx.header("from"))
+    if address:
+        note = "unsubscribe request"
+        draft.recipients.append(Recipient(address, "", "feedback", True, "", "", note))
     return draft
 
 
@@ -163,6 +177,21 @@ def _returned_to(ctx: Context) -> str:
 
 
 _QUOTED_TO = re.compile(r"(?im)^to:[ \t]*(.{1,500})$")
+
+
+def complete_hits(text: str, ctx: Context, hits: list[Hit]) -> list[Hit]:
+    """A dialect's hits, completed by the generic reading of the same notice: its
+    recipients when the dialect found none in a layout it does not know, and what the
+    notice says about those the dialect found without a reason."""
+    if hits and all(h.diagnostic for h in hits):
+        return hits
+    generic_hits = notice_hits(text, own_addresses(ctx))
+    if not hits:
+        return generic_hits
+    said = {h.address: h.diagnostic for h in generic_hits}
+    for hit in hits:
+        hit.diagnostic = hit.diagnostic or said.get(_text.normalize_address(hit.address), "")
+    return hits
 
 
 def generic(ctx: Context) -> Draft | None:

@@ -538,5 +538,7 @@ def classify(
     failure (True: "permanent error", False: "delayed", None: it does not say).
     """
     code = choose_status(status, diagnostic)
+    if code.startswith("2") and action.strip().lower() in ("failed", "delayed"):
+        code = ""  # a 2xx of the transcript (220, 250 Ok) is not the failure's status
     reason = reason_for(code, diagnostic, action)
     return code, reason, is_hard(code, reason, action, permanent)

@@ -9,7 +9,7 @@ from mailops.bounceparse import _text
 from mailops.bounceparse._base import MAX_RECIPIENTS, Draft, Hit, from_hits, recipient, strip_type
 from mailops.bounceparse._mime import Context
 from mailops.bounceparse.dialects import DIALECTS
-from mailops.bounceparse.heuristics import looks_like_bounce, notice_hits, own_addresses
+from mailops.bounceparse.heuristics import complete_hits, looks_like_bounce
 from mailops.bounceparse.links import original_headers
 from mailops.bounceparse.model import Recipient
 
@@ -38,8 +38,8 @@ def text_hits(ctx: Context) -> tuple[str, list[Hit]]:
     for name, dialect in DIALECTS:
         hits = dialect(text, ctx)
         if hits:
-            return name, hits
-    return "generic", notice_hits(text, own_addresses(ctx))
+            return name, complete_hits(text, ctx, hits)
+    return "generic", complete_hits(text, ctx, [])
 
 
 def _records(blocks: list[list[tuple[str, str]]]) -> tuple[dict[str, str], list[dict[str, str]]]:
