@@ -396,6 +396,29 @@ CASES = [
         "rejected",
         False,
     ),
+    (
+        "5.7.1",
+        "host mx.example.test[192.0.2.9] said: 550 5.7.1 Access denied (in reply to "
+        "MAIL FROM command)",
+        "failed",
+        "rejected",
+        False,
+    ),
+    (
+        "5.1.1",
+        "SMTP error from remote mail server after MAIL FROM:<news@company.test>: 550 "
+        "5.1.1 user unknown",
+        "failed",
+        "rejected",
+        False,
+    ),
+    (
+        "5.0.0",
+        "550 5.0.0 User <cat@example.test> not listed in Domino Directory",
+        "failed",
+        "userunknown",
+        True,
+    ),
 ]
 
 
@@ -815,3 +838,14 @@ def test_a_content_type_without_its_semicolon_still_names_its_type() -> None:
     assert [(r.address, r.reason) for r in report.recipients] == [
         ("eve@example.org", "userunknown")
     ]
+
+
+def test_a_dsn_refused_at_mail_from_is_a_rejected_sender() -> None:
+    """Postfix's DSN fields leave out the SMTP command; its notice text says it: an
+    unknown address at MAIL FROM is the sender's, not the recipient's."""
+    raw = (DATA / "postfix_dsn.eml").read_bytes()
+    assert parse_message(raw).recipients[0].reason == "userunknown"
+    raw = raw.replace(b"(in reply to RCPT TO command)", b"(in reply to MAIL FROM command)", 1)
+    report = parse_message(raw)
+    assert report.detector == "rfc3464"
+    assert (report.recipients[0].reason, report.recipients[0].hard) == ("rejected", False)

@@ -76,11 +76,13 @@ def recipient(
     action: str = "failed",
     remote_mta: str = "",
     permanent: bool | None = None,
+    context: str = "",
 ) -> Recipient:
-    """A classified, cleaned Recipient."""
+    """A classified, cleaned Recipient (``context``: more of what the notice says about
+    it, read for the classification only)."""
     diag = clean_diagnostic(diagnostic)
     act = _text.clean(action, _text.STATUS_MAX).lower().split(" ")[0] if action else ""
-    code, reason, hard = classify(_text.clean(status, 40), diag, act, permanent)
+    code, reason, hard = classify(_text.clean(status, 40), diag, act, permanent, context)
     return Recipient(
         address=_text.normalize_address(address),
         status=_text.clean(code, _text.STATUS_MAX),

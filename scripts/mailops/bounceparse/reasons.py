@@ -280,6 +280,7 @@ STRONG = _table(
             r"domain (?:name )?not found|no such domain|domain (?:does not|doesn'?t) exist|"
             r"unrou?teable (?:mail )?domain|nxdomain|name or service not known|"
             r"unrou?teable address|domain must exist|account or domain may not exist|"
+            r"point to non-?existent hosts?|"
             r"couldn'?t find any host|could not find any host|unknown domain|invalid domain|"
             r"domain (?:is )?(?:not reachable|unreachable)",
         ),
@@ -314,7 +315,7 @@ STRONG = _table(
             r"doesn'?t have an? [^ ]{1,40} account|undeliverable address|"
             r"unknown (?:local[- ]part|address|mailbox)|bad destination mailbox|addressee unknown|"
             r"no longer valid|invalid (?:final delivery )?userid|user not listed|"
-            r"not listed in (?:the )?(?:public )?(?:name|address|directory)",
+            r"not listed in (?:the )?(?:public )?(?:domino )?(?:name|address|directory)",
         ),
         ("blocked", r"\bblocked\b|\bblock(?:ed)? by\b"),
         (
@@ -342,6 +343,7 @@ STRONG = _table(
         (
             "expired",
             r"expired|retry time(?:out)? exceeded|not (?:be )?delivered within|"
+            r"not (?:be )?delivered for \d+|"
             r"cannot send message for|undeliverable for \d+ days|"
             r"retry timeout exceeded|aborted after|failed (?:after )?\d+ attempts|"
             r"maximum (?:number of )?(?:delivery )?(?:attempts|retries)|"
@@ -366,6 +368,7 @@ STRONG = _table(
             r"timed out|timeout|connection refused|network is unreachable|no route to host|"
             r"dns (?:error|failure|lookup (?:failure|error|timeout))|"
             r"host is unreachable|lost connection|connection (?:reset|closed|dropped)|"
+            r"read error|write error|"
             r"requests to connect|broken pipe",
         ),
         (
@@ -485,7 +488,21 @@ def has_phrase(text: str) -> bool:
     return bool(_strong(lowered) or _weak(lowered))
 
 
-def reason_for(status: str, diagnostic: str, action: str = "") -> str:
+# The SMTP command the remote refused, as MTAs say it: Postfix "(in reply to MAIL FROM
+# command)", Exim "SMTP error from remote mail server after MAIL FROM:<...>", Sendmail's
+# transcript ">>> MAIL From:<...>" followed by "<<< 550 ...".
+_SENDER_STAGE = re.compile(
+    r"in reply to mail from command|after mail from\b|"
+    r">>> mail from:[^<]{0,5}<[^>]{0,300}>\s*<<< [45]"
+)
+# What a refusal of the sender turns into "rejected": nothing specific said, or words
+# about an address that then concern the sender's (it does not exist, is unknown).
+_SENDER_VAGUE = frozenset(["", "userunknown", "hostunknown", "policyviolation", "blocked"])
+
+
+def reason_for(status: str, diagnostic: str, action: str = "", context: str = "") -> str:
+    """The reason of one recipient's failure.  ``context`` is more of what the notice
+    says about it (the SMTP command it failed at may be there, not in the diagnostic)."""
     action = action.strip().lower()
     parts = status.split(".")
     klass = parts[0] if len(parts) == 3 else ""
@@ -502,6 +519,10 @@ def reason_for(status: str, diagnostic: str, action: str = "") -> str:
     if phrase == "hostunknown" and klass == "4":
         phrase = "networkerror"  # a temporary DNS answer, not a verdict on the domain
     specific = STATUS.get(detail, "") if detail and not detail.endswith(".0") else ""
+    sender_stage = _SENDER_STAGE.search(text) or _SENDER_STAGE.search(context[:4000].lower())
+    if sender_stage and phrase in _SENDER_VAGUE and klass == "5":
+        # Refused at MAIL FROM with no reason but the address's: it is the sender's.
+        phrase = "rejected"
     reply = _failure_code(_REPLY_CODE, text)
     reason = (
         PRIORITY_STATUS.get(detail)
@@ -529,16 +550,21 @@ def is_hard(status: str, reason: str, action: str = "", permanent: bool | None =
 
 
 def classify(
-    status: str, diagnostic: str, action: str = "", permanent: bool | None = None
+    status: str,
+    diagnostic: str,
+    action: str = "",
+    permanent: bool | None = None,
+    context: str = "",
 ) -> tuple[str, str, bool]:
     """Return (status, reason, hard) for one recipient.
 
     ``status`` is the Status field (may be ""), ``diagnostic`` the remote text,
     ``action`` the RFC 3464 Action, ``permanent`` what a non-DSN notice says about the
-    failure (True: "permanent error", False: "delayed", None: it does not say).
+    failure (True: "permanent error", False: "delayed", None: it does not say),
+    ``context`` more of the notice's words about this recipient.
     """
     code = choose_status(status, diagnostic)
     if code.startswith("2") and action.strip().lower() in ("failed", "delayed"):
         code = ""  # a 2xx of the transcript (220, 250 Ok) is not the failure's status
-    reason = reason_for(code, diagnostic, action)
+    reason = reason_for(code, diagnostic, action, context)
     return code, reason, is_hard(code, reason, action, permanent)

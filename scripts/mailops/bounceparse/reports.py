@@ -94,6 +94,13 @@ def rfc3464(ctx: Context) -> Draft | None:
     draft.original_message_id = per_message.get("x-original-message-id", "")
     recipients: list[Recipient] = []
     seen: set[str] = set()
+    # The notice may say at which SMTP command each recipient failed (Postfix: "(in reply
+    # to MAIL FROM command)"), which the DSN fields leave out.
+    text_read: tuple[str, list[Hit]] | None = None
+    said: dict[str, str] = {}
+    if records and "mail from" in ctx.primary_text()[:20000].lower():
+        text_read = text_hits(ctx)
+        said = {_text.normalize_address(h.address): h.diagnostic for h in text_read[1]}
     for rec in records:
         original = _text.normalize_address(rec.get("original-recipient", ""))
         address = original or _text.normalize_address(rec.get("final-recipient", ""))
@@ -112,10 +119,11 @@ def rfc3464(ctx: Context) -> Draft | None:
                 action or "failed",
                 rec.get("remote-mta", ""),
                 permanent,
+                said.get(address, ""),
             )
         )
     if not recipients or any(not r.diagnostic for r in recipients):
-        dialect, hits = text_hits(ctx)
+        dialect, hits = text_read or text_hits(ctx)
         if not recipients and hits:
             draft.detector = dialect
             recipients = from_hits(hits)
