@@ -849,3 +849,43 @@ def test_a_dsn_refused_at_mail_from_is_a_rejected_sender() -> None:
     report = parse_message(raw)
     assert report.detector == "rfc3464"
     assert (report.recipients[0].reason, report.recipients[0].hard) == ("rejected", False)
+
+
+GENERIC_NOTICES = {
+    # Lotus Domino: the reason after the address, in its own paragraph
+    "domino": (
+        b"From: Postmaster@notes.example.org\nTo: news@company.test\n"
+        b"Subject: DELIVERY FAILURE: User cat (cat@example.org) not listed in Domino Directory"
+        b"\n\nYour message\n\n  Subject: test\n\nwas not delivered to:\n\n  cat@example.org\n\n"
+        b"because:\n\n  User cat (cat@example.org) not listed in Domino Directory\n",
+        [("cat@example.org", "", "userunknown", True)],
+    ),
+    # Courier's plain notice, from "<@>" with a null return path
+    "courier": (
+        b"From: Courier mail server at mx.example.org <@>\nTo: news@company.test\n"
+        b"Subject: NOTICE: mail delivery status.\nReturn-Path: <>\n\n"
+        b"This is a delivery status notification from mx.example.org,\n"
+        b"running the Courier mail server, version 0.65.2.\n\n"
+        b"Your message to the following recipients cannot be delivered:\n\n"
+        b"<ant@example.org>:\n    mx.example.org [192.0.2.3]:\n>>> RCPT TO:<ant@example.org>\n"
+        b"<<< 550 5.1.1 <ant@example.org>... User Unknown\n",
+        [("ant@example.org", "5.1.1", "userunknown", True)],
+    ),
+    # a gateway that names the recipients after the reason
+    "reason_first": (
+        b"From: MailMarshal@example.org\nTo: news@company.test\nReturn-Path: <>\n"
+        b'Subject: Undeliverable Mail: "test"\n\n'
+        b"Your message:\n   From:    news@company.test\n   Subject: test\n\n"
+        b"Could not be delivered because of\n\n550 5.2.2 Mailbox full\n\n"
+        b"The following recipients were affected:\n    owl@example.org\n",
+        [("owl@example.org", "5.2.2", "mailboxfull", False)],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GENERIC_NOTICES))
+def test_generic_reads_notices_of_software_it_has_no_dialect_for(name: str) -> None:
+    raw, want = GENERIC_NOTICES[name]
+    report = parse_message(raw, strict=True)
+    assert (report.kind, report.detector) == ("bounce", "generic")
+    assert [(r.address, r.status, r.reason, r.hard) for r in report.recipients] == want

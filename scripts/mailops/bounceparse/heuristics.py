@@ -64,10 +64,11 @@ def _unsubscribe(ctx: Context) -> Draft:
 
 
 _BOUNCE_SUBJECT = re.compile(
-    r"(?i)undeliver|returned mail|returned to sender|delivery status notification|"
+    r"(?i)undeliver|returned mail|returned to sender|delivery status|"
     r"failure notice|mail delivery (?:failed|failure|system|problem)|delivery failure|"
-    r"non-?delivery|could not be delivered|delivery (?:has )?failed|not delivered|"
-    r"delivery notification|mail system error"
+    r"non-?deliver|could not be delivered|delivery (?:has )?failed|not delivered|"
+    r"delivery notification|mail system error|could not send message|"
+    r"delayed mail|message delayed|delivery delayed"
 )
 _DAEMONS = frozenset(
     ["mailer-daemon", "postmaster", "mail-daemon", "mailerdaemon", "mailer_daemon"]

@@ -266,7 +266,8 @@ STRONG = _table(
             "notaccept",
             r"null ?mx|not (?:accept|receive)(?:ing)? (?:any )?(?:e-?)?mail|"
             r"doesn'?t (?:accept|receive)(?:ing)? (?:any )?(?:e-?)?mail|"
-            r"no mail service|\bno mx\b|couldn'?t find a mail exchanger",
+            r"no mail service|\bno mx\b|couldn'?t find a mail exchanger|"
+            r"no longer accepts? (?:any )?(?:e-?)?mail",
         ),
         (
             "networkerror",
@@ -296,6 +297,8 @@ STRONG = _table(
             r"has been (?:suspended|deactivated)|"
             r"due to extended inactivity",
         ),
+        # a refusal of the session for its many bad addresses, not of this one
+        ("blocked", r"too many (?:invalid|bad|unknown|non-?existent) recipients"),
         (
             "mailererror",
             r"mailer error|command died|unknown mailer|procmail|exit status|pipe to \||"
@@ -314,6 +317,7 @@ STRONG = _table(
             r"address couldn'?t be found|does not exist|doesn'?t exist|"
             r"doesn'?t have an? [^ ]{1,40} account|undeliverable address|"
             r"unknown (?:local[- ]part|address|mailbox)|bad destination mailbox|addressee unknown|"
+            r"address unknown|"
             r"no longer valid|invalid (?:final delivery )?userid|user not listed|"
             r"not listed in (?:the )?(?:public )?(?:domino )?(?:name|address|directory)",
         ),
@@ -323,7 +327,7 @@ STRONG = _table(
             r"relay(?:ing)? (?:access )?(?:denied|not permitted|not allowed|prohibited|refused)|"
             r"not permitted to relay|not allowed to relay|unable to relay|cannot relay|"
             r"not configured to relay|"
-            r"we do not relay|no relaying|not in my list of allowed rcpthosts|"
+            r"we do not relay|no relaying|in my list of allowed rcpthosts|"
             r"relay(?:ing)? (?:is )?not (?:permitted|allowed)",
         ),
         (
