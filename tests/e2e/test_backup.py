@@ -7,6 +7,8 @@ playbooks/restore.yml puts the backup back.  Every bulk node must refuse the add
 again at submission, every table must hold what it held, and the DKIM keys on the
 controller and on the signing hosts must be byte for byte the ones from before.  The
 keys are also restored into an empty key directory (a new controller) and compared.
+Without the key directory, a converge as a real inventory runs it stops, and makes no
+key for a selector DNS publishes.
 
 The monitor is down for the length of one converge of it alone; the lab's lock is held
 meanwhile, so no other lab run converges or tears down around it.
@@ -90,6 +92,23 @@ def every_node_refuses(addresses: list[str]) -> bool:
         submission_reply(node, a).startswith("<** 550") for node in ("mail1", "mail2")
         for a in addresses
     )  # fmt: skip
+
+
+def test_a_controller_without_the_keys_stops_the_converge(tmp_path: Path) -> None:
+    """A fresh clone against a real inventory (opendkim__key_generate left at "never"):
+    the converge stops before any host changes, names the selector and says how to
+    restore; no key is made and the signing hosts keep theirs."""
+    installed_before = host_keys()
+    empty = tmp_path / "dkim"
+    res = playbook(
+        "site.yml", "--limit", "mail1", "--tags", "role::opendkim",
+        "-e", "opendkim__key_generate=never", "-e", f"opendkim__keys_dir={empty}",
+    )  # fmt: skip
+    out = " ".join(res.stdout.split())
+    assert res.returncode != 0, out[-2000:]
+    assert "The DKIM key for selector" in out and "playbooks/restore.yml" in out, out[-2000:]
+    assert not list(empty.rglob("*.private"))
+    assert host_keys() == installed_before
 
 
 def test_store_and_keys_come_back_after_the_monitor_is_lost(
