@@ -413,6 +413,21 @@ CASES = [
         False,
     ),
     (
+        "4.1.1",
+        "450 4.1.1 <a@example.test>: Recipient address rejected: User unknown in virtual alias "
+        "table",
+        "failed",
+        "userunknown",
+        True,  # given up: unknown at every attempt
+    ),
+    (
+        "4.1.1",
+        "450 4.1.1 <a@example.test>: Recipient address rejected: unverified address",
+        "failed",
+        "userunknown",
+        False,
+    ),
+    (
         "5.0.0",
         "550 5.0.0 User <cat@example.test> not listed in Domino Directory",
         "failed",
@@ -889,3 +904,20 @@ def test_generic_reads_notices_of_software_it_has_no_dialect_for(name: str) -> N
     report = parse_message(raw, strict=True)
     assert (report.kind, report.detector) == ("bounce", "generic")
     assert [(r.address, r.status, r.reason, r.hard) for r in report.recipients] == want
+
+
+def test_a_transcript_reply_about_another_host_is_not_the_previous_recipients() -> None:
+    raw = (
+        b"From: Mail Delivery Subsystem <MAILER-DAEMON@mx.example.org>\n"
+        b"To: news@company.test\nSubject: Returned mail: User unknown\n\n"
+        b"   ----- Transcript of session follows -----\n"
+        b"554 <amy@example.org>... Remote protocol error: Connection reset by peer\n"
+        b"550 example.net (smtp)... 550 Host unknown\n"
+        b"554 <bob@example.net>... 550 Host unknown (Authoritative answer from name server)\n"
+        b"   ----- Unsent message follows -----\n"
+    )
+    got = [(r.address, r.reason, r.hard) for r in parse_message(raw, strict=True).recipients]
+    assert got == [
+        ("amy@example.org", "networkerror", False),
+        ("bob@example.net", "hostunknown", True),
+    ]

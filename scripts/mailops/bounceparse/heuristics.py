@@ -114,6 +114,7 @@ def looks_like_bounce(ctx: Context) -> bool:
     return null_sender or (bool(auto) and not auto.startswith("no"))
 
 
+_REPLY_LINE = re.compile(r"^\s*(?:<<<\s*)?[245]\d\d[ -]")
 _DELAY_WORDS = re.compile(
     r"(?i)\bdelayed\b|will (?:be )?retr|still trying|warning message only|"
     r"this is (?:only )?a (?:temporary|warning)|temporary failure report|"
@@ -142,14 +143,22 @@ def notice_hits(
     notice = (text[: cut.start()] if cut else text)[:20000]
     segments: dict[str, list[str]] = {}
     current: list[str] | None = None
+    replied = False  # the current segment already has its SMTP reply
     for line in notice.splitlines()[:400]:
         fresh = []
         if "@" in line:
             fresh = [a for a in _text.all_addresses(line, 5) if a not in own and a not in segments]
         if fresh and len(segments) < MAX_RECIPIENTS:
             current = segments[fresh[0]] = [line.strip()]
+            replied = bool(_REPLY_LINE.match(line) or _CODE.search(line))
         elif current is not None and line.strip():
+            if replied and _REPLY_LINE.match(line) and "@" not in line:
+                # Another reply after this recipient's own (a Sendmail transcript lists
+                # one line per recipient, then replies about hosts): not about it.
+                current = None
+                continue
             current.append(line.strip())
+            replied = replied or bool(_CODE.search(line))
     whole = " ".join(notice.split())[:3000]
     wanted = failed or [a for a, lines in segments.items() if _informative(" ".join(lines))]
     if not wanted:

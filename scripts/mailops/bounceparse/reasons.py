@@ -571,4 +571,13 @@ def classify(
     if code.startswith("2") and action.strip().lower() in ("failed", "delayed"):
         code = ""  # a 2xx of the transcript (220, 250 Ok) is not the failure's status
     reason = reason_for(code, diagnostic, action, context)
-    return code, reason, is_hard(code, reason, action, permanent)
+    hard = is_hard(code, reason, action, permanent)
+    if (
+        not hard
+        and code[:1] == "4"
+        and action.strip().lower() == "failed"
+        and reason == "userunknown"
+        and _strong(diagnostic[:2000].lower()) == "userunknown"
+    ):
+        hard = True  # the MTA gave up, told at every attempt that the user is unknown
+    return code, reason, hard
