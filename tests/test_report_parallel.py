@@ -155,19 +155,55 @@ def test_a_queue_id_taken_for_new_that_was_not_is_counted_again(tmp_path: Path) 
 def test_a_refused_part_leaves_the_tally_as_it_was() -> None:
     """A part that must be counted again adds nothing, not even the lines it kept waiting
     (issue 19: those were counted twice, once here and once in the second count)."""
-    head = SECOND[: SECOND.index(b"Nov 23 11:00:03")]
+    q2 = (
+        b"Nov 23 10:30:01 mx1 postfix/smtpd[1]: 5B3C2: client=c.example.com[192.0.2.3]\n"
+        b"Nov 23 10:30:02 mx1 postfix/qmgr[2]: 5B3C2: from=<c@example.com>, size=50, nrcpt=1 "
+        b"(queue active)\n"
+    )
+    q2_sent = (
+        b"Nov 23 10:59:00 mx1 postfix/smtp[3]: 5B3C2: to=<d@example.net>, relay=mx.example.net"
+        b"[192.0.2.9]:25, delay=9, delays=0/0/1/8, dsn=2.0.0, status=sent (250 ok)\n"
+    )
     first = Tally()
-    first.feed_bytes(FIRST + head)
+    first.feed_bytes(FIRST + q2)
     first.flush()
     second = Tally()
     second.begin_part()
-    # lines of the message across the cut wait; then 4F2A1 comes back as new: a conflict
-    second.feed_bytes(SECOND[SECOND.index(b"Nov 23 11:00:03") :] + FIRST)
+    # 5B3C2's delivery waits for its size; 4F2A1 comes back as new while the first part
+    # still holds its size: a conflict
+    second.feed_bytes(q2_sent + SECOND)
     second.flush()
-    assert second.waiting.count(b"\n") == 3
+    assert second.waiting.count(b"\n") == 1 and second.delivered == 1
     before = state(first)
     assert not first.absorb(second.export())
     assert state(first) == before
+    # counted again here, the figures are those of one tally
+    first.feed_bytes(q2_sent + SECOND)
+    first.flush()
+    whole = Tally()
+    whole.feed_bytes(FIRST + q2 + q2_sent + SECOND)
+    whole.flush()
+    assert state(first) == state(whole)
+    assert (whole.delivered, whole.bytes_delivered) == (2, 150)  # 4F2A1 keeps its first size
+
+
+def test_a_queue_id_that_waited_is_not_taken_for_new() -> None:
+    """A part that kept a line of a queue id waiting, then sees it received, does not take
+    it for a new message (the waiting line may give it its size first): its lines wait."""
+    first = Tally()
+    first.feed_bytes(FIRST)
+    first.flush()
+    second = Tally()
+    second.begin_part()
+    tail = FIRST.replace(b"10:00:03", b"10:00:09").replace(b"status=deferred", b"status=sent")
+    second.feed_bytes(tail.splitlines(keepends=True)[-1] + SECOND)
+    second.flush()
+    assert not second.assumed and second.delivered == 0
+    assert first.absorb(second.export())
+    whole = Tally()
+    whole.feed_bytes(FIRST + tail.splitlines(keepends=True)[-1] + SECOND)
+    whole.flush()
+    assert state(first) == state(whole)
 
 
 def test_a_message_across_the_cut_waits_for_its_size(tmp_path: Path) -> None:
@@ -176,7 +212,8 @@ def test_a_message_across_the_cut_waits_for_its_size(tmp_path: Path) -> None:
     second.begin_part()
     second.feed_bytes(SECOND[SECOND.index(b"Nov 23 11:00:03") :])
     second.flush()
-    assert second.delivered == 0 and second.waiting.count(b"\n") == 3  # deferral, sent, removed
+    # the deferral counts here (it needs no earlier line); sent and removed wait
+    assert second.delivered == 0 and second.deferrals == 1 and second.waiting.count(b"\n") == 2
     assert first.absorb(second.export())
     assert (first.delivered, first.bytes_delivered, first.deferred) == (1, 200, 1)
     assert first.sizes == {} and first.lines == 5

@@ -272,11 +272,11 @@ D_SENT, D_BYTES, D_DEFER, D_BOUNCE, D_DELAY_SUM, D_DELAY_MAX = range(6)
 
 
 def _keep(
-    waiting: bytearray, waited: array[int], qid: bytes, buf: bytes, m: re.Match[bytes], end: int
+    waiting: bytearray, waited: set[int], qid: bytes, buf: bytes, m: re.Match[bytes], end: int
 ) -> None:
     """Add the line a match of the buffer pattern starts on to ``waiting``, with a newline,
     and the hash of its queue id to ``waited``."""
-    waited.append(hash(qid))
+    waited.add(hash(qid))
     stop = buf.find(b"\n", m.end(), end)
     if stop >= 0:
         waiting += buf[m.start() + 1 : stop + 1]
@@ -600,7 +600,7 @@ class Tally:
         self.known: set[bytes] | None = None
         self.waiting = bytearray()
         self.assumed = array("q")
-        self.waited = array("q")  # a hash of the queue id of each line kept waiting
+        self.waited: set[int] = set()  # hashes of the queue ids of the lines kept waiting
 
     @property
     def deferred(self) -> int:
@@ -684,7 +684,7 @@ class Tally:
             out[name] = getattr(self, name).parts
         out.update(
             truncated=self.truncated, sizes=self.sizes, retired=self.retired.export(),
-            clients=self.clients, waiting=self.waiting, assumed=self.assumed, waited=self.waited,
+            clients=self.clients, waiting=self.waiting, assumed=self.assumed,
         )  # fmt: skip
         return out
 
@@ -692,24 +692,21 @@ class Tally:
         """Add the tally of the next part of the log (``export``) to this one, which has
         counted everything before it; as if one tally had read both, in order.
 
-        The part took each queue id it saw received (``assumed``) as one that never had a
-        size before.  If this tally holds a size for one of them (live or retired), or the
-        part kept a line of one waiting before it took it (a line that may give it a size
-        first), the part's figures for it may be wrong: nothing is added and False is
-        returned (the caller then counts that part again, in this tally).  Otherwise the
-        lines the part kept waiting are counted here, with this tally's state, and the
-        part's figures and state are added.
+        The part took each queue id it saw received (``assumed``), none of whose lines it
+        had kept waiting, as one that never had a size before.  If this tally holds a size
+        for one of them (live or retired), the part's figures for it may be wrong: nothing
+        is added and False is returned (the caller then counts that part again, in this
+        tally).  Otherwise the part's state is added (its queue ids' sizes and clients:
+        the lines it kept waiting of a queue id it knew are later than its own), then the
+        lines it kept waiting are counted here, then its figures are added.
         """
         assumed = part["assumed"]
         if assumed:
             taken = set(assumed)
-            if not taken.isdisjoint(part["waited"]):
-                return False
             if self.sizes and not taken.isdisjoint({hash(q) for q in self.sizes}):
                 return False
             if self.retired and self.retired.holds_any(taken):
                 return False
-        self.count_waiting(part["waiting"])
         if assumed and self.clients:
             # a client= line replaces a client this tally kept for a queue id
             mine = {hash(q): q for q in self.clients}
@@ -719,6 +716,10 @@ class Tally:
                     q = mine.get(h)
                     if q is not None and q not in theirs:
                         self.clients.pop(q, None)
+        self.sizes.update(part["sizes"])
+        self.retired.update(part["retired"])
+        self.clients.update(part["clients"])
+        self.count_waiting(part["waiting"])
         for name in self._SUMS:
             setattr(self, name, getattr(self, name) + part[name])
         for name in self._DISTINCT:
@@ -754,9 +755,6 @@ class Tally:
                     self._count(table, key, shown)  # (prunes the table if it is full)
                     table[key] += n - 1
         self.truncated |= part["truncated"]
-        self.sizes.update(part["sizes"])
-        self.retired.update(part["retired"])
-        self.clients.update(part["clients"])
         for table in (self.sizes, self.clients):
             while len(table) > self.state_cap:
                 self._evict(table)
@@ -886,17 +884,24 @@ class Tally:
                 row_s[1] += size
             elif li == i_removed:  # forget the queue id, as _line does
                 fq = m.group(g_fq)
-                if part and fq not in known:  # counted later
-                    _keep(waiting, waited, fq, buf, m, end)
-                    continue
+                if part:
+                    if fq not in known:  # counted later
+                        _keep(waiting, waited, fq, buf, m, end)
+                        continue
+                    # its later lines wait: counted after this part's state is added
+                    known.discard(fq)
                 size = sizes.pop(fq, 0)
                 if size:
                     retired.add(fq, size)
             elif li == i_received:  # smtpd: client=
                 fq, ts, client = m.group(g_fq, g_ts, g_client)
                 if part and fq not in known:  # a new message (checked in Tally.absorb)
+                    h = hash(fq)
+                    if h in waited:  # unless its lines already wait
+                        _keep(waiting, waited, fq, buf, m, end)
+                        continue
                     known.add(fq)
-                    assumed.append(hash(fq))
+                    assumed.append(h)
                 received += 1
                 if ts != last_ts:
                     bucket = buckets.get(ts) or buckets.setdefault(ts, [0, 0, 0, 0, 0])
@@ -907,13 +912,15 @@ class Tally:
                 cmd, fq, ts, addr, dom, delay, status, more = m.group(
                     g_cmd, g_fq, g_ts, g_to, g_dom, g_delay, g_status, li
                 )
-                if part and fq not in known:
-                    _keep(waiting, waited, fq, buf, m, end)
-                    continue
-                line = buf[m.start(g_rest) : m.end()]
                 if more or status == b"sent":  # "=" or "forwarded as ": pflogsumm's tests
-                    line_(line, cmd, fq, ts)
-                elif status == b"deferred":
+                    if part and fq not in known:
+                        _keep(waiting, waited, fq, buf, m, end)
+                        continue
+                    line_(buf[m.start(g_rest) : m.end()], cmd, fq, ts)
+                    continue
+                # (a deferral or a bounce needs no earlier line: counted in any part)
+                line = buf[m.start(g_rest) : m.end()]
+                if status == b"deferred":
                     self._bucket(ts)[2] += 1
                     self._deferred(cmd, fq, _recipient(addr, dom)[1], delay, line)
                 elif status == b"bounced":
@@ -925,8 +932,12 @@ class Tally:
             elif li == i_picked:  # pickup: uid=, sender=
                 fq, ts = m.group(g_fq, g_ts)
                 if part and fq not in known:
+                    h = hash(fq)
+                    if h in waited:
+                        _keep(waiting, waited, fq, buf, m, end)
+                        continue
                     known.add(fq)
-                    assumed.append(hash(fq))
+                    assumed.append(h)
                 received += 1
                 if ts != last_ts:
                     bucket = buckets.get(ts) or buckets.setdefault(ts, [0, 0, 0, 0, 0])
