@@ -921,3 +921,12 @@ def test_a_transcript_reply_about_another_host_is_not_the_previous_recipients() 
         ("amy@example.org", "networkerror", False),
         ("bob@example.net", "hostunknown", True),
     ]
+
+
+def test_a_charset_no_codec_can_be_looked_up_by_reads_as_ascii() -> None:
+    """Found by the strict fuzz tests: "charset=utf-8\\0" made the standard library's
+    get_payload() raise ValueError, and the message came out as kind "other"."""
+    raw = (DATA / "autoreply_rfc3834.eml").read_bytes()
+    raw = raw.replace(b"charset=utf-8", b"charset=utf-8\x00").replace(b"\n\n", b"\n\n\xff ", 1)
+    report = parse_message(raw, strict=True)
+    assert (report.kind, report.detector) == ("autoreply", "rfc3834")

@@ -97,6 +97,22 @@ class IndexedMessage(Message):
         return self.policy.header_fetch_parse(found[0], found[1])
 
 
+def payload_of(msg: Message) -> Any:
+    """msg.get_payload(), which for a body with 8-bit bytes decodes it with the charset
+    parameter and lets a codec lookup's ValueError through ("utf-8\\0"): then the body
+    is read as ASCII, as the standard library does for an unknown charset."""
+    try:
+        return msg.get_payload()
+    except (LookupError, ValueError, UnicodeError):
+        raw = getattr(msg, "_payload", "")
+        if not isinstance(raw, str):
+            return raw
+        try:
+            return raw.encode("ascii", "surrogateescape").decode("ascii", "replace")
+        except UnicodeError:
+            return raw
+
+
 def parse_bytes(raw: bytes) -> Message:
     return BytesParser(_class=IndexedMessage, policy=compat32).parsebytes(raw)
 
@@ -158,7 +174,7 @@ class Part:
 def _raw_body(msg: Message) -> str:
     """The undecoded body of a part; for message/* parts the parser split into
     sub-messages, their headers and bodies put back together."""
-    payload = msg.get_payload()
+    payload = payload_of(msg)
     if isinstance(payload, str):
         return payload
     if isinstance(payload, list):
@@ -168,7 +184,7 @@ def _raw_body(msg: Message) -> str:
             if not isinstance(sub, Message):
                 continue
             lines = [f"{name}: {value}" for name, value in sub.raw_items()]
-            body = sub.get_payload()
+            body = payload_of(sub)
             chunk = "\n".join(lines) + "\n" + (body if isinstance(body, str) else "")
             chunks.append(chunk)
             size += len(chunk)
@@ -209,7 +225,7 @@ class Context:
         while stack and len(self.parts) < MAX_PARTS:
             msg, depth = stack.pop()
             ctype = _ctype(msg)
-            payload = msg.get_payload()
+            payload = payload_of(msg)
             if ctype.startswith("multipart/"):
                 if isinstance(payload, list):
                     if depth < MAX_DEPTH:

@@ -11,6 +11,7 @@ from mailops.bounceparse._mime import (
     ORIGINAL_HEADERS_TYPES,
     ORIGINAL_MESSAGE_TYPES,
     Context,
+    payload_of,
     raw_headers,
 )
 
@@ -30,7 +31,7 @@ def original_headers(ctx: Context) -> list[tuple[str, str]]:
 
 def _find_original(ctx: Context) -> list[tuple[str, str]]:
     for part in ctx.parts_of(ORIGINAL_MESSAGE_TYPES):
-        payload = part.msg.get_payload()
+        payload = payload_of(part.msg)
         if isinstance(payload, list) and payload and isinstance(payload[0], Message):
             return raw_headers(payload[0])
     for part in ctx.parts_of(ORIGINAL_HEADERS_TYPES):
