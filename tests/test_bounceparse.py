@@ -421,6 +421,30 @@ CASES = [
         True,  # given up: unknown at every attempt
     ),
     (
+        "",
+        "all hosts for 'example.test' have been failing for a long time (and retry time "
+        "not reached)",
+        "failed",
+        "expired",
+        False,
+    ),
+    (
+        "5.0.0",
+        "Child process of local_delivery transport returned 75 (could mean temporary error)",
+        "failed",
+        "mailererror",
+        False,
+    ),
+    ("5.0.0", "550 This account is currently disabled", "failed", "suspend", True),
+    (
+        "5.0.0",
+        "The recipient's e-mail address was not found in the recipient's e-mail system",
+        "failed",
+        "userunknown",
+        True,
+    ),
+    ("5.0.0", "550 Connection frequency limited", "failed", "toomanyconn", False),
+    (
         "4.1.1",
         "450 4.1.1 <a@example.test>: Recipient address rejected: unverified address",
         "failed",

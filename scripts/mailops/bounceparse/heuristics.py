@@ -116,7 +116,8 @@ def looks_like_bounce(ctx: Context) -> bool:
 
 _REPLY_LINE = re.compile(r"^\s*(?:<<<\s*)?[245]\d\d[ -]")
 _DELAY_WORDS = re.compile(
-    r"(?i)\bdelayed\b|will (?:be )?retr|still trying|warning message only|"
+    r"(?i)\bdelayed\b|will (?:be )?retr|still trying|keep trying|still undelivered|"
+    r"warning message only|"
     r"this is (?:only )?a (?:temporary|warning)|temporary failure report|"
     r"not yet been delivered"
 )

@@ -230,7 +230,7 @@ STRONG = _table(
         (
             "toomanyconn",
             r"too many (?:concurrent |simultaneous |open )?(?:connections|sessions)|"
-            r"connection (?:limit|count|rate)",
+            r"connection (?:limit|count|rate|frequency)",
         ),
         (
             "speeding",
@@ -294,7 +294,8 @@ STRONG = _table(
             r"disabled (?:account|mailbox|user)|\bis disabled|"
             r"account expired|is no longer active|temporar(?:y|ily) locked|"
             r"recipient suspended|user suspended|account suspended|"
-            r"has been (?:suspended|deactivated)|"
+            r"has been (?:suspended|deactivated)|is currently (?:disabled|suspended|inactive)|"
+            r"is (?:temporarily|permanently) (?:disabled|suspended)|"
             r"due to extended inactivity",
         ),
         # a refusal of the session for its many bad addresses, not of this one
@@ -302,7 +303,7 @@ STRONG = _table(
         (
             "mailererror",
             r"mailer error|command died|unknown mailer|procmail|exit status|pipe to \||"
-            r"child status",
+            r"child status|child process of|transport returned \d",
         ),
         (
             "userunknown",
@@ -312,6 +313,7 @@ STRONG = _table(
             r"recipient address rejected: access denied|mailbox (?:not found|does not exist|"
             r"unknown)|no mailbox|not a valid (?:mailbox|user|recipient|address)|"
             r"invalid (?:mailbox|address|user)|address not found|user not known|"
+            r"address was not found|recipient was not found|"
             r"no mailbox here|not our customer|no such person|bad recipient|"
             r"unknown or illegal alias|no valid recipients|recipient does not exist|"
             r"address couldn'?t be found|does not exist|doesn'?t exist|"
@@ -350,6 +352,7 @@ STRONG = _table(
             r"not (?:be )?delivered for \d+|"
             r"cannot send message for|undeliverable for \d+ days|"
             r"retry timeout exceeded|aborted after|failed (?:after )?\d+ attempts|"
+            r"retry time not reached|failing for a long time|"
             r"maximum (?:number of )?(?:delivery )?(?:attempts|retries)|"
             r"too many (?:delivery )?(?:attempts|retries)",
         ),
