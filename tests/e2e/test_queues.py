@@ -99,9 +99,12 @@ def test_cron_collects_again_within_a_minute(evidence: list[str]) -> None:
     later = collected_after(started(first), timeout=FRESH)
     took = time.time() - seen
     gap = started(later) - started(first)
-    # Once a minute, not more often: a second writer (a stray loop, a second cron file)
-    # would show as a shorter gap.
-    assert PERIOD - 2 <= gap <= FRESH, f"collections {gap:.0f} s apart"
+    assert gap <= FRESH, f"collections {gap:.0f} s apart"
+    # cron starts its jobs in the first second of a minute; the collection's time is read
+    # after the interpreter started.  (The first page may be the role's own collection,
+    # made once when the pages did not exist yet, at any second.)
+    second = int(started(later)) % 60
+    assert second <= 10, f"{later['generated_at']}: not started by cron at a minute's start"
     written = file_mtime("monitor", JSON)
     assert written is not None and written >= started(later), (written, later["generated_at"])
     evidence.append(
