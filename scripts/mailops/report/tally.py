@@ -448,82 +448,92 @@ class Distinct:
 
 
 class SizeArchive:
-    """The sizes of messages that went (``removed``), by a 64-bit hash of the queue id:
+    """The sizes of messages that went (``removed``), by a 40-bit hash of the queue id:
     pflogsumm never forgets a queue id's size, so a queue id used again (by the same host
     later, or by another host writing to the same file) keeps the first message's size,
     and its ``from=<...>, size=`` lines are skipped.
 
-    An open-addressing table in two arrays (hashes, sizes; 0 marks a free slot), at most
-    two thirds full: 24 to 48 bytes a message, where a dict of them takes about 100, and
-    no burst of memory when it grows."""
+    An open-addressing table in one array, at most two thirds full: each slot holds the
+    hash (40 bits) and the size (24 bits; a size of 16 MiB or more goes to ``big``), 0 a
+    free slot, so 12 to 24 bytes a message where a dict of them takes about 100.  Two
+    queue ids share a 40-bit hash with probability about n/2**40 per look-up (one in ten
+    million for 100,000 messages): that one would take the other's size."""
 
-    __slots__ = ("count", "keys", "mask", "values")
+    __slots__ = ("big", "count", "mask", "table")
+    BIG = (1 << 24) - 1
 
     def __init__(self, slots: int = 1024) -> None:
-        self.keys = array("q", bytes(8 * slots))
-        self.values = array("q", bytes(8 * slots))
+        self.table = array("Q", bytes(8 * slots))
         self.mask = slots - 1
         self.count = 0
+        self.big: dict[int, int] = {}
 
     def __bool__(self) -> bool:
         return self.count > 0
 
+    @staticmethod
+    def key(h: int) -> int:
+        """The 40 bits of ``hash(qid)`` kept (never 0, which marks a free slot)."""
+        return (h >> 24) & 0xFFFFFFFFFF or 1
+
     def add(self, qid: bytes, size: int) -> None:
         """Keep ``size`` (non-zero) for ``qid``, which must have none yet (a queue id with
         a size kept never gets another: its size lines are skipped)."""
-        self._put(hash(qid) or 1, size)
+        k = self.key(hash(qid))
+        if size >= self.BIG:
+            self.big[k] = size
+            size = self.BIG
+        self._put(k << 24 | size)
 
-    def _put(self, h: int, size: int) -> None:
-        keys, mask = self.keys, self.mask
-        i = h & mask
-        while keys[i]:
-            if keys[i] == h:
+    def _put(self, packed: int) -> None:
+        table, mask = self.table, self.mask
+        k = packed >> 24
+        i = k & mask
+        while table[i]:
+            if table[i] >> 24 == k:
                 return
             i = (i + 1) & mask
-        keys[i] = h
-        self.values[i] = size
+        table[i] = packed
         self.count += 1
         if 3 * self.count > 2 * mask:
-            self._grow()
+            old = self.table
+            self.table = array("Q", bytes(16 * (mask + 1)))
+            self.mask = 2 * mask + 1
+            self.count = 0
+            for packed in old:
+                if packed:
+                    self._put(packed)
 
-    def _grow(self) -> None:
-        keys, values = self.keys, self.values
-        slots = 2 * (self.mask + 1)
-        self.keys = array("q", bytes(8 * slots))
-        self.values = array("q", bytes(8 * slots))
-        self.mask = slots - 1
-        self.count = 0
-        for h, size in zip(keys, values, strict=True):
-            if h:
-                self._put(h, size)
-
-    def _find(self, h: int) -> int:
-        keys, mask = self.keys, self.mask
-        i = h & mask
-        k = keys[i]
-        while k:
-            if k == h:
-                return self.values[i]
+    def _find(self, k: int) -> int:
+        table, mask = self.table, self.mask
+        i = k & mask
+        packed = table[i]
+        while packed:
+            if packed >> 24 == k:
+                size = packed & self.BIG
+                return self.big[k] if size == self.BIG else size
             i = (i + 1) & mask
-            k = keys[i]
+            packed = table[i]
         return 0
 
     def get(self, qid: bytes) -> int:
         """The size kept for ``qid``, 0 if none."""
-        return self._find(hash(qid) or 1)
+        return self._find(self.key(hash(qid)))
 
     def holds_any(self, hashes: Iterable[int]) -> bool:
         """Whether a size is kept for any of these queue id hashes (``hash(qid)``)."""
-        return any(self._find(h or 1) for h in hashes)
+        return any(self._find(self.key(h)) for h in hashes)
 
-    def export(self) -> tuple[array[int], array[int]]:
-        return self.keys, self.values
+    def export(self) -> tuple[array[int], dict[int, int]]:
+        """What it holds, compactly (for ``update``)."""
+        return array("Q", (p for p in self.table if p)), self.big
 
-    def update(self, table: tuple[array[int], array[int]]) -> None:
+    def update(self, held: tuple[array[int], dict[int, int]]) -> None:
         """Add what another archive (``export``) holds."""
-        for h, size in zip(*table, strict=True):
-            if h:
-                self._put(h, size)
+        packed, big = held
+        self.big.update(big)
+        for p in packed:
+            self._put(p)
 
 
 def prune(table: dict[Any, Any], keep: int, weight: Callable[[Any], float]) -> None:
@@ -701,11 +711,12 @@ class Tally:
         lines it kept waiting are counted here, then its figures are added.
         """
         assumed = part["assumed"]
-        if assumed:
-            taken = set(assumed)
-            if self.sizes and not taken.isdisjoint({hash(q) for q in self.sizes}):
-                return False
-            if self.retired and self.retired.holds_any(taken):
+        if assumed:  # (an array of hashes, gone through without a set of them)
+            if self.sizes:
+                live = {hash(q) for q in self.sizes}
+                if any(h in live for h in assumed):
+                    return False
+            if self.retired and self.retired.holds_any(assumed):
                 return False
         if assumed and self.clients:
             # a client= line replaces a client this tally kept for a queue id
