@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,14 +9,10 @@ import pytest
 
 from mailops.report import build, parallel
 from mailops.report.tally import Tally
+from tests.support.bench import loggen
+from tests.support.report_lines import PIECES, tally_state, trap_log
 
-ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data" / "report"
-sys.path.insert(0, str(ROOT / "bench"))
-sys.path.insert(0, str(ROOT / "tests"))
-
-import loggen  # noqa: E402
-from test_report import PIECES, tally_state, trap_log  # noqa: E402
 
 
 def state(t: Tally) -> dict[str, Any]:

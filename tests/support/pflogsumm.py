@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
-from pathlib import Path
-from types import ModuleType
+
+from tests.support.bench import pflogsumm_text
 
 PFLOGSUMM = shutil.which("pflogsumm")
 
-
-def _text_reader() -> ModuleType:
-    """bench/pflogsumm_text.py, the one reader of pflogsumm's printed totals (the bench
-    uses it too; it is loaded from its file, bench being no package)."""
-    path = Path(__file__).resolve().parents[2] / "bench" / "pflogsumm_text.py"
-    spec = importlib.util.spec_from_file_location("pflogsumm_text", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-pflogsumm_text = _text_reader()
 
 TOTALS = (
     "received", "delivered", "forwarded", "deferred", "deferrals", "bounced", "rejected",
