@@ -605,9 +605,10 @@ def up(
     return lab, recap, ok
 
 
-def recreate(name: str) -> dict[str, dict[str, int]]:
+def recreate(name: str, extra: tuple[str, ...] = ()) -> dict[str, dict[str, int]]:
     """Remove one host's container and make it again from the image: started, reached
-    over SSH and converged alone (site.yml --limit NAME); return the PLAY RECAP.
+    over SSH and converged alone (site.yml --limit NAME, plus `extra`); return the PLAY
+    RECAP.
 
     What losing a host looks like, and what a converge alone gives back (for the
     monitor: an empty store, which playbooks/restore.yml fills again).
@@ -619,7 +620,7 @@ def recreate(name: str) -> dict[str, dict[str, int]]:
     podman("rm", "-f", "-t", "2", container(name))
     start_hosts(lab)
     ssh_setup(lab)
-    return converge(f"recreate-{name}", ("--limit", name))
+    return converge(f"recreate-{name}", ("--limit", name, *extra))
 
 
 def lab_is_running(lab: Lab) -> bool:
