@@ -29,12 +29,13 @@ pytestmark = pytest.mark.skipif(
 )
 SEEDS = range(24)
 JOBS = 4
+PART = 1 << 16  # --part-size: a log of ten thousand lines is cut as one of millions is
 
 
 def ours(log: Path, jobs: int, capsys: pytest.CaptureFixture[str], day: str = "all") -> Any:
     rc = cli.main(
         ["--config", os.devnull, "report", "--log", str(log), "--day", day, "--format", "json",
-         "--jobs", str(jobs)]
+         "--jobs", str(jobs), "--part-size", str(PART)]
     )  # fmt: skip
     out, err = capsys.readouterr()
     assert rc == 0, err
@@ -51,7 +52,7 @@ def cuts_inside_deferred_messages(log: Path, jobs: int) -> list[int]:
     deferrals of one message (the same host and queue id)."""
     size = log.stat().st_size
     with log.open("rb") as fh:
-        offsets = parallel.cuts(fh, size, min(jobs, size // parallel.MIN_PART))[1:-1]
+        offsets = parallel.cuts(fh, size, min(jobs, size // PART))[1:-1]
         fh.seek(0)
         first: dict[bytes, int] = {}
         last: dict[bytes, int] = {}
@@ -67,12 +68,6 @@ def cuts_inside_deferred_messages(log: Path, jobs: int) -> list[int]:
         spanning = [k for k in first if first[k] < cut <= last[k]]
         assert spanning, f"no deferred message spans the cut at {cut}"
     return offsets
-
-
-@pytest.fixture
-def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Parts of 64 KiB: a log of ten thousand lines is cut as one of millions is."""
-    monkeypatch.setattr(parallel, "MIN_PART", 1 << 16)
 
 
 @pytest.fixture
@@ -93,7 +88,6 @@ def absorbed(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
 def test_every_grand_total_is_pflogsumms(
     seed: int,
     tmp_path: Path,
-    small_parts: None,
     absorbed: list[bool],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -123,7 +117,7 @@ def test_every_grand_total_is_pflogsumms(
 
 @pytest.mark.parametrize("seed", [101, 102, 103, 104])
 def test_one_day_of_a_longer_log_is_pflogsumms(
-    seed: int, tmp_path: Path, small_parts: None, capsys: pytest.CaptureFixture[str]
+    seed: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``--day yesterday`` next to ``pflogsumm -d yesterday``: messages deferred across
     midnight, both days in the file."""
@@ -142,7 +136,7 @@ def test_one_day_of_a_longer_log_is_pflogsumms(
 
 @pytest.mark.parametrize("seed", [201, 202, 203])
 def test_a_cluster_report_keeps_each_hosts_queue_ids_apart(
-    seed: int, tmp_path: Path, small_parts: None, capsys: pytest.CaptureFixture[str]
+    seed: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``--cluster`` over two hosts' logs that use the same queue ids: the figures of
     pflogsumm over the two logs with their queue ids kept distinct (two messages), where
@@ -159,7 +153,8 @@ def test_a_cluster_report_keeps_each_hosts_queue_ids_apart(
     for jobs in (1, JOBS):
         rc = cli.main(
             ["--config", os.devnull, "report", "--cluster", "--log", str(mail1), "--log",
-             str(mail2), "--day", "all", "--format", "json", "--jobs", str(jobs)]
+             str(mail2), "--day", "all", "--format", "json", "--jobs", str(jobs), "--part-size",
+             str(PART)]
         )  # fmt: skip
         out, err = capsys.readouterr()
         assert rc == 0, err

@@ -6,7 +6,7 @@ Usage::
                    [--rotated | --no-rotated]
                    [--day today|yesterday|YYYY-MM-DD|all] [--format text|json|html|mail]
                    [--mail-to ADDR ...] [--mail-from ADDR] [--year YYYY] [--top N]
-                   [--syslog-name NAME] [--jobs N]
+                   [--syslog-name NAME] [--jobs N] [--part-size BYTES]
 
 Reads Postfix's log (syslog's file or Postfix's own ``maillog_file``; classic or ISO
 timestamps; plain or gzip, found by content), one stream in the order given, in
@@ -36,6 +36,8 @@ the settings name recipients.
 A large plain file (32 MiB or more) is counted by up to ``--jobs`` processes at once,
 one part of the file each, with the same figures (``mailops.report.parallel``); the
 default is one per core, at most 4.  ``--jobs 1`` reads with one process.
+``--part-size BYTES`` lowers the 16 MiB a part must have, so that a test can have a
+small log read in parts.
 
 Several ``--log`` files are one stream, read in the order given, as pflogsumm reads
 them: a queue id is one message wherever it appears.  For one report of the whole
@@ -135,12 +137,22 @@ def run(args: argparse.Namespace) -> int:
         if cluster:
             groups = [list(build.iter_paths([log], s["rotated"], day)) for log in logs]
             tally, sources = build.tally_cluster(
-                groups, day, s["syslog_name"], s["cap"], jobs=s["jobs"] or None
+                groups,
+                day,
+                s["syslog_name"],
+                s["cap"],
+                jobs=s["jobs"] or None,
+                min_part=args.part_size,
             )
         else:
             paths = list(build.iter_paths(logs, s["rotated"], day))
             tally, sources = build.tally_files(
-                paths, day, s["syslog_name"], s["cap"], jobs=s["jobs"] or None
+                paths,
+                day,
+                s["syslog_name"],
+                s["cap"],
+                jobs=s["jobs"] or None,
+                min_part=args.part_size,
             )
     except build.LogError as exc:
         _err(str(exc))
@@ -279,5 +291,12 @@ def register(subparsers: Any) -> None:
         type=_positive,
         metavar="N",
         help="processes for a plain file of 32 MiB or more (default one per core, at most 4)",
+    )
+    parser.add_argument(
+        "--part-size",
+        type=_positive,
+        metavar="BYTES",
+        help="smallest part of a file one process counts (default 16 MiB); a few KiB cuts "
+        "even a small log into --jobs parts, to check the parallel reader on it",
     )
     parser.set_defaults(func=run)

@@ -164,9 +164,11 @@ def tally_files(
     syslog_name: str = "postfix",
     cap: int = 5000,
     jobs: int | None = None,
+    min_part: int | None = None,
 ) -> tuple[Tally, list[dict[str, Any]]]:
     """Count every file in turn (as one stream, the way pflogsumm reads several files);
-    a large plain file with up to ``jobs`` processes (None: one per core, at most 4)."""
+    a large plain file with up to ``jobs`` processes (None: one per core, at most 4),
+    each part at least ``min_part`` bytes (None: ``parallel.MIN_PART``)."""
     if jobs is None:
         jobs = parallel.default_jobs()
     tally = Tally(
@@ -179,7 +181,7 @@ def tally_files(
         before = tally.lines
         fh = open_log(path)
         try:
-            if jobs > 1 and parallel.feed_file_parallel(tally, fh, jobs):
+            if jobs > 1 and parallel.feed_file_parallel(tally, fh, jobs, min_part):
                 sources.append({"path": str(path), "lines": tally.lines - before})
                 continue
             while block := fh.read(CHUNK):
@@ -200,6 +202,7 @@ def tally_cluster(
     syslog_name: str = "postfix",
     cap: int = 5000,
     jobs: int | None = None,
+    min_part: int | None = None,
 ) -> tuple[Tally, list[dict[str, Any]]]:
     """One tally for several hosts' logs, each group of files one host's (its log and
     rotations): every host's files are counted apart, so a queue id of one host never
@@ -208,7 +211,7 @@ def tally_cluster(
     total: Tally | None = None
     sources: list[dict[str, Any]] = []
     for host, group in enumerate(groups):
-        tally, found = tally_files(group, day, syslog_name, cap, jobs)
+        tally, found = tally_files(group, day, syslog_name, cap, jobs, min_part)
         sources += found
         if total is None:
             total = tally
@@ -229,7 +232,7 @@ def tally_cluster(
         total.clients.clear()
         assert total.absorb(part)
     if total is None:
-        return tally_files([], day, syslog_name, cap, jobs)
+        return tally_files([], day, syslog_name, cap, jobs, min_part)
     return total, sources
 
 

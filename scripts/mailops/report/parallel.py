@@ -124,16 +124,17 @@ def _collect(pid: int | None, out: BinaryIO | None) -> dict[str, Any] | None:
     return part
 
 
-def feed_file_parallel(tally: Tally, fh: BinaryIO, jobs: int) -> bool:
-    """Count a seekable plain file with up to ``jobs`` processes; False if it is too
-    small to be worth it or cannot be seeked (the caller then reads it alone)."""
+def feed_file_parallel(tally: Tally, fh: BinaryIO, jobs: int, min_part: int | None = None) -> bool:
+    """Count a seekable plain file with up to ``jobs`` processes, each part at least
+    ``min_part`` bytes (default ``MIN_PART``); False if it is too small to be worth it or
+    cannot be seeked (the caller then reads it alone)."""
     try:
         fd = fh.fileno()
         size = os.fstat(fd).st_size
         fh.seek(0)
     except (OSError, AttributeError, ValueError):
         return False
-    parts = min(jobs, size // MIN_PART)
+    parts = min(jobs, size // (MIN_PART if min_part is None else max(1, min_part)))
     if parts < 2:
         return False
     offsets = cuts(fh, size, parts)
