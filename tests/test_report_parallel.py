@@ -182,6 +182,30 @@ def test_a_refused_part_leaves_the_tally_as_it_was() -> None:
     assert (whole.delivered, whole.bytes_delivered) == (2, 150)  # 4F2A1 keeps its first size
 
 
+def test_a_queue_id_sized_in_an_earlier_part_waits(tmp_path: Path) -> None:
+    """The second part reads which queue ids had a size line before it: 4F2A1 comes back
+    there as a new message, and rather than take it for new (and have the part counted
+    again) its lines wait for the first part's state."""
+    log = tmp_path / "reused.log"
+    log.write_bytes(FIRST + b"Nov 23 10:00:04 mx1 postfix/qmgr[2]: 4F2A1: removed\n" + SECOND)
+    with log.open("rb") as fh:
+        sized = parallel.sized_before(fh.fileno(), len(FIRST))
+    assert list(sized) == [hash(b"4F2A1")]
+    whole = Tally()
+    whole.feed_bytes(log.read_bytes())
+    whole.flush()
+    first, second = Tally(), Tally()
+    first.feed_bytes(log.read_bytes()[: len(FIRST) + 52])
+    first.flush()
+    second.begin_part(parallel._blocker(Tally(), sized))
+    second.feed_bytes(SECOND)
+    second.flush()
+    assert not second.assumed and second.waiting.count(b"\n") == 4  # all but the deferral
+    assert first.absorb(second.export())
+    assert state(first) == state(whole)
+    assert (whole.bytes_received, whole.bytes_delivered) == (100, 100)  # the first size
+
+
 def test_a_queue_id_that_waited_is_not_taken_for_new() -> None:
     """A part that kept a line of a queue id waiting, then sees it received, does not take
     it for a new message (the waiting line may give it its size first): its lines wait."""
@@ -221,7 +245,7 @@ def test_a_failed_worker_is_counted_here(
     log = loggen.write(tmp_path / "mail.log", 20_000, seed=4)
     want, _ = build.tally_files([log], jobs=1)
 
-    def broken(self: Tally) -> None:
+    def broken(self: Tally, blocked: object = None) -> None:
         raise MemoryError("no room")
 
     monkeypatch.setattr(Tally, "begin_part", broken)

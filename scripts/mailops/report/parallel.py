@@ -10,12 +10,16 @@ its delivery lines wait, and are counted here after the earlier parts, with thei
 sizes.  ``Tally.absorb`` then adds the part's figures, in order.
 
 pflogsumm never forgets a queue id (tally.py), so a part's figures for a queue id it
-took as new are right only if no earlier line gave that queue id a size.  Where one did
-(a queue id used again, by another host in the same file or by the same host later),
-or where the part kept a line of that queue id waiting before it took it, or when a
-child fails, that part is counted again here, alone, and nothing of its first count is
-added: the figures are always those of one tally reading the whole file.  A log where
-queue ids come back within a part is then read at the speed of one process.
+takes as new are right only if no earlier line gave that queue id a size.  A child
+therefore first reads the bytes before its part for the queue ids of size lines (one
+regular expression, about a tenth of the time a count takes, while the parent counts
+the first part) and takes none of those, nor one the tally held a size for before the
+file, nor one whose lines it already keeps waiting, for new: a queue id used again, by
+Postfix later in the day or by another host in the same file, waits like a message
+across the cut.  Should a size line of another shape still give one of its new queue
+ids a size earlier, or should a child fail, that part is counted again here, alone,
+and nothing of the child's count is added: the figures are always those of one tally
+reading the whole file.
 
 Each child is a fork of this process: the compiled pattern and the interpreter are
 shared with it, page by page, until either writes to them, and its ``hash()`` of a
@@ -26,11 +30,15 @@ counted here alone (a fork and a merge cost more than they save).
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import os
 import pickle
+import re
 import sys
 import tempfile
+from array import array
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from mailops.report.tally import CHUNK, Tally
@@ -75,6 +83,41 @@ def _count_range(tally: Tally, fd: int, start: int, stop: int) -> None:
     tally.flush()
 
 
+# the queue id of a size line as the tally's fast path reads it (a size line of another
+# shape that escapes this is caught by Tally.absorb, which then counts the part again)
+_SIZED = re.compile(rb"\]: ([0-9A-Za-z]+): from=<")
+
+
+def sized_before(fd: int, stop: int) -> array[int]:
+    """The sorted hashes of the queue ids with a size line in the bytes ``[0, stop)``."""
+    found = array("q")
+    at, pending = 0, b""
+    while at < stop:
+        block = os.pread(fd, min(CHUNK, stop - at), at)
+        if not block:
+            break
+        at += len(block)
+        buf = pending + block
+        cut = buf.rfind(b"\n") + 1
+        pending = buf[cut:]
+        found.extend(map(hash, _SIZED.findall(buf, 0, cut)))
+    found.extend(map(hash, _SIZED.findall(pending)))
+    return array("q", sorted(found))
+
+
+def _blocker(prior: Tally, sized: array[int]) -> Callable[[bytes, int], bool]:
+    """Whether a queue id may have had a size before a part: a size line in an earlier
+    part (``sized``), or a size the tally held before the file (``prior``)."""
+
+    def blocked(qid: bytes, h: int) -> bool:
+        i = bisect.bisect_left(sized, h)
+        if i < len(sized) and sized[i] == h:
+            return True
+        return qid in prior.sizes or (bool(prior.retired) and prior.retired.get(qid) > 0)
+
+    return blocked
+
+
 def _fork_part(tally: Tally, fd: int, start: int, stop: int) -> tuple[int, BinaryIO]:
     """Count ``[start, stop)`` in a child; returns its pid and the file its figures go to.
 
@@ -91,7 +134,8 @@ def _fork_part(tally: Tally, fd: int, start: int, stop: int) -> tuple[int, Binar
         try:
             # (the same pattern: re's cache hands back the one compiled already)
             part = Tally(tally.syslog_name, tally.day, tally.cap, tally.state_cap)
-            part.begin_part()
+            # (read here, in the child, while the parent counts the first part)
+            part.begin_part(_blocker(tally, sized_before(fd, start)))
             _count_range(part, fd, start, stop)
             pickle.dump(part.export(), out, protocol=pickle.HIGHEST_PROTOCOL)
             out.flush()

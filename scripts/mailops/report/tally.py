@@ -611,6 +611,7 @@ class Tally:
         self.waiting = bytearray()
         self.assumed = array("q")
         self.waited: set[int] = set()  # hashes of the queue ids of the lines kept waiting
+        self.blocked: Callable[[bytes, int], bool] | None = None
 
     @property
     def deferred(self) -> int:
@@ -655,9 +656,12 @@ class Tally:
             self.pending = b""
             self._lines_of(buf, len(buf))
 
-    def begin_part(self) -> None:
-        """Count from here on as a later part of a log (see ``known``)."""
+    def begin_part(self, blocked: Callable[[bytes, int], bool] | None = None) -> None:
+        """Count from here on as a later part of a log (see ``known``).  ``blocked(qid,
+        hash(qid))`` says whether a queue id may already have a size from before the
+        part: one that may is never taken for new, its lines wait."""
         self.known = set()
+        self.blocked = blocked
 
     def count_waiting(self, data: bytes | bytearray) -> None:
         """Count the lines a later part kept waiting (each with its newline; read once
@@ -830,6 +834,7 @@ class Tally:
         known: set[bytes] = self.known if self.known is not None else set()
         waiting = self.waiting
         waited = self.waited
+        blocked = self.blocked
         assumed = self.assumed
         retired = self.retired
         received = delivered = bytes_delivered = bytes_received = forwarded = 0
@@ -908,7 +913,8 @@ class Tally:
                 fq, ts, client = m.group(g_fq, g_ts, g_client)
                 if part and fq not in known:  # a new message (checked in Tally.absorb)
                     h = hash(fq)
-                    if h in waited:  # unless its lines already wait
+                    # unless its lines already wait, or it may have had a size before
+                    if h in waited or (blocked is not None and blocked(fq, h)):
                         _keep(waiting, waited, fq, buf, m, end)
                         continue
                     known.add(fq)
@@ -944,7 +950,7 @@ class Tally:
                 fq, ts = m.group(g_fq, g_ts)
                 if part and fq not in known:
                     h = hash(fq)
-                    if h in waited:
+                    if h in waited or (blocked is not None and blocked(fq, h)):
                         _keep(waiting, waited, fq, buf, m, end)
                         continue
                     known.add(fq)
