@@ -34,7 +34,6 @@ import bisect
 import itertools
 import os
 import pickle
-import re
 import sys
 import tempfile
 from array import array
@@ -83,13 +82,11 @@ def _count_range(tally: Tally, fd: int, start: int, stop: int) -> None:
     tally.flush()
 
 
-# the queue id of a size line as the tally's fast path reads it (a size line of another
-# shape that escapes this is caught by Tally.absorb, which then counts the part again)
-_SIZED = re.compile(rb"\]: ([0-9A-Za-z]+): from=<")
-
-
 def sized_before(fd: int, stop: int) -> array[int]:
-    """The sorted hashes of the queue ids with a size line in the bytes ``[0, stop)``."""
+    """The sorted hashes of the queue ids of the size lines (``QUEUEID: from=<``, the
+    queue id being the word before) in the bytes ``[0, stop)``.  (A size line of another
+    shape that escapes this is caught by Tally.absorb, which then counts the part again;
+    a word taken that is no queue id only makes a message wait.)"""
     found = array("q")
     at, pending = 0, b""
     while at < stop:
@@ -100,9 +97,17 @@ def sized_before(fd: int, stop: int) -> array[int]:
         buf = pending + block
         cut = buf.rfind(b"\n") + 1
         pending = buf[cut:]
-        found.extend(map(hash, _SIZED.findall(buf, 0, cut)))
-    found.extend(map(hash, _SIZED.findall(pending)))
+        _sized_in(buf, cut, found)
+    _sized_in(pending, len(pending), found)
     return array("q", sorted(found))
+
+
+def _sized_in(buf: bytes, end: int, found: array[int]) -> None:
+    # (bytes.find and a loop: a third faster than a regular expression's findall here)
+    i = buf.find(b": from=<", 0, end)
+    while i >= 0:
+        found.append(hash(buf[buf.rfind(b" ", 0, i) + 1 : i]))
+        i = buf.find(b": from=<", i + 8, end)
 
 
 def _blocker(prior: Tally, sized: array[int]) -> Callable[[bytes, int], bool]:
