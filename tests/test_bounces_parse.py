@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -159,3 +160,28 @@ def test_bad_verp_prefixes_are_a_configuration_error(
     code = cli.main(["--config", str(settings), "bounces", "parse", str(DATA / "qmail.eml")])
     assert code == exitcodes.CONFIG
     assert "verp_prefixes" in capsys.readouterr().err
+
+
+def test_bounces_parse_imports_only_its_own_subcommand() -> None:
+    """`mailops bounces parse` does not pay for ingest's store and pipe imports."""
+    code = (
+        "import sys; from mailops import cli; "
+        "cli.build_parser('bounces', ['bounces', 'parse', 'x.eml']); "
+        "print('mailops.bounces.ingest' in sys.modules, 'mailops.bounces.parse_cmd' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "modules"),
+    [
+        (["bounces", "parse", "x.eml"], ("parse_cmd",)),
+        (["--config", "c.toml", "bounces", "ingest"], ("ingest",)),
+        (["bounces", "--help"], ("parse_cmd", "ingest")),
+        (["bounces"], ("parse_cmd", "ingest")),
+        (None, ("parse_cmd", "ingest")),
+    ],
+)
+def test_bounces_wanted_subcommands(argv: list[str] | None, modules: tuple[str, ...]) -> None:
+    assert bounces_pkg.wanted(argv) == modules

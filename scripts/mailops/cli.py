@@ -47,7 +47,9 @@ def wanted_tool(argv: Sequence[str]) -> str | None:
     return None
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+def build_parser(
+    only: str | None = None, argv: Sequence[str] | None = None
+) -> argparse.ArgumentParser:
     """The parser with every tool, or with only the one asked for: a pipe that runs
     ``mailops bounces ingest`` never imports paramiko or the report code."""
     parser = argparse.ArgumentParser(
@@ -63,7 +65,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sub.required = True
     for name in (only,) if only else TOOLS:
         module = importlib.import_module(f"mailops.{name}")
-        module.register(sub)
+        if name == "bounces" and argv is not None:
+            module.register(sub, argv)  # imports only the bounces subcommand asked for
+        else:
+            module.register(sub)
     return parser
 
 
@@ -77,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Postfix keeps the message queued and retries instead of bouncing it."""
     in_pipe = os.environ.get(PIPE_ENV) == "1"
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(wanted_tool(argv))
+    parser = build_parser(wanted_tool(argv), argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from collections.abc import Sequence
 from typing import Any
 
 SUBCOMMANDS: tuple[str, ...] = (
@@ -21,7 +22,19 @@ SUBCOMMANDS: tuple[str, ...] = (
 )
 
 
-def register(subparsers: Any) -> None:
+def wanted(argv: Sequence[str] | None) -> tuple[str, ...]:
+    """The subcommand modules to import for a command line: only the one it names after
+    ``bounces`` (``parse`` is parse_cmd.py), so ``bounces parse`` never loads the store
+    and pipe code of ``ingest``; every one for --help, a typo or no command line."""
+    words = list(argv or ())
+    if "bounces" not in words[:-1]:
+        return SUBCOMMANDS
+    word = words[words.index("bounces") + 1]
+    chosen = tuple(name for name in SUBCOMMANDS if name in (word, f"{word}_cmd"))
+    return chosen or SUBCOMMANDS
+
+
+def register(subparsers: Any, argv: Sequence[str] | None = None) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "bounces",
         help="classify bounces, complaints and auto-replies (parse, ingest)",
@@ -29,7 +42,7 @@ def register(subparsers: Any) -> None:
     )
     sub = parser.add_subparsers(dest="bounces_command", metavar="SUBCOMMAND")
     sub.required = True
-    for name in SUBCOMMANDS:
+    for name in wanted(argv):
         qualified = f"{__name__}.{name}"
         try:
             module = importlib.import_module(qualified)
