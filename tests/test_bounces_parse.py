@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 import mailops.bounces as bounces_pkg
 from mailops import cli, exitcodes
+from mailops.bounces import parse_cmd
 
 DATA = Path(__file__).resolve().parent / "data" / "bounces"
 SAMPLES = sorted(DATA.glob("*.eml"))
@@ -185,3 +187,55 @@ def test_bounces_parse_imports_only_its_own_subcommand() -> None:
 )
 def test_bounces_wanted_subcommands(argv: list[str] | None, modules: tuple[str, ...]) -> None:
     assert bounces_pkg.wanted(argv) == modules
+
+
+def _batch(tmp_path: Path) -> list[str]:
+    """Twelve files, one of them missing, in an order that mixes the samples."""
+    files = [str(p) for p in (SAMPLES * 2)[:11]]
+    files.insert(8, str(tmp_path / "missing.eml"))
+    return files
+
+
+def test_a_forked_batch_prints_what_one_process_prints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = _batch(tmp_path)
+    monkeypatch.setattr(parse_cmd, "default_jobs", lambda: 1)
+    alone = run(["--json", *files], capsys)
+    forks: list[int] = []
+    real_fork = parse_cmd.os.fork
+
+    def counted_fork() -> int:
+        pid = real_fork()
+        if pid:
+            forks.append(pid)
+        return pid
+
+    monkeypatch.setattr(parse_cmd.os, "fork", counted_fork)
+    monkeypatch.setattr(parse_cmd, "MIN_FILES", 3)
+    monkeypatch.setattr(parse_cmd, "default_jobs", lambda: 3)
+    forked = run(["--json", *files], capsys)
+    assert len(forks) == 2
+    assert forked == alone
+    assert alone[0] == exitcodes.NOINPUT and "missing.eml: cannot read" in alone[2]
+    assert len(alone[1].splitlines()) >= 11
+
+
+def test_the_run_of_a_failed_worker_is_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = _batch(tmp_path)
+    monkeypatch.setattr(parse_cmd, "default_jobs", lambda: 1)
+    alone = run([*files], capsys)
+    parent = os.getpid()
+    real_parse = parse_cmd.parse_message
+
+    def parse_here_only(raw: bytes, **kwargs: Any) -> Any:
+        if os.getpid() != parent:
+            raise RuntimeError("a worker that breaks")
+        return real_parse(raw, **kwargs)
+
+    monkeypatch.setattr(parse_cmd, "parse_message", parse_here_only)
+    monkeypatch.setattr(parse_cmd, "MIN_FILES", 3)
+    monkeypatch.setattr(parse_cmd, "default_jobs", lambda: 2)
+    assert run([*files], capsys) == alone
