@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import json
 import os
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 import mailops.bounces as bounces_pkg
-from mailops import cli, exitcodes
+from mailops import bounceparse, cli, exitcodes
 from mailops.bounces import parse_cmd
 
 DATA = Path(__file__).resolve().parent / "data" / "bounces"
@@ -126,7 +127,7 @@ def test_bounces_registers_parse_and_skips_only_a_missing_subcommand(
     def broken(name: str) -> Any:
         raise ModuleNotFoundError("No module named 'psycopg'", name="psycopg")
 
-    monkeypatch.setattr(bounces_pkg.importlib, "import_module", broken)
+    monkeypatch.setattr(importlib, "import_module", broken)
     with pytest.raises(ModuleNotFoundError):
         bounces_pkg.register(argparse.ArgumentParser().add_subparsers())
 
@@ -203,15 +204,15 @@ def test_a_forked_batch_prints_what_one_process_prints(
     monkeypatch.setattr(parse_cmd, "default_jobs", lambda: 1)
     alone = run(["--json", *files], capsys)
     forks: list[int] = []
-    real_fork = parse_cmd.os.fork
+    real_fork = os.fork
 
     def counted_fork() -> int:
-        pid = real_fork()
+        pid: int = real_fork()
         if pid:
             forks.append(pid)
         return pid
 
-    monkeypatch.setattr(parse_cmd.os, "fork", counted_fork)
+    monkeypatch.setattr(os, "fork", counted_fork)
     monkeypatch.setattr(parse_cmd, "MIN_FILES", 3)
     monkeypatch.setattr(parse_cmd, "default_jobs", lambda: 3)
     forked = run(["--json", *files], capsys)
@@ -228,7 +229,7 @@ def test_the_run_of_a_failed_worker_is_read_again(
     monkeypatch.setattr(parse_cmd, "default_jobs", lambda: 1)
     alone = run([*files], capsys)
     parent = os.getpid()
-    real_parse = parse_cmd.parse_message
+    real_parse = bounceparse.parse_message
 
     def parse_here_only(raw: bytes, **kwargs: Any) -> Any:
         if os.getpid() != parent:
