@@ -55,12 +55,32 @@ def default_jobs() -> int:
     return max(1, min(cores, MAX_JOBS))
 
 
-def cuts(fh: BinaryIO, size: int, parts: int) -> list[int]:
-    """Offsets that cut ``fh`` into ``parts`` ranges of about equal size, each starting
-    right after a newline (or at 0); fewer where lines are longer than a range."""
+# what reading a byte for the queue ids of size lines costs a child (sized_before), as a
+# share of what counting it costs: the later parts are made that much shorter
+SCAN_COST = 0.13
+
+
+def shares(parts: int, scan: float = SCAN_COST) -> list[float]:
+    """Where ``parts`` parts start, as shares of the file, so that each part's count plus
+    its child's reading of all the bytes before it take about as long as the first
+    part's count: part k is ``first - scan * start_k`` long."""
+    lo, hi = 1 / parts, 1.0
+    for _ in range(40):  # bisection on the first part's length
+        first = (lo + hi) / 2
+        at, starts = 0.0, []
+        for _k in range(parts):
+            starts.append(at)
+            at += max(first - scan * at, 0.0)
+        lo, hi = (first, hi) if at < 1 else (lo, first)
+    return starts
+
+
+def cuts(fh: BinaryIO, size: int, parts: int, scan: float = SCAN_COST) -> list[int]:
+    """Offsets that cut ``fh`` into ``parts`` ranges (``shares``), each starting right
+    after a newline (or at 0); fewer where lines are longer than a range."""
     offsets = [0]
-    for n in range(1, parts):
-        fh.seek(size * n // parts - 1)
+    for share in shares(parts, scan)[1:]:
+        fh.seek(max(int(size * share) - 1, 0))
         fh.readline()  # to the end of the line the byte before the cut is on
         at = fh.tell()
         if offsets[-1] < at < size:
