@@ -172,7 +172,7 @@ BAD: list[tuple[str, list[str] | None, str]] = [
     (
         '[report]\nformat = "pdf"',
         REPORT,
-        '[report] format: expected one of "text", "json", "html", got "pdf"',
+        '[report] format: expected one of "text", "json", "html", "mail", got "pdf"',
     ),
     (
         "[report]\ntop = 30\ncap = 10",

@@ -332,7 +332,7 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "day": Setting(
             "yesterday", valid=_report_day, expect="today, yesterday, all or YYYY-MM-DD"
         ),
-        "format": Setting("text", choices=("text", "json", "html")),
+        "format": Setting("text", choices=("text", "json", "html", "mail")),
         "mail_to": Setting([]),
         "mail_from": Setting(""),
         "subject": Setting(""),
