@@ -1,4 +1,5 @@
-"""The opendkim role's opendkim.conf: which resolver setting it writes.
+"""The opendkim role's opendkim.conf: which resolver setting it writes, and the milter
+socket it shares with Postfix.
 
 OpenDKIM 2.11 parses a ResolverConfiguration file again for every message, and
 libunbound's parser is not thread-safe (tests/e2e/test_faults.py shows the verifier
@@ -14,22 +15,30 @@ from typing import Any
 
 import jinja2
 import pytest
+import yaml
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "roles/opendkim/templates/opendkim.conf.j2"
+ROLE = Path(__file__).resolve().parent.parent / "roles/opendkim"
+TEMPLATE = ROLE / "templates/opendkim.conf.j2"
+DEFAULTS = yaml.safe_load((ROLE / "defaults/main.yml").read_text())
 
 
-def render(**overrides: Any) -> dict[str, str]:
-    """The rendered file as {setting: value}, rendered as Ansible's template module does
-    (trim_blocks)."""
-    env = jinja2.Environment(
+def environment() -> jinja2.Environment:
+    """Jinja as Ansible's template module sets it up (trim_blocks)."""
+    return jinja2.Environment(
         trim_blocks=True,
         undefined=jinja2.StrictUndefined,
         autoescape=jinja2.select_autoescape(enabled_extensions=(), default_for_string=False),
     )
+
+
+def render(**overrides: Any) -> dict[str, str]:
+    """The rendered file as {setting: value}."""
+    env = environment()
     values: dict[str, Any] = {
         "ansible_managed": "managed",
         "opendkim__mode": "sv",
-        "opendkim__port": 8891,
+        "opendkim__postfix_queue_dir": DEFAULTS["opendkim__postfix_queue_dir"],
+        "opendkim__socket": DEFAULTS["opendkim__socket"],
         "opendkim__authserv_id": "mx1.example.com",
         "opendkim__nameservers": ["192.0.2.53", "2001:db8::53"],
         "opendkim__resolver_nodefault_zones": [],
@@ -71,3 +80,24 @@ def test_no_resolver_setting_where_it_only_signs_or_has_no_resolvers(
     conf = render(**overrides)
     assert "Nameservers" not in conf and "ResolverConfiguration" not in conf
     assert conf["Mode"] == overrides.get("opendkim__mode", "sv")
+
+
+def test_the_milter_is_a_unix_socket_that_postfix_reaches_by_the_exported_name() -> None:
+    """TCP on loopback cost about 90 ms a message in the lab (docs/bench.md): OpenDKIM
+    listens on a unix socket in Postfix's queue directory, and what the role hands to the
+    postfix role names that same socket relative to the queue directory, which is where
+    Postfix's daemons resolve it from, chrooted or not."""
+    conf = render()
+    kind, _, path = conf["Socket"].partition(":")
+    assert kind == "local", conf["Socket"]
+    env = environment()
+    values = {k: DEFAULTS[k] for k in ("opendkim__postfix_queue_dir", "opendkim__socket")}
+    exported = {
+        entry["name"]: [env.from_string(v).render(**values) for v in entry["value"]]
+        for entry in DEFAULTS["opendkim__postfix__dependent_maincf"]
+    }
+    for name in ("smtpd_milters", "non_smtpd_milters"):
+        [milter] = exported[name]
+        kind, _, relative = milter.partition(":")
+        assert kind == "unix" and not relative.startswith("/"), milter
+        assert path == f"{values['opendkim__postfix_queue_dir']}/{relative}", (path, milter)
