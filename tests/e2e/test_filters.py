@@ -88,6 +88,30 @@ def test_every_selector_key_matches_dns(evidence: list[str]) -> None:
     evidence.append("opendkim-testkey: key OK on mx1, mail1, mail2; keys 0600 opendkim")
 
 
+def test_milters_are_unix_sockets_only_postfix_can_reach(evidence: list[str]) -> None:
+    """Every milter is a unix socket in Postfix's queue directory (TCP on loopback cost
+    about 90 ms a message, docs/bench.md): named relative to the queue directory, in a
+    setgid directory of its own owned by the milter's user and the group postfix, so the
+    socket (0770) takes the one group Postfix's daemons keep."""
+    seen = []
+    for host in ("mx1", "mail1", "mail2", "inbox"):
+        out = sh(host, "postconf -h smtpd_milters non_smtpd_milters").out
+        milters = sorted(set(out.replace(",", " ").split()))
+        assert milters, f"{host} has no milter"
+        for milter in milters:
+            kind, _, name = milter.partition(":")
+            assert kind == "unix" and not name.startswith("/"), f"{host}: {milter}"
+            owner = name.split("/")[0]  # opendkim/opendkim.sock, opendmarc/opendmarc.sock
+            path = f"/var/spool/postfix/{name}"
+            found = sh(host, f"stat -c '%F %a %U:%G' {path} {path.rsplit('/', 1)[0]}").out
+            assert found.splitlines() == [
+                f"socket 770 {owner}:postfix",
+                f"directory 2750 {owner}:postfix",
+            ], f"{host}: {found}"
+        seen.append(f"{host} {' '.join(milters)}")
+    evidence.append("milters: " + "; ".join(seen) + " (sockets 0770, dirs 2750 :postfix)")
+
+
 def test_unknown_client_is_greylisted_then_accepted(evidence: list[str]) -> None:
     args = (
         f"--server {MX} --local-interface {STRANGER} --ehlo mta2.outside.test "
