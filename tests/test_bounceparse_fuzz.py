@@ -23,10 +23,12 @@ from mailops.bounceparse import (
     ERROR_NOTE,
     REASONS,
     Report,
+    _mime,
     parse_message,
     reasons,
 )
 from mailops.bounceparse._text import ADDRESS_MAX, DIAGNOSTIC_MAX, LINE_MAX
+from tests.support.mime_tree import stdlib_tree, tree
 
 DATA = Path(__file__).resolve().parent / "data" / "bounces"
 SAMPLES = [p.read_bytes() for p in sorted(DATA.glob("*.eml"))]
@@ -205,3 +207,46 @@ def test_phrase_gates_never_hide_a_match(
     """A text the row's regex matches always passes the row's literal gates."""
     text = data.draw(st.from_regex(row.regex, fullmatch=False))
     assert row.search(text), (reason, text)
+
+
+# Lines a multipart is made of, well and badly formed: the splitter must build the
+# standard library's tree from any mix of them, or leave the message to it.
+MIME_LINES = st.sampled_from(
+    [
+        "--o",
+        "--o--",
+        "--o \t",
+        "--o-- ",
+        "--ox",
+        "--i",
+        "--i--",
+        "",
+        " folded",
+        "X-A: 1",
+        "From x",
+        "text",
+        "Content-Type: text/plain",
+        "Content-Type: multipart/mixed; boundary=i",
+        "Content-Type: multipart/mixed; boundary=o",
+        "Content-Type: message/rfc822",
+        "Content-Type: message/delivery-status",
+        "Content-Type: multipart/digest; boundary=i",
+        "Status: 5.1.1",
+        "\xe9t\xe9",
+    ]
+)
+
+
+@FUZZ
+@given(
+    st.lists(MIME_LINES, max_size=40),
+    st.sampled_from(["\n", "\r\n"]),
+    st.booleans(),
+)
+def test_the_mime_splitter_builds_the_standard_librarys_tree(
+    lines: list[str], end: str, last_newline: bool
+) -> None:
+    head = ["Content-Type: multipart/report; boundary=o", ""]
+    text = end.join(head + lines) + (end if last_newline else "")
+    raw = text.encode("latin-1")
+    assert tree(_mime.parse_bytes(raw)) == stdlib_tree(raw)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from email import errors, feedparser
+from email.feedparser import FeedParser
 from email.message import Message
-from email.parser import BytesParser
+from email.parser import Parser
 from email.policy import compat32
 from typing import Any
 
@@ -114,7 +116,177 @@ def payload_of(msg: Message) -> Any:
 
 
 def parse_bytes(raw: bytes) -> Message:
-    return BytesParser(_class=IndexedMessage, policy=compat32).parsebytes(raw)
+    """The message as the standard library's compat32 parser reads it.
+
+    A message whose lines end in LF or CRLF (no lone CR) and whose multiparts are well
+    formed (a start and a close boundary, a 7bit/8bit/binary encoding, not
+    multipart/digest) is split here instead (see _split_node): the same tree, without
+    the feed parser's line-by-line reading of every body and without a regular
+    expression compiled for every boundary (re's cache never hits: boundaries are
+    unique).  Anything else goes to the standard library's parser."""
+    # (the standard library's BytesParser reads bytes as ASCII with surrogateescape)
+    text = raw.decode("ascii", "surrogateescape")
+    if "\r" not in text or text.count("\r") == text.count("\r\n"):
+        try:
+            return _split_node(text)[0]
+        except _Unusual:
+            pass
+    return _std_parser().parsestr(text)
+
+
+def _std_parser() -> Parser:
+    return Parser(_class=IndexedMessage, policy=compat32)
+
+
+class _Unusual(Exception):
+    """A shape _split_node leaves to the standard library's parser."""
+
+
+_CTE_OK = ("7bit", "8bit", "binary")
+
+
+def _split_node(text: str) -> tuple[Message, Message]:
+    """Parse ``text`` (lines ending in LF or CRLF) the way the compat32 feed parser does, splitting
+    multiparts at their boundary lines with string operations; return the message and
+    the last message the feed parser would have created while reading it (the one whose
+    trailing newline belongs to the boundary that follows, RFC 2046).
+
+    The headers of each part are read by the standard library's parser (headersonly,
+    which leaves the body as it is), so only the multipart rules are ours:
+
+    - a boundary line is ``--BOUNDARY``, ``--`` more for the close boundary, then spaces
+      or tabs only; the preamble is what comes before the first, without its last
+      newline; a run of boundary lines separates nothing; a part is what lies between
+      two boundary lines; the epilogue is everything after the close boundary;
+    - message/delivery-status parts go to the standard library's parser whole (header
+      blocks), other message/* parts hold the one message their body is.
+
+    Raises _Unusual for a multipart without a start or close boundary, without a
+    boundary parameter, with another transfer encoding, or of type multipart/digest
+    (whose parts default to message/rfc822): those defects the standard library's
+    parser records, and reads around, its own way."""
+    header_end, body_start = _header_block(text)
+    msg = _std_parser().parsestr(text[:header_end], headersonly=True)
+    if header_end == body_start < len(text):  # a body line where a header was due
+        msg.defects.insert(0, errors.MissingHeaderBodySeparatorDefect())
+    # (a "From " line that ends the headers goes back to the body: the parser left it there)
+    body = (_body(msg) or "") + text[body_start:]
+    msg.set_payload(body)
+    maintype = msg.get_content_maintype()
+    if maintype == "multipart":
+        _split_multipart(msg)
+        return msg, msg
+    if maintype != "message":
+        return msg, msg
+    if msg.get_content_type() == "message/delivery-status":
+        feed = FeedParser(IndexedMessage, policy=compat32)
+        feed.feed(text)
+        whole = feed.close()
+        last: Message = getattr(feed, "_last")  # noqa: B009 - the feed parser's own record
+        return whole, last
+    inner, last = _split_node(body)
+    msg.set_payload([inner])
+    return msg, last
+
+
+# The feed parser's own test for a header line (or a continuation, or a "From " line).
+_HEADER_LINE: re.Pattern[str] = getattr(feedparser, "headerRE")  # noqa: B009
+
+
+def _header_block(text: str) -> tuple[int, int]:
+    """Where the header lines end and the body starts, as the feed parser reads them:
+    headers run to the first line that is no header line (nor a continuation); a blank
+    line there is the separator, any other line is the body's first."""
+    pos, size = 0, len(text)
+    while pos < size:
+        newline = text.find("\n", pos)
+        end = size if newline < 0 else newline + 1
+        if not _HEADER_LINE.match(text[pos:end]):
+            return pos, (end if text[pos] in "\r\n" else pos)
+        pos = end
+    return size, size
+
+
+def _split_multipart(msg: Message) -> None:
+    """Replace the body of a multipart (read headersonly) by its parts, preamble and
+    epilogue; raise _Unusual for what _split_node leaves to the standard library."""
+    boundary = msg.get_boundary()
+    if boundary is None or msg.get_content_type() == "multipart/digest":
+        raise _Unusual
+    if str(msg.get("content-transfer-encoding", "8bit")).lower() not in _CTE_OK:
+        raise _Unusual
+    body = _body(msg)
+    if not isinstance(body, str):
+        raise _Unusual
+    lines = body.split("\n")
+    last_line = lines.pop()
+    lines = [line + "\n" for line in lines]
+    if last_line:
+        lines.append(last_line)
+    sep = "--" + boundary
+    marks: list[tuple[int, bool]] = []  # (line index, close boundary)
+    if sep in body:
+        for i, line in enumerate(lines):
+            if line.startswith(sep):
+                rest = line[len(sep) :]
+                close = rest.startswith("--")
+                if close:
+                    rest = rest[2:]
+                if not _chomp(rest).strip(" \t"):
+                    marks.append((i, close))
+    if not marks or marks[0][1]:
+        raise _Unusual  # no start boundary
+    first = marks[0][0]
+    if first:
+        msg.preamble = _chomp("".join(lines[:first]))
+    parts: list[Any] = []
+    k = 0
+    while True:
+        if marks[k][1]:
+            msg.epilogue = "".join(lines[marks[k][0] + 1 :])
+            break
+        start = marks[k][0] + 1
+        k += 1
+        while k < len(marks) and marks[k][0] == start:  # a run of boundary lines
+            start += 1
+            k += 1
+        stop = marks[k][0] if k < len(marks) else len(lines)
+        part, last = _split_node("".join(lines[start:stop]))
+        _strip_boundary_newline(last)
+        parts.append(part)
+        if k >= len(marks):
+            raise _Unusual  # no close boundary
+    # (read headersonly, the multipart was noted as holding no parts: it holds them now)
+    msg.defects[:] = [
+        d for d in msg.defects if not isinstance(d, errors.MultipartInvariantViolationDefect)
+    ]
+    msg.set_payload(parts)
+
+
+def _strip_boundary_newline(last: Message) -> None:
+    """The newline before a boundary line belongs to the boundary (RFC 2046): off the
+    payload (or a multipart's epilogue) of the last message read before it."""
+    if last.get_content_maintype() == "multipart":
+        if last.epilogue == "":
+            last.epilogue = None
+        elif last.epilogue is not None:
+            last.epilogue = _chomp(last.epilogue)
+    else:
+        payload = _body(last)
+        if isinstance(payload, str):
+            last.set_payload(_chomp(payload))
+
+
+def _chomp(line: str) -> str:
+    """Without its one line end (CRLF or LF), if it has one."""
+    if line.endswith("\n"):
+        return line[:-2] if line.endswith("\r\n") else line[:-1]
+    return line
+
+
+def _body(msg: Message) -> Any:
+    """The payload as the parser left it (get_payload() would decode 8-bit text)."""
+    return msg.__dict__.get("_payload")
 
 
 def raw_headers(msg: Message, limit: int = _text.MAX_HEADERS) -> list[tuple[str, str]]:
