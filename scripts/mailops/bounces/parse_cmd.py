@@ -170,10 +170,12 @@ def _parse_files(
             status = exitcodes.NOINPUT
             continue
         report = parse_message(raw, envelope_to=args.envelope_to, verp_prefixes=prefixes)
+        lines = [
+            (json.dumps(row, ensure_ascii=False) if args.json else text_line(row)) + "\n"
+            for row in rows(name, report)
+        ]
         try:
-            for row in rows(name, report):
-                line = json.dumps(row, ensure_ascii=False) if args.json else text_line(row)
-                out.write(line + "\n")
+            out.write("".join(lines))  # one write a message: stdout may be unbuffered
             out.flush()
         except BrokenPipeError:  # the reader (head, less) went away: stop quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
