@@ -988,6 +988,9 @@ SHAPES: dict[str, bytes] = {
     + b"\n--o\nContent-Type: message/rfc822\n\nContent-Type: message/rfc822\n\n"
     b"Subject: deep\n\nbody\n--o--\n",
     "unix from line": b"From x@y Mon Jan  1 00:00:00 2024\n" + OUTER + b"\n--o\n\nx\n--o--\n",
+    "header lines without a name, misplaced From, continuation first": OUTER
+    + b"\n--o\nX-A: 1\n:no name\nFrom a: b\n\tfold\nX-B: 2\n\nbody\n--o\n"
+    b" folded first\nX-C: 3\n\n--o--\n",
     "a From line that ends the headers goes to the body": OUTER
     + b"\n--o\nX-A: 1\nFrom x\n\nbody\n--o\nX-B: 2\nFrom y\nno header\n--o--\n",
 }

@@ -151,8 +151,9 @@ def _split_node(text: str) -> tuple[Message, Message]:
     the last message the feed parser would have created while reading it (the one whose
     trailing newline belongs to the boundary that follows, RFC 2046).
 
-    The headers of each part are read by the standard library's parser (headersonly,
-    which leaves the body as it is), so only the multipart rules are ours:
+    The rules, as the feed parser applies them (tests compare the trees):
+
+    - headers as in _header_block and _read_headers;
 
     - a boundary line is ``--BOUNDARY``, ``--`` more for the close boundary, then spaces
       or tabs only; the preamble is what comes before the first, without its last
@@ -165,12 +166,11 @@ def _split_node(text: str) -> tuple[Message, Message]:
     boundary parameter, with another transfer encoding, or of type multipart/digest
     (whose parts default to message/rfc822): those defects the standard library's
     parser records, and reads around, its own way."""
-    header_end, body_start = _header_block(text)
-    msg = _std_parser().parsestr(text[:header_end], headersonly=True)
-    if header_end == body_start < len(text):  # a body line where a header was due
-        msg.defects.insert(0, errors.MissingHeaderBodySeparatorDefect())
-    # (a "From " line that ends the headers goes back to the body: the parser left it there)
-    body = (_body(msg) or "") + text[body_start:]
+    msg = IndexedMessage(policy=compat32)
+    lines, body_start, separated = _header_block(text)
+    if not separated:  # a body line where a header was due
+        msg.defects.append(errors.MissingHeaderBodySeparatorDefect())
+    body = _read_headers(msg, lines) + text[body_start:]
     msg.set_payload(body)
     maintype = msg.get_content_maintype()
     if maintype == "multipart":
@@ -193,18 +193,59 @@ def _split_node(text: str) -> tuple[Message, Message]:
 _HEADER_LINE: re.Pattern[str] = getattr(feedparser, "headerRE")  # noqa: B009
 
 
-def _header_block(text: str) -> tuple[int, int]:
-    """Where the header lines end and the body starts, as the feed parser reads them:
-    headers run to the first line that is no header line (nor a continuation); a blank
-    line there is the separator, any other line is the body's first."""
+def _header_block(text: str) -> tuple[list[str], int, bool]:
+    """The header lines of a message, where its body starts, and whether a blank line
+    or the end of the text ended the headers, as the feed parser reads them: headers
+    run to the first line that is no header line (nor a continuation); a blank line
+    there is the separator, any other line is the body's first."""
+    lines: list[str] = []
     pos, size = 0, len(text)
     while pos < size:
         newline = text.find("\n", pos)
         end = size if newline < 0 else newline + 1
-        if not _HEADER_LINE.match(text[pos:end]):
-            return pos, (end if text[pos] in "\r\n" else pos)
+        line = text[pos:end]
+        if not _HEADER_LINE.match(line):
+            if line[0] in "\r\n":
+                return lines, end, True
+            return lines, pos, False
+        lines.append(line)
         pos = end
-    return size, size
+    return lines, size, True
+
+
+def _read_headers(msg: Message, lines: list[str]) -> str:
+    """Set the headers ``lines`` on ``msg`` as the feed parser does: continuation lines
+    join the header before them, a "From " line is the envelope line when it comes
+    first, goes back to the body when it comes last, and is a defect in between.
+    Returns what goes back to the body ("" or that last line)."""
+    name = ""
+    value: list[str] = []
+    for number, line in enumerate(lines):
+        if line[0] in " \t":
+            if name:
+                value.append(line)
+            else:
+                msg.defects.append(errors.FirstHeaderLineIsContinuationDefect(line))
+            continue
+        if name:
+            msg.set_raw(*compat32.header_source_parse(value))
+            name, value = "", []
+        if line.startswith("From "):
+            if number == 0:
+                msg.set_unixfrom(_chomp(line))
+            elif number == len(lines) - 1:
+                return line
+            else:
+                msg.defects.append(errors.MisplacedEnvelopeHeaderDefect(line))
+            continue
+        colon = line.find(":")
+        if colon == 0:
+            msg.defects.append(errors.InvalidHeaderDefect("Missing header name."))
+            continue
+        name, value = line[:colon], [line]
+    if name:
+        msg.set_raw(*compat32.header_source_parse(value))
+    return ""
 
 
 def _split_multipart(msg: Message) -> None:
@@ -256,10 +297,6 @@ def _split_multipart(msg: Message) -> None:
         parts.append(part)
         if k >= len(marks):
             raise _Unusual  # no close boundary
-    # (read headersonly, the multipart was noted as holding no parts: it holds them now)
-    msg.defects[:] = [
-        d for d in msg.defects if not isinstance(d, errors.MultipartInvariantViolationDefect)
-    ]
     msg.set_payload(parts)
 
 
