@@ -118,8 +118,8 @@ def payload_of(msg: Message) -> Any:
 def parse_bytes(raw: bytes) -> Message:
     """The message as the standard library's compat32 parser reads it.
 
-    A message whose lines end in LF or CRLF (no lone CR) and whose multiparts are well
-    formed (a start and a close boundary, a 7bit/8bit/binary encoding, not
+    A message whose lines end in LF or CRLF (no lone CR) and whose multiparts have a
+    boundary parameter, a start boundary and a 7bit/8bit/binary encoding (and are not
     multipart/digest) is split here instead (see _split_node): the same tree, without
     the feed parser's line-by-line reading of every body and without a regular
     expression compiled for every boundary (re's cache never hits: boundaries are
@@ -158,12 +158,14 @@ def _split_node(text: str) -> tuple[Message, Message]:
     - a boundary line is ``--BOUNDARY``, ``--`` more for the close boundary, then spaces
       or tabs only; the preamble is what comes before the first, without its last
       newline; a run of boundary lines separates nothing; a part is what lies between
-      two boundary lines; the epilogue is everything after the close boundary;
+      two boundary lines, or the last one and the end of the text when the close
+      boundary is missing (a returned message cut short); the epilogue is everything
+      after the close boundary;
     - message/delivery-status parts go to the standard library's parser whole (header
       blocks), other message/* parts hold the one message their body is.
 
-    Raises _Unusual for a multipart without a start or close boundary, without a
-    boundary parameter, with another transfer encoding, or of type multipart/digest
+    Raises _Unusual for a multipart without a start boundary, without a boundary
+    parameter, with another transfer encoding, or of type multipart/digest
     (whose parts default to message/rfc822): those defects the standard library's
     parser records, and reads around, its own way."""
     msg = IndexedMessage(policy=compat32)
@@ -295,8 +297,9 @@ def _split_multipart(msg: Message) -> None:
         part, last = _split_node("".join(lines[start:stop]))
         _strip_boundary_newline(last)
         parts.append(part)
-        if k >= len(marks):
-            raise _Unusual  # no close boundary
+        if k >= len(marks):  # the text ended without the close boundary
+            msg.defects.append(errors.CloseBoundaryNotFoundDefect())
+            break
     msg.set_payload(parts)
 
 
