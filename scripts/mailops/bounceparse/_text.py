@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import html
 import re
 
 # How much of each thing we look at.  A bounce is classified from its first part and the
@@ -226,5 +225,7 @@ def html_to_text(markup: str) -> str:
     text = _SCRIPTS.sub(" ", markup[:TEXT_LIMIT])
     text = _BREAKS.sub("\n", text)
     text = _TAGS.sub(" ", text)
+    import html  # (here: only an HTML notice needs it, and it costs 2 ms to import)
+
     text = html.unescape(text)
     return "\n".join(" ".join(line.split()) for line in text.splitlines())
