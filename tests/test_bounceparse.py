@@ -1026,3 +1026,14 @@ def test_the_mime_splitter_reads_the_samples_as_the_standard_library() -> None:
     for sample in sorted(DATA.glob("*.eml")):
         raw = sample.read_bytes()
         assert tree(_mime.parse_bytes(raw)) == stdlib_tree(raw), sample.name
+
+
+def test_the_content_type_kept_follows_new_headers_and_default_type() -> None:
+    msg = _mime.parse_bytes(b"X-A: 1\n\nbody\n")
+    assert msg.get_content_type() == "text/plain"
+    msg.set_default_type("message/rfc822")
+    assert msg.get_content_type() == "message/rfc822"
+    msg["Content-Type"] = "text/html; charset=utf-8"
+    assert msg.get_content_type() == "text/html"
+    del msg["Content-Type"]
+    assert msg.get_content_type() == "message/rfc822"

@@ -100,6 +100,16 @@ class IndexedMessage(Message):
             return failobj
         return self.policy.header_fetch_parse(found[0], found[1])
 
+    def get_content_type(self) -> str:
+        """Message.get_content_type(), kept while the headers and the default type stay
+        (the detectors and the walk ask each part for it about twenty times)."""
+        key = (len(self._headers), self.get_default_type())  # type: ignore[attr-defined]
+        cached = self.__dict__.get("_content_type")
+        if cached is None or cached[0] != key:
+            cached = (key, super().get_content_type())
+            self.__dict__["_content_type"] = cached
+        return cached[1]
+
 
 def payload_of(msg: Message) -> Any:
     """msg.get_payload(), which for a body with 8-bit bytes decodes it with the charset
