@@ -21,12 +21,13 @@ export PATH            := $(BIN):$(PATH)
 DEB_PACKAGES := podman runc catatonit debootstrap uidmap pflogsumm postgresql swaks \
                 openssh-client openssh-server nsd openssl python3-venv git make testssl.sh
 
-.PHONY: help deps deps-system venv lab lab-down lint unit molecule e2e test bench clean
+.PHONY: help deps deps-system venv lab lab-down lint unit slow check molecule e2e test bench clean
 
 help:
 	@echo "make lab       build and start the container lab, converge it, check mail flows"
 	@echo "make test      lint, unit tests, molecule, the lab end to end, EC2 against moto"
 	@echo "make lab-down  remove exactly what the lab made"
+	@echo "make check     lint and the fast unit tests: feedback in a few minutes"
 	@echo "make bench     benchmarks side by side with pflogsumm and stock Postfix"
 
 deps: deps-system venv
@@ -79,8 +80,19 @@ lint: venv
 	$(BIN)/yamllint -s .
 	$(BIN)/ansible-lint
 
+# The unit tests run on both cores (pytest-xdist: every server a test starts takes a free
+# loopback port and a temporary directory of its own).  `unit` leaves out those marked
+# slow (the EC2 playbooks against moto, a million-line log next to pflogsumm, whole
+# ansible-playbook runs); `slow` runs just those, and `make test` runs both.
+XDIST := -n 2
+
 unit: venv
-	$(BIN)/pytest -m 'not lab' -q
+	$(BIN)/pytest -m 'not lab and not slow' -q $(XDIST)
+
+slow: venv
+	$(BIN)/pytest -m 'slow and not lab' -q $(XDIST)
+
+check: lint unit
 
 molecule: deps
 	$(PY) tools/run_molecule.py
@@ -88,7 +100,7 @@ molecule: deps
 e2e: deps
 	$(PY) tools/lab.py test
 
-test: deps lint unit molecule e2e
+test: deps lint unit slow molecule e2e
 
 bench: deps
 	$(PY) bench/run.py
