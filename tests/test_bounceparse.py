@@ -1001,6 +1001,8 @@ SHAPES: dict[str, bytes] = {
 LEFT_TO_STDLIB: dict[str, bytes] = {
     "no start boundary": OUTER + b"\nx\n--o--\n",
     "no boundary parameter": b"Content-Type: multipart/mixed\n\nx\n",
+    "a boundary folded over two lines": b"Content-Type: multipart/mixed; boundary=i\n"
+    b"\tfold\n\n--i\n\tfold\n\nx\n--i\n\tfold--\n",
     "lone CR": OUTER + b"\n--o\r\rx\n--o--\n",
     "digest": b"Content-Type: multipart/digest; boundary=d\n\n--d\n\nSubject: a\n\n--d--\n",
     "base64 multipart": OUTER + b"Content-Transfer-Encoding: base64\n\n--o\n\nx\n--o--\n",
