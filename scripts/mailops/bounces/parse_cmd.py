@@ -11,7 +11,9 @@ a JSON object::
 
 Without it, a tab-separated line: file, kind, detector, recipient, status, reason,
 hard/soft, diagnostic.  ``-`` reads standard input.  At most the classifier's input
-limit (1 MiB) of each file is read: the report parts come first in a bounce.
+limit (1 MiB) of each file is read: the report parts come first in a bounce.  From 64
+files on, they are read on every core this process may use (at most 4, forked
+workers), and printed in the order given, as one process would.
 
 Exit codes: 0 when every file was read, 66 when some file could not be read (the others
 are still printed), 78 for a broken settings file.  The classifier itself never fails
