@@ -75,16 +75,18 @@ def test_without_rotated_reads_the_named_file_only(log: Path) -> None:
     assert out.decode().splitlines() == [CURRENT.splitlines()[1]]
 
 
-def test_padded_single_digit_days(tmp_path: Path) -> None:
+def test_single_digit_days_in_every_form(tmp_path: Path) -> None:
     log = tmp_path / "mail.log"
     log.write_text(
         "Nov  3 01:00:00 h postfix/pickup[1]: B1: uid=0 from=<root>\n"
         "Nov 3 02:00:00 h postfix/pickup[1]: B2: uid=0 from=<root>\n"
         "Nov 13 03:00:00 h postfix/pickup[1]: B3: uid=0 from=<root>\n"
+        "Nov 03 04:00:00 h postfix/pickup[1]: B4: uid=0 from=<root>\n"  # postlogd's form
+        "Nov 30 05:00:00 h postfix/pickup[1]: B5: uid=0 from=<root>\n"
     )
     rc, out = run(["--log", str(log), "--day", "2024-11-03"])
     assert rc == exitcodes.OK
-    assert [ln.split()[5] for ln in out.decode().splitlines()] == ["B1:", "B2:"]
+    assert [ln.split()[5] for ln in out.decode().splitlines()] == ["B1:", "B2:", "B4:"]
 
 
 def test_the_report_over_the_lines_equals_the_report_over_the_files(log: Path) -> None:

@@ -9,7 +9,8 @@ Prints, unchanged and in order, every line of FILE (default ``/var/log/mail.log`
 of its rotated siblings that belongs to the day: the files the report itself reads
 (``FILE.1``, ``FILE.2.gz``, ``FILE-YYYYMMDD[.gz]``, those last written before the day
 left out, gzip found by content) and the day's test the report applies (pflogsumm's
-``-d``: ``Nov 23``/``Nov  3`` or ``2024-11-23``, then the hour).  The monitor copies
+``-d``: ``Nov 23``/``Nov  3`` or ``2024-11-23``, then the hour), also taking the
+zero-padded ``Nov 03`` of Postfix's own ``maillog_file``.  The monitor copies
 these lines of every node into one file per node and runs ``mailops report
 --logs-from DIR`` over them.
 
@@ -35,7 +36,7 @@ from typing import BinaryIO
 
 from mailops import exitcodes
 from mailops.report import build
-from mailops.report.tally import CHUNK, DaySpec
+from mailops.report.tally import CHUNK, MONTH_NAMES, DaySpec
 
 DEFAULT_LOG = "/var/log/mail.log"
 # what a forced command lets the caller choose: the day, and nothing else
@@ -60,9 +61,11 @@ def requested_day(command: str | None, today: dt.date | None = None) -> dt.date:
 
 
 def day_pattern(day: dt.date) -> re.Pattern[bytes]:
-    """Lines of ``day``: the timestamps the report's own day test takes."""
+    """Lines of ``day``: the timestamps the report's own day test takes, and the
+    zero-padded ``Dec 07`` that Postfix's own ``maillog_file`` (postlogd) writes."""
     spec = DaySpec(day.year, day.month, day.day)
-    classic = b"|".join(re.escape(d) for d in spec.classic)
+    padded = MONTH_NAMES[day.month - 1].encode() + b" %02d" % day.day
+    classic = b"|".join(re.escape(d) for d in dict.fromkeys((*spec.classic, padded)))
     return re.compile(rb"(?:(?:" + classic + rb") \d\d|" + re.escape(spec.iso) + rb"[T ]\d\d)")
 
 
