@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from tests.e2e.labhosts import (
@@ -88,15 +86,11 @@ def test_app1_relays_through_mx1_with_sasl_over_tls(evidence: list[str]) -> None
 
 def test_wrong_password_is_refused_and_logged(evidence: list[str]) -> None:
     # From an inbox address of its own, not from app1: every run of the checks adds one
-    # failure, and a few runs within saslblock's window would block app1 itself.  That
-    # address's count is cleared first, so it is never blocked either (a saslblock run
-    # of another check may hold the state's lock for a moment: retry).
-    for _ in range(60):
-        unblock = sh("mx1", f"{MAILOPS} saslblock --unblock {WRONG}", timeout=120)
-        if unblock.rc != 75:
-            break
-        time.sleep(1)
-    assert unblock.rc == 0, f"saslblock --unblock failed ({unblock.rc}): {unblock.err}"
+    # failure here, and a few runs within saslblock's window would block app1 itself.
+    # That address is never cleared by hand (`saslblock --unblock` is a whole run, which
+    # would do the work of the cron job test_saslblock.py watches).  One failure per run
+    # stays under the threshold (5 in 600 s): a run of the checks takes over five
+    # minutes, since test_saslblock.py waits for a five-minute cron run.
     failed = (f"[{WRONG}]: SASL LOGIN authentication failed", f"sasl_username=app1@{DOMAIN}")
     before = len(_mx1_log_lines(*failed))
     # Dovecot delays a failure longer after each one from the same address; meanwhile
