@@ -36,7 +36,7 @@ from typing import BinaryIO
 
 from mailops import exitcodes
 from mailops.report import build
-from mailops.report.tally import CHUNK, MONTH_NAMES, DaySpec
+from mailops.report.tally import CHUNK, DaySpec
 
 DEFAULT_LOG = "/var/log/mail.log"
 # what a forced command lets the caller choose: the day, and nothing else
@@ -61,11 +61,10 @@ def requested_day(command: str | None, today: dt.date | None = None) -> dt.date:
 
 
 def day_pattern(day: dt.date) -> re.Pattern[bytes]:
-    """Lines of ``day``: the timestamps the report's own day test takes, and the
-    zero-padded ``Dec 07`` that Postfix's own ``maillog_file`` (postlogd) writes."""
+    """Lines of ``day``: the timestamps the report's own day test takes (the zero-padded
+    ``Dec 07`` that Postfix's own ``maillog_file`` writes among them)."""
     spec = DaySpec(day.year, day.month, day.day)
-    padded = MONTH_NAMES[day.month - 1].encode() + b" %02d" % day.day
-    classic = b"|".join(re.escape(d) for d in dict.fromkeys((*spec.classic, padded)))
+    classic = b"|".join(re.escape(d) for d in spec.classic)
     return re.compile(rb"(?:(?:" + classic + rb") \d\d|" + re.escape(spec.iso) + rb"[T ]\d\d)")
 
 

@@ -223,11 +223,14 @@ def line_pattern(syslog_name: str = "postfix", dates: DaySpec | None = None) -> 
 
 
 class DaySpec:
-    """The date prefixes of one day: ``Nov 23``/``Nov  3`` (and ``Nov 3``), ``2024-11-03``."""
+    """The date prefixes of one day: ``Nov 23``/``Nov  3`` (syslog's, and pflogsumm's),
+    ``Nov 3``, ``Nov 03`` (what Postfix's own ``maillog_file`` writes), ``2024-11-03``."""
 
     def __init__(self, year: int, month: int, day: int) -> None:
         mon = MONTH_NAMES[month - 1].encode()
-        self.classic = tuple(dict.fromkeys([b"%s %2d" % (mon, day), b"%s %d" % (mon, day)]))
+        self.classic = tuple(
+            dict.fromkeys([b"%s %2d" % (mon, day), b"%s %d" % (mon, day), b"%s %02d" % (mon, day)])
+        )
         self.iso = b"%04d-%02d-%02d" % (year, month, day)
 
 
