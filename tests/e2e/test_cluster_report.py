@@ -82,7 +82,9 @@ def cluster_counts() -> tuple[dict[str, int], dict[str, int]]:
 
 
 def mailbox() -> set[str]:
-    res = sh("inbox", f"ls -1 {MAILBOX}")
+    """The messages in the ops mailbox; none while no mail has reached it yet (on a fresh
+    lab inbox makes the directory with the first message)."""
+    res = sh("inbox", f"if [ -d {MAILBOX} ]; then ls -1 {MAILBOX}; fi")
     assert res.rc == 0, res.err
     return set(res.out.split())
 
