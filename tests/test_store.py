@@ -89,10 +89,21 @@ def test_upgrade_from_version_1_keeps_data(url: str, monkeypatch: pytest.MonkeyP
         assert "autoreplies" not in s.counts()
     monkeypatch.undo()
     with Store.open(url, migrate=False) as s:
-        assert s.migrate() == [2]
-        assert s.schema_version() == 2
+        assert s.migrate() == [2, 3]
+        assert s.schema_version() == 3
         assert s.get("old@example.com", now=NOW) is not None
         assert s.counts()["autoreplies"] == 0
+        assert s.tenant_states() == {}
+
+
+def test_pausing_a_tenant_is_recorded_once(url: str) -> None:
+    with Store.open(url) as s:
+        assert s.set_tenant_paused("alpha", True, reason="complaints", by="ops", now=NOW)
+        assert not s.set_tenant_paused("alpha", True, reason="again", by="ops", now=NOW + 1)
+        state = s.tenant_states()["alpha"]
+        assert (state.paused, state.reason, state.changed_at) == (True, "complaints", NOW)
+        assert s.set_tenant_paused("alpha", False, by="ops", now=NOW + 2)
+        assert not s.tenant_states()["alpha"].paused
 
 
 def test_a_newer_schema_is_refused(url: str) -> None:

@@ -89,6 +89,15 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class TenantState:
+    tenant: str
+    paused: bool
+    reason: str
+    changed_at: int
+    changed_by: str
+
+
+@dataclass(frozen=True)
 class Suppression:
     tenant: str
     address: str
@@ -802,11 +811,61 @@ class Store:
                     (tenant, address, when),
                 )
 
+    # ----------------------------------------------------------------- tenants
+
+    def tenant_states(self) -> dict[str, TenantState]:
+        """Every tenant with a recorded state (a tenant without one is active)."""
+        return {
+            str(row[0]): TenantState(
+                tenant=str(row[0]),
+                paused=bool(row[1]),
+                reason=str(row[2]),
+                changed_at=int(row[3]),
+                changed_by=str(row[4]),
+            )
+            for row in self._stream(
+                "SELECT tenant, paused, reason, changed_at, changed_by FROM tenant_state"
+                " ORDER BY tenant"
+            )
+        }
+
+    def set_tenant_paused(
+        self,
+        tenant: str,
+        paused: bool,
+        *,
+        reason: str = "",
+        by: str = "",
+        now: float | None = None,
+    ) -> bool:
+        """Pause or resume a tenant (its own transaction).  False if it already was so."""
+        tenant = clean(tenant, 64)
+        when = _now(now)
+        with self.transaction():
+            row = self._one("SELECT paused FROM tenant_state WHERE tenant = ?", (tenant,))
+            if row is not None and bool(row[0]) == paused:
+                return False
+            self._exec(
+                "INSERT INTO tenant_state (tenant, paused, reason, changed_at, changed_by)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant) DO UPDATE SET"
+                " paused = excluded.paused, reason = excluded.reason,"
+                " changed_at = excluded.changed_at, changed_by = excluded.changed_by",
+                (tenant, int(paused), clean(reason), when, clean(by, 128)),
+            )
+        return True
+
     # ----------------------------------------------------------------- reading rows
 
     def rows(self, table: str, **where: Any) -> list[dict[str, Any]]:
         """Rows of one table as dicts (for tests, status and small reports)."""
-        if table not in ("bounces", "complaints", "unsubscribes", "suppressions", "autoreplies"):
+        if table not in (
+            "bounces",
+            "complaints",
+            "unsubscribes",
+            "suppressions",
+            "autoreplies",
+            "tenant_state",
+        ):
             raise ValueError(f"unknown table {table!r}")
         sql = f"SELECT * FROM {table}"  # noqa: S608 - table checked above
         params: list[Any] = []

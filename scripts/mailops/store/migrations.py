@@ -150,6 +150,23 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        3,
+        "tenants: whether each one is paused, since when, by whom and why",
+        (
+            # No row: the tenant is active.  changed_by: the operator (or the guard) who
+            # paused or resumed it last.
+            """
+            CREATE TABLE tenant_state (
+                tenant TEXT PRIMARY KEY,
+                paused INTEGER NOT NULL DEFAULT 0,
+                reason TEXT NOT NULL DEFAULT '',
+                changed_at BIGINT NOT NULL,
+                changed_by TEXT NOT NULL DEFAULT ''
+            )
+            """,
+        ),
+    ),
 )
 
 LATEST: int = MIGRATIONS[-1].version

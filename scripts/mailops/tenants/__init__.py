@@ -1,0 +1,1 @@
+"""Tenants: each client's domains, logins, sending pool, pause and figures kept apart."""
