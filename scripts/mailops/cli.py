@@ -29,7 +29,11 @@ TOOLS: tuple[str, ...] = (
     "autoreply",
     "bounces",
     "report",
+    "tenants",
 )
+
+# Tools whose register() is not in mailops.<name> itself.
+MODULES: dict[str, str] = {"tenants": "mailops.tenants.cli"}
 
 
 def wanted_tool(argv: Sequence[str]) -> str | None:
@@ -64,7 +68,7 @@ def build_parser(
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in (only,) if only else TOOLS:
-        module = importlib.import_module(f"mailops.{name}")
+        module = importlib.import_module(MODULES.get(name, f"mailops.{name}"))
         if name == "bounces" and argv is not None:
             module.register(sub, argv)  # imports only the bounces subcommand asked for
         else:

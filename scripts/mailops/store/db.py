@@ -843,8 +843,8 @@ class Store:
         when = _now(now)
         with self.transaction():
             row = self._one("SELECT paused FROM tenant_state WHERE tenant = ?", (tenant,))
-            if row is not None and bool(row[0]) == paused:
-                return False
+            if bool(row[0]) == paused if row is not None else not paused:
+                return False  # no row means active: resuming an active tenant adds none
             self._exec(
                 "INSERT INTO tenant_state (tenant, paused, reason, changed_at, changed_by)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant) DO UPDATE SET"
