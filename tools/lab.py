@@ -88,6 +88,9 @@ class Host:
     fqdn: str
     groups: list[str] = field(default_factory=list)
     caps: list[str] = field(default_factory=list)
+    # More addresses the host carries on the lab network besides `ip` (a bulk node's
+    # pool addresses): roles/lab_addresses adds them inside the container.
+    extra: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -116,6 +119,7 @@ def load_lab() -> Lab:
                     ip=hvars["public_ipv4"],
                     fqdn=hvars.get("mail_fqdn", f"{hname}.{domain}"),
                     caps=list(hvars.get("lab_caps", [])),
+                    extra=[str(p["address"]) for p in hvars.get("mail_pool_addresses") or []],
                 ),
             )
             h.groups.append(group)
@@ -161,9 +165,29 @@ def preflight(lab: Lab) -> None:
             "lab: /etc/resolv.conf names no resolver the containers can reach "
             "(a 127.x stub cannot be reached from containers); ns1 forwards to it"
         )
+    problems = address_problems(lab)
+    if problems:
+        raise SystemExit("lab: " + "; ".join(problems))
+
+
+def address_problems(lab: Lab) -> list[str]:
+    """Addresses outside the lab subnet, or claimed twice (a host's own and the extra
+    ones: two containers answering ARP for one address would take turns receiving it)."""
+    problems: list[str] = []
+    owner: dict[str, str] = {}
     for h in lab.hosts:
-        if ipaddress.ip_address(h.ip) not in lab.subnet:
-            raise SystemExit(f"lab: {h.name}'s public_ipv4 {h.ip} is not in {lab.subnet}")
+        for what, addr in [("public_ipv4", h.ip)] + [("pool address", a) for a in h.extra]:
+            try:
+                ip = ipaddress.ip_address(addr)
+            except ValueError:
+                problems.append(f"{h.name}'s {what} {addr!r} is not an IP address")
+                continue
+            if ip not in lab.subnet:
+                problems.append(f"{h.name}'s {what} {addr} is not in {lab.subnet}")
+            elif addr in owner:
+                problems.append(f"{h.name}'s {what} {addr} is also {owner[addr]}'s")
+            owner.setdefault(addr, h.name)
+    return problems
 
 
 def resolvers() -> list[str]:
