@@ -174,6 +174,15 @@ def _finish(ctx: Context, draft: Draft, verp_prefixes: tuple[str, ...]) -> Repor
             *draft.verp_sources,
         ]
         token = links.verp_token(candidates, links.verp_pattern(verp_prefixes))
+    sender = author = ""
+    if draft.kind in ("bounce", "feedback"):
+        # The Return-Path, else what the report says the envelope sender was (ARF's
+        # Original-Mail-From, SES's mail.source).
+        for value in (from_original("return-path"), *draft.verp_sources):
+            sender = _text.first_address(value)
+            if sender:
+                break
+        author = _text.first_address(from_original("from"))
 
     return Report(
         kind=draft.kind,
@@ -182,6 +191,8 @@ def _finish(ctx: Context, draft: Draft, verp_prefixes: tuple[str, ...]) -> Repor
         original_message_id=message_id,
         x_message_id=x_message_id,
         verp_token=token,
+        original_sender=sender,
+        original_from=author,
         message_id=links.message_id(ctx.header("message-id")),
         feedback_type=draft.feedback_type,
         source_ip=draft.source_ip,
@@ -222,6 +233,8 @@ def _sanitize(report: Report) -> Report:
         original_message_id=_c(report.original_message_id),
         x_message_id=_c(report.x_message_id),
         verp_token=_SAFE_TOKEN.sub("", _c(report.verp_token, 200)),
+        original_sender=_c(report.original_sender, _text.ADDRESS_MAX),
+        original_from=_c(report.original_from, _text.ADDRESS_MAX),
         message_id=_c(report.message_id),
         feedback_type=_c(report.feedback_type, _text.SHORT_MAX),
         source_ip=_c(report.source_ip, _text.SHORT_MAX),

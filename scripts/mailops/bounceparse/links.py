@@ -17,7 +17,7 @@ from mailops.bounceparse._mime import (
 
 _MSGID = re.compile(r"<[^<>\s]{1,250}>")
 _INLINE = re.compile(
-    r"(?im)^[ \t>]*(message-id|x-message-id|return-path)[ \t]*:[ \t]*([^\r\n]{1,1000})$"
+    r"(?im)^[ \t>]*(message-id|x-message-id|return-path|from)[ \t]*:[ \t]*([^\r\n]{1,1000})$"
 )
 
 
@@ -40,12 +40,12 @@ def _find_original(ctx: Context) -> list[tuple[str, str]]:
 
 
 def inline_headers(text: str) -> dict[str, str]:
-    """Message-ID, X-Message-ID and Return-Path lines quoted in a notice's text (qmail,
-    Yahoo, Exim, Exchange and Gmail put the returned headers there)."""
+    """Message-ID, X-Message-ID, Return-Path and From: lines quoted in a notice's text
+    (qmail, Yahoo, Exim, Exchange and Gmail put the returned headers there)."""
     found: dict[str, str] = {}
     for match in _INLINE.finditer(text):
         found.setdefault(match.group(1).lower(), match.group(2))
-        if len(found) == 3:
+        if len(found) == 4:
             break
     return found
 

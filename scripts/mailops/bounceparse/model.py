@@ -79,6 +79,11 @@ class Report:
     original_message_id: str = ""
     x_message_id: str = ""
     verp_token: str = ""
+    # Who sent the original (bounces and feedback): the returned message's Return-Path
+    # and From: addresses, "" when the report does not carry them.  The store reads the
+    # tenant of the mail from these.
+    original_sender: str = ""
+    original_from: str = ""
     # The bounce/report message's own Message-ID (dedup key together with recipients).
     message_id: str = ""
     # ARF (RFC 5965) fields, for kind == "feedback".
