@@ -282,6 +282,16 @@ def mac_for(ip: str) -> str:
     return "02:00:" + ":".join(f"{int(o):02x}" for o in ip.split("."))
 
 
+def missing_caps(name: str, caps: list[str]) -> list[str]:
+    """The capabilities of `caps` that the running container `name` lacks (podman
+    grants capabilities when it starts a container, never later)."""
+    if not caps:
+        return []
+    out = podman("inspect", "--format", "{{.EffectiveCaps}}", name, check=False)
+    have = set(out.strip().strip("[]").split())
+    return [c for c in caps if f"CAP_{c.upper().removeprefix('CAP_')}" not in have]
+
+
 def start_hosts(lab: Lab) -> None:
     nets = podman("network", "ls", "--format", "{{.Name}}").split()
     if NETWORK not in nets:
@@ -293,6 +303,12 @@ def start_hosts(lab: Lab) -> None:
     for h in lab.hosts:
         name = container(h)
         if running(name):
+            missing = missing_caps(name, h.caps)
+            if missing:
+                log(
+                    f"{h.name} runs without {', '.join(missing)} (lab_caps in hosts.yml): "
+                    f"`tools/lab.py recreate {h.name}` starts it again with them"
+                )
             continue
         podman("rm", "-f", name, check=False)
         log(f"starting {h.name} ({h.fqdn}, {h.ip}) in groups {', '.join(h.groups)}")
