@@ -312,7 +312,39 @@ BAD: list[tuple[str, list[str] | None, str]] = [
         "[reprot]\ntop = 5",
         None,
         "[reprot]: unknown table; expected one of: [autoreply], [bounces], [dns], [mailops], "
-        "[queues], [report], [saslblock], [store], [suppression], [unsubscribe]",
+        "[queues], [report], [saslblock], [store], [suppression], [tenants], [tenants_policy], "
+        "[tenants_sync], [transport_classes], [unsubscribe]",
+    ),
+    (
+        "[tenants_sync]\nevery = 0.5",
+        ["tenants", "sync"],
+        "[tenants_sync] every: expected 0 (once a run) or a number of seconds from 1 to 60, "
+        "got 0.5",
+    ),
+    (
+        '[tenants.alpha]\ndomains = ["alpha.test"]\ncomplaints = "none"',
+        ["tenants", "sync"],
+        "[tenants.alpha] complaints: expected one of global, tenant, got 'none'",
+    ),
+    (
+        '[tenants.alpha]\ndomains = ["alpha.test"]\n[tenants.beta]\ndomains = ["alpha.test"]',
+        ["tenants", "sync"],
+        "[tenants.beta] domains: alpha.test is tenant alpha's already",
+    ),
+    (
+        '[transport_classes]\ngmail = "gmail.com"',
+        ["tenants", "sync"],
+        '[transport_classes] gmail: expected a list of domain names, got "gmail.com"',
+    ),
+    (
+        '[transport_classes]\ngmail = ["gmail.com"]\nother = ["Gmail.com"]',
+        ["tenants", "sync"],
+        "[transport_classes] other: Gmail.com is in class gmail already",
+    ),
+    (
+        '[tenants_policy]\nsyslog_name = ""',
+        None,
+        '[tenants_policy] syslog_name: expected one non-empty line of text, got ""',
     ),
 ]
 

@@ -21,6 +21,7 @@ import ipaddress
 import json
 import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -372,6 +373,27 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "output": Setting(""),
         "prometheus_output": Setting(""),
     },
+    # mailops tenants sync (bulk nodes): who is paused and the suppression snapshot,
+    # for the policy service; the queue commands it holds and releases mail with.
+    "tenants_sync": {
+        "state": Setting("/var/lib/mailops/tenants.json", nonempty=True),
+        "snapshot": Setting("/var/lib/mailops/tenants-suppression.db", nonempty=True),
+        "every": Setting(
+            0.0,
+            low=0,
+            high=60,
+            valid=lambda v: v == 0 or v >= 1,
+            expect="0 (once a run) or a number of seconds from 1 to 60",
+        ),
+        "hold": Setting(True),
+        "postqueue": Setting("postqueue", nonempty=True),
+        "postsuper": Setting("postsuper", nonempty=True),
+    },
+    # mailops tenants policy: where its warnings go (stderr is smtpd's socket).
+    "tenants_policy": {
+        "postlog": Setting("postlog"),
+        "syslog_name": Setting("postfix/mailops-tenants", one_line=True),
+    },
     "dns": {
         "inventory": Setting(""),
         "playbook_dir": Setting(""),
@@ -401,6 +423,55 @@ def _cap_at_least_top(values: Mapping[str, Any]) -> str | None:
 # Checks that involve several keys of one table: each returns a problem or None.
 TABLE_CHECKS: dict[str, tuple[Callable[[Mapping[str, Any]], str | None], ...]] = {
     "report": (_cap_at_least_top,),
+}
+
+
+_CLASS_NAME = re.compile(r"^[a-z][a-z0-9]{0,20}$")
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9-]{1,63}$")
+
+
+def transport_class_problems(raw: Any) -> list[str]:
+    """``[transport_classes]``: provider class -> the recipient domains it covers (the
+    bulk nodes' ``pool_<pool>_<n>_<class>`` transports); a domain in one class only."""
+    if not isinstance(raw, Mapping):
+        return [f"[transport_classes]: expected a table, got {show(raw)}"]
+    found: list[str] = []
+    owner: dict[str, str] = {}
+    for name, domains in raw.items():
+        if not _CLASS_NAME.match(name):
+            found.append(
+                f"[transport_classes] {name!r}: a class name is 1-21 lower-case letters and digits"
+            )
+            continue
+        if not isinstance(domains, list) or not all(
+            isinstance(d, str) and _DOMAIN.match(d.lower()) for d in domains
+        ):
+            found.append(
+                f"[transport_classes] {name}: expected a list of domain names, got {show(domains)}"
+            )
+            continue
+        for domain in domains:
+            other = owner.setdefault(domain.lower(), name)
+            if other != name:
+                found.append(f"[transport_classes] {name}: {domain} is in class {other} already")
+    return found
+
+
+def _tenants_problems(raw: Any) -> list[str]:
+    from mailops.tenants.model import load_tenants
+
+    try:
+        load_tenants({"tenants": raw})
+    except ConfigError as exc:
+        return list(exc.problems)
+    return []
+
+
+# Tables whose keys are names the inventory chooses (tenants, provider classes): each
+# has its own check, run by ``config check`` and by the tools that read the table.
+DYNAMIC_TABLES: dict[str, Callable[[Any], list[str]]] = {
+    "tenants": _tenants_problems,
+    "transport_classes": transport_class_problems,
 }
 
 
@@ -476,14 +547,17 @@ def problems(data: Mapping[str, Any]) -> list[str]:
     """Every problem of a whole file: unknown tables, and each table's own."""
     found: list[str] = []
     for name in data:
-        if name not in SCHEMA:
+        if name not in SCHEMA and name not in DYNAMIC_TABLES:
             found.append(
                 f"[{name}]: unknown table; expected one of: "
-                + ", ".join(f"[{t}]" for t in sorted(SCHEMA))
+                + ", ".join(f"[{t}]" for t in sorted([*SCHEMA, *DYNAMIC_TABLES]))
             )
     for name in SCHEMA:
         if name in data:
             found.extend(table_problems(data, name)[1])
+    for name, check in DYNAMIC_TABLES.items():
+        if name in data:
+            found.extend(check(data[name]))
     return found
 
 
