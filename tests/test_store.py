@@ -89,8 +89,8 @@ def test_upgrade_from_version_1_keeps_data(url: str, monkeypatch: pytest.MonkeyP
         assert "autoreplies" not in s.counts()
     monkeypatch.undo()
     with Store.open(url, migrate=False) as s:
-        assert s.migrate() == [2, 3]
-        assert s.schema_version() == 3
+        assert s.migrate() == [2, 3, 4]
+        assert s.schema_version() == migrations.LATEST
         assert s.get("old@example.com", now=NOW) is not None
         assert s.counts()["autoreplies"] == 0
         assert s.tenant_states() == {}
@@ -335,14 +335,83 @@ def test_stored_fields_are_single_line_and_valid_text(store: Store) -> None:
     assert len(row["diagnostic"]) <= 1000
 
 
-def test_tenants_are_kept_apart(store: Store) -> None:
-    store.record_report(bounce(hard("a@example.com")), RAW, tenant="client1", now=NOW)
+def complaint(address: str, n: int, feedback_type: str = "abuse") -> Report:
+    return Report(
+        kind="feedback",
+        detector="arf",
+        recipients=(Recipient(address, "", "feedback", True),),
+        feedback_type=feedback_type,
+        message_id=f"<fbl-{n}@isp>",
+    )
+
+
+def test_rows_carry_the_tenant_of_the_mail_suppressions_are_global(store: Store) -> None:
+    store.record_report(bounce(hard("a@example.com")), RAW, tenant="alpha", now=NOW)
+    store.record_report(complaint("b@example.com", 1), raw(1), tenant="beta", now=NOW)
+    assert [r["tenant"] for r in store.rows("bounces")] == ["alpha"]
+    assert [r["tenant"] for r in store.rows("complaints")] == ["beta"]
+    assert [(e.tenant, e.address, e.source) for e in store.suppressions(tenant=None)] == [
+        ("", "a@example.com", "bounce"),
+        ("", "b@example.com", "complaint"),
+    ]
+
+
+def test_a_scope_puts_the_suppressions_under_that_tenant(store: Store) -> None:
+    store.record_report(bounce(hard("a@example.com")), RAW, scope="client1", now=NOW)
     assert store.get("a@example.com", tenant="client1", now=NOW) is not None
     assert store.get("a@example.com", now=NOW) is None
-    assert [e.address for e in store.suppressions(tenant="client1", now=NOW)] == ["a@example.com"]
-    assert list(store.suppressions(now=NOW)) == []
-    # The same report for another tenant is not a duplicate.
-    assert store.record_report(bounce(hard("a@example.com")), RAW, tenant="c2", now=NOW).stored
+
+
+def test_a_report_stored_under_another_tenant_is_still_a_duplicate(store: Store) -> None:
+    # The first arrival was stored before the tenant was known (or under another one).
+    assert store.record_report(bounce(hard("a@example.com")), RAW, now=NOW).stored == 1
+    again = store.record_report(bounce(hard("a@example.com")), RAW, tenant="alpha", now=NOW)
+    assert (again.stored, again.duplicates) == (0, 1)
+    assert store.record_report(complaint("b@example.com", 1), raw(1), now=NOW).stored == 1
+    again = store.record_report(complaint("b@example.com", 1), raw(1), tenant="beta", now=NOW)
+    assert (again.stored, again.duplicates) == (0, 1)
+    assert (len(store.rows("bounces")), len(store.rows("complaints"))) == (1, 1)
+
+
+def test_soft_bounces_count_per_address_over_every_tenant(store: Store) -> None:
+    addr = "full@example.com"
+    for n, tenant in enumerate(("alpha", "beta")):
+        out = store.record_report(
+            bounce(soft(addr), message_id=f"<s{n}@mx>"), raw(n), tenant=tenant, now=NOW + n
+        )
+        assert out.suppressed == []
+    out = store.record_report(bounce(soft(addr), message_id="<s2@mx>"), raw(2), now=NOW + 2)
+    assert out.suppressed == [addr]
+    entry = store.get(addr, now=NOW + 3)
+    assert entry is not None and entry.source == "soft"
+    assert addr in store.soft_addresses(now=NOW + 3)
+    # A delivery of anybody's mail clears everybody's soft history.
+    assert store.record_delivery(addr, at=NOW + 3, now=NOW + 3) == 4
+    assert store.get(addr, now=NOW + 4) is None
+    assert store.soft_addresses(now=NOW + 4) == set()
+
+
+def test_removing_a_global_entry_clears_every_tenants_soft_history(store: Store) -> None:
+    addr = "full@example.com"
+    for n, tenant in enumerate(("alpha", "beta")):
+        store.record_report(
+            bounce(soft(addr), message_id=f"<s{n}@mx>"), raw(n), tenant=tenant, now=NOW
+        )
+    store.suppress(addr, "manual", now=NOW)
+    assert store.unsuppress([addr], now=NOW + 1) == 1
+    assert [r["cleared_at"] for r in store.rows("bounces")] == [NOW + 1, NOW + 1]
+
+
+def test_complaint_origins(store: Store) -> None:
+    store.record_report(complaint("x@example.com", 1), raw(1), tenant="alpha", now=NOW)
+    store.record_report(complaint("X@example.com", 2), raw(2), tenant="beta", now=NOW)
+    store.record_report(complaint("y@example.com", 3), raw(3), now=NOW)
+    store.record_report(complaint("z@example.com", 4, "not-spam"), raw(4), tenant="alpha", now=NOW)
+    assert store.complaint_origins() == {"x@example.com": {"alpha", "beta"}, "y@example.com": {""}}
+    assert store.complaint_origins(["X@Example.com", "z@example.com"]) == {
+        "x@example.com": {"alpha", "beta"}
+    }
+    assert store.complaint_origins([]) == {}
 
 
 # --------------------------------------------------------------------------- other writes

@@ -398,24 +398,45 @@ class Store:
     # ----------------------------------------------------------------- reports
 
     def record_report(
-        self, report: Report, raw: RawInfo, *, tenant: str = "", now: float | None = None
+        self,
+        report: Report,
+        raw: RawInfo,
+        *,
+        tenant: str = "",
+        scope: str = "",
+        now: float | None = None,
     ) -> Outcome:
         """Store a bounce or feedback report and apply the suppression policy.
 
+        ``tenant`` is whose mail the report is about (the rows' tenant); ``scope`` is
+        the tenant of the suppressions it causes, '' (global) by default: a hard bounce
+        or a complaint about any tenant's mail stops everybody's.  Soft bounces count
+        per address over every tenant's rows.
+
         Other kinds store nothing.  One transaction for the whole report; a report that
-        was stored before (same dedup keys) adds no rows and changes nothing.
+        was stored before (same dedup keys, whichever tenant it was stored for) adds no
+        rows and changes nothing.
         """
         out = Outcome()
         if report.kind not in ("bounce", "feedback"):
             return out
         when = _now(now)
         tenant = clean(tenant, 64)
+        scope = clean(scope, 64)
         with self.transaction():
             if report.kind == "bounce":
-                self._record_bounce(report, raw, tenant, when, out)
+                self._record_bounce(report, raw, tenant, scope, when, out)
             else:
-                self._record_feedback(report, raw, tenant, when, out)
+                self._record_feedback(report, raw, tenant, scope, when, out)
         return out
+
+    def _stored_before(self, table: str, key: str) -> bool:
+        """Whether a row with this dedup key exists for any tenant (an arrival stored
+        before the tenant was known, or under another one, is still the same report)."""
+        return (
+            self._one(f"SELECT 1 FROM {table} WHERE dedup_key = ? LIMIT 1", (key,))  # noqa: S608
+            is not None
+        )
 
     def _links(self, report: Report) -> tuple[str, str, str, str]:
         return (
@@ -426,7 +447,7 @@ class Store:
         )
 
     def _record_bounce(
-        self, report: Report, raw: RawInfo, tenant: str, now: int, out: Outcome
+        self, report: Report, raw: RawInfo, tenant: str, scope: str, now: int, out: Outcome
     ) -> None:
         message_id, original, x_id, verp = self._links(report)
         recipients = report.recipients or ()
@@ -439,41 +460,44 @@ class Store:
             hard = bool(rcpt.hard) if rcpt else False
             if action in SUCCESS_ACTIONS or reason == "delivered":
                 if valid_address(address):
-                    out.cleared += self._clear_soft(tenant, address, now)
+                    out.cleared += self._clear_soft(scope, address, now)
                 continue
             if message_id:
                 key = _key("mid", message_id, address, status, action, "" if address else index)
             else:
                 key = _key("raw", raw.sha256, address, status, action, index)
-            added = self._exec(
-                "INSERT INTO bounces (tenant, dedup_key, received_at, address, status, reason,"
-                " hard, action, remote_mta, diagnostic, detector, message_id,"
-                " original_message_id, x_message_id, verp_token, envelope_to, raw_sha256,"
-                " raw_size, truncated)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (tenant, dedup_key) DO NOTHING",
-                (
-                    tenant,
-                    key,
-                    now,
-                    address,
-                    status,
-                    reason,
-                    int(hard),
-                    action,
-                    clean(rcpt.remote_mta) if rcpt else "",
-                    clean(rcpt.diagnostic, MAX_DIAGNOSTIC) if rcpt else "",
-                    clean(report.detector, 64),
-                    message_id,
-                    original,
-                    x_id,
-                    verp,
-                    normalize_address(raw.envelope_to),
-                    clean(raw.sha256, 64),
-                    int(raw.size),
-                    int(raw.truncated),
-                ),
-            ).rowcount
+            added = (
+                not self._stored_before("bounces", key)
+                and self._exec(
+                    "INSERT INTO bounces (tenant, dedup_key, received_at, address, status, reason,"
+                    " hard, action, remote_mta, diagnostic, detector, message_id,"
+                    " original_message_id, x_message_id, verp_token, envelope_to, raw_sha256,"
+                    " raw_size, truncated)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (tenant, dedup_key) DO NOTHING",
+                    (
+                        tenant,
+                        key,
+                        now,
+                        address,
+                        status,
+                        reason,
+                        int(hard),
+                        action,
+                        clean(rcpt.remote_mta) if rcpt else "",
+                        clean(rcpt.diagnostic, MAX_DIAGNOSTIC) if rcpt else "",
+                        clean(report.detector, 64),
+                        message_id,
+                        original,
+                        x_id,
+                        verp,
+                        normalize_address(raw.envelope_to),
+                        clean(raw.sha256, 64),
+                        int(raw.size),
+                        int(raw.truncated),
+                    ),
+                ).rowcount
+            )
             if not added:
                 out.duplicates += 1
                 continue
@@ -481,24 +505,24 @@ class Store:
             if not valid_address(address) or action == "delayed":
                 continue
             if hard:
-                if self._suppress(tenant, address, reason, "bounce", None, "", now, False):
+                if self._suppress(scope, address, reason, "bounce", None, "", now, False):
                     out.suppressed.append(address)
             elif self.policy.soft_threshold > 0:
                 row = self._one(
-                    "SELECT COUNT(*) FROM bounces WHERE tenant = ? AND address = ?"
+                    "SELECT COUNT(*) FROM bounces WHERE address = ?"
                     " AND hard = 0 AND cleared_at IS NULL AND action <> 'delayed'"
                     " AND received_at > ?",
-                    (tenant, address, now - self.policy.soft_window),
+                    (address, now - self.policy.soft_window),
                 )
                 count = int(row[0]) if row else 0
                 if count >= self.policy.soft_threshold:
                     note = f"{count} soft bounces in {self.policy.soft_window_days:g} days"
                     expiry = self.policy.soft_expiry(now)
-                    if self._suppress(tenant, address, reason, "soft", expiry, note, now, False):
+                    if self._suppress(scope, address, reason, "soft", expiry, note, now, False):
                         out.suppressed.append(address)
 
     def _record_feedback(
-        self, report: Report, raw: RawInfo, tenant: str, now: int, out: Outcome
+        self, report: Report, raw: RawInfo, tenant: str, scope: str, now: int, out: Outcome
     ) -> None:
         message_id, original, x_id, verp = self._links(report)
         feedback_type = clean(report.feedback_type, 32).lower()
@@ -509,41 +533,42 @@ class Store:
                 key = _key("mid", message_id, address, feedback_type, "" if address else index)
             else:
                 key = _key("raw", raw.sha256, address, index)
-            added = self._exec(
-                "INSERT INTO complaints (tenant, dedup_key, received_at, address,"
-                " feedback_type, source_ip, reporting_mta, detector, message_id,"
-                " original_message_id, x_message_id, verp_token, envelope_to, raw_sha256,"
-                " raw_size, truncated)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (tenant, dedup_key) DO NOTHING",
-                (
-                    tenant,
-                    key,
-                    now,
-                    address,
-                    feedback_type,
-                    clean(report.source_ip, 64),
-                    clean(report.reporting_mta),
-                    clean(report.detector, 64),
-                    message_id,
-                    original,
-                    x_id,
-                    verp,
-                    normalize_address(raw.envelope_to),
-                    clean(raw.sha256, 64),
-                    int(raw.size),
-                    int(raw.truncated),
-                ),
-            ).rowcount
+            added = (
+                not self._stored_before("complaints", key)
+                and self._exec(
+                    "INSERT INTO complaints (tenant, dedup_key, received_at, address,"
+                    " feedback_type, source_ip, reporting_mta, detector, message_id,"
+                    " original_message_id, x_message_id, verp_token, envelope_to, raw_sha256,"
+                    " raw_size, truncated)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (tenant, dedup_key) DO NOTHING",
+                    (
+                        tenant,
+                        key,
+                        now,
+                        address,
+                        feedback_type,
+                        clean(report.source_ip, 64),
+                        clean(report.reporting_mta),
+                        clean(report.detector, 64),
+                        message_id,
+                        original,
+                        x_id,
+                        verp,
+                        normalize_address(raw.envelope_to),
+                        clean(raw.sha256, 64),
+                        int(raw.size),
+                        int(raw.truncated),
+                    ),
+                ).rowcount
+            )
             if not added:
                 out.duplicates += 1
                 continue
             out.stored += 1
             if valid_address(address) and feedback_type in COMPLAINT_TYPES:
                 note = f"feedback type {feedback_type}" if feedback_type else ""
-                if self._suppress(
-                    tenant, address, "complaint", "complaint", None, note, now, False
-                ):
+                if self._suppress(scope, address, "complaint", "complaint", None, note, now, False):
                     out.suppressed.append(address)
 
     # ----------------------------------------------------------------- deliveries
@@ -553,8 +578,9 @@ class Store:
     ) -> int:
         """A message to ``address`` was delivered at ``at``: forget its soft history.
 
-        Soft bounces received up to ``at`` stop counting, and a soft suppression decided
-        up to ``at`` is lifted.  Hard bounces, complaints and unsubscribes stay.
+        Soft bounces received up to ``at`` stop counting (every tenant's: they count
+        together), and a soft suppression of scope ``tenant`` decided up to ``at`` is
+        lifted.  Hard bounces, complaints and unsubscribes stay.
         Returns how many bounces and suppressions were cleared.
         """
         address = normalize_address(address)
@@ -567,9 +593,9 @@ class Store:
 
     def _clear_soft(self, tenant: str, address: str, at: int, now: int | None = None) -> int:
         cleared = self._exec(
-            "UPDATE bounces SET cleared_at = ? WHERE tenant = ? AND address = ? AND hard = 0"
+            "UPDATE bounces SET cleared_at = ? WHERE address = ? AND hard = 0"
             " AND cleared_at IS NULL AND received_at <= ?",
-            (now if now is not None else at, tenant, address, at),
+            (now if now is not None else at, address, at),
         ).rowcount
         lifted = self._exec(
             "DELETE FROM suppressions WHERE tenant = ? AND address = ? AND source = 'soft'"
@@ -579,13 +605,14 @@ class Store:
         return int(cleared) + int(lifted)
 
     def soft_addresses(self, *, tenant: str = "", now: float | None = None) -> set[str]:
-        """Addresses whose soft history a delivery would clear (a bounded set)."""
+        """Addresses whose soft history a delivery would clear (a bounded set): soft
+        bounces of every tenant's mail, soft suppressions of scope ``tenant``."""
         since = _now(now) - self.policy.soft_window
         found: set[str] = set()
         for (address,) in self._stream(
-            "SELECT DISTINCT address FROM bounces WHERE tenant = ? AND hard = 0"
+            "SELECT DISTINCT address FROM bounces WHERE hard = 0"
             " AND cleared_at IS NULL AND address <> '' AND received_at > ?",
-            (tenant, since),
+            (since,),
         ):
             found.add(str(address))
         for (address,) in self._stream(
@@ -712,7 +739,9 @@ class Store:
     def unsuppress(
         self, addresses: Iterable[str], *, tenant: str = "", now: float | None = None
     ) -> int:
-        """Remove entries; their soft history is cleared too, so counting starts afresh."""
+        """Remove entries; their soft history is cleared too, so counting starts afresh
+        (a global entry: every tenant's soft bounces of the address, as they count
+        together; a tenant's entry: that tenant's)."""
         when = _now(now)
         tenant = clean(tenant, 64)
         removed = 0
@@ -725,11 +754,18 @@ class Store:
                         (tenant, address),
                     ).rowcount
                 )
-                self._exec(
-                    "UPDATE bounces SET cleared_at = ? WHERE tenant = ? AND address = ?"
-                    " AND hard = 0 AND cleared_at IS NULL",
-                    (when, tenant, address),
-                )
+                if tenant:
+                    self._exec(
+                        "UPDATE bounces SET cleared_at = ? WHERE tenant = ? AND address = ?"
+                        " AND hard = 0 AND cleared_at IS NULL",
+                        (when, tenant, address),
+                    )
+                else:
+                    self._exec(
+                        "UPDATE bounces SET cleared_at = ? WHERE address = ?"
+                        " AND hard = 0 AND cleared_at IS NULL",
+                        (when, address),
+                    )
         return removed
 
     def get(
@@ -770,6 +806,30 @@ class Store:
         sql += " ORDER BY tenant, address"
         for row in self._stream(sql, params):
             yield _suppression(row)
+
+    def complaint_origins(self, addresses: Iterable[str] | None = None) -> dict[str, set[str]]:
+        """Address -> the tenants whose mail drew a complaint from it ('' for mail of no
+        tenant), from the complaints that suppress (not-spam and auth-failure reports
+        do not).  ``addresses``: only these (normalised); None: every address."""
+        sql = (
+            "SELECT DISTINCT address, tenant FROM complaints WHERE address <> ''"  # noqa: S608
+            " AND feedback_type IN (" + ", ".join("?" * len(COMPLAINT_TYPES)) + ")"
+        )  # placeholders only
+        types = sorted(COMPLAINT_TYPES)
+        found: dict[str, set[str]] = {}
+        if addresses is None:
+            batches: Iterable[list[str]] = [[]]
+        else:
+            wanted = sorted({normalize_address(a) for a in addresses} - {""})
+            batches = [wanted[i : i + 500] for i in range(0, len(wanted), 500)]
+        for batch in batches:
+            query, params = sql, list(types)
+            if batch:
+                query += " AND address IN (" + ", ".join("?" * len(batch)) + ")"
+                params += batch
+            for address, tenant in self._stream(query, params):
+                found.setdefault(str(address), set()).add(str(tenant))
+        return found
 
     def prune(self, *, now: float | None = None) -> int:
         """Delete expired entries (they already count for nothing)."""

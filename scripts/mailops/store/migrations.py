@@ -167,6 +167,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        4,
+        "tenants: look up reports by dedup key alone, soft bounces and complaints by address",
+        (
+            # Rows now carry the tenant whose mail was reported, so a second arrival of a
+            # report is recognised by its dedup key whatever tenant it was stored under;
+            # soft bounces count per address over every tenant; the policy service asks
+            # which tenants' mail an address complained about.
+            "CREATE INDEX bounces_dedup ON bounces (dedup_key)",
+            "CREATE INDEX complaints_dedup ON complaints (dedup_key)",
+            "CREATE INDEX bounces_by_address ON bounces (address, received_at)",
+            "CREATE INDEX complaints_by_address ON complaints (address)",
+        ),
+    ),
 )
 
 LATEST: int = MIGRATIONS[-1].version
