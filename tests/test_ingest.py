@@ -208,6 +208,108 @@ def test_soft_bounces_reach_the_threshold(cfg: Path, monkeypatch: pytest.MonkeyP
     assert entry is not None and entry.source == "soft" and entry.expires_at is not None
 
 
+# --------------------------------------------------------------------------- tenants
+
+TENANTS = """
+[tenants.alpha]
+domains = ["alpha.test"]
+logins = ["alpha"]
+
+[tenants.beta]
+domains = ["beta.test"]
+logins = ["beta"]
+"""
+
+
+def from_tenant(data: bytes, author: str, sender: str = "") -> bytes:
+    """The DSN about a message From: ``author`` (and with that Return-Path, if given)."""
+    line = f"From: {author}"
+    if sender:
+        line = f"Return-Path: <{sender}>\n{line}"
+    return data.replace(b"From: news@company.test", line.encode())
+
+
+def test_a_bounce_belongs_to_the_tenant_of_the_original_and_suppresses_globally(
+    cfg: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_config(cfg, url_of(cfg), TENANTS)
+    msg = from_tenant(dsn(), '"Alpha News" <News@Alpha.test>')
+    assert pipe(cfg, msg, monkeypatch=monkeypatch) == exitcodes.OK
+    assert "for tenant alpha" in capsys.readouterr().err
+    assert [r["tenant"] for r in rows(cfg)] == ["alpha"]
+    with Store.open(url_of(cfg)) as s:
+        assert [(e.tenant, e.address) for e in s.suppressions(tenant=None)] == [
+            ("", "gone@gmail.test")
+        ]
+
+
+def test_the_envelope_sender_wins_over_from_and_no_tenant_is_empty(
+    cfg: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_config(cfg, url_of(cfg), TENANTS)
+    both = from_tenant(dsn("a@gmail.test"), "news@alpha.test", "bounce@mail.beta.test")
+    assert pipe(cfg, both, monkeypatch=monkeypatch) == 0
+    vague = from_tenant(dsn("b@gmail.test", message_id="<dsn-2@x>"), "n@gamma.test")
+    assert pipe(cfg, vague, monkeypatch=monkeypatch) == 0
+    assert sorted((r["address"], r["tenant"]) for r in rows(cfg)) == [
+        ("a@gmail.test", "beta"),
+        ("b@gmail.test", ""),
+    ]
+
+
+def test_a_complaint_belongs_to_its_tenant_and_blocks_everybody(
+    cfg: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_config(cfg, url_of(cfg), TENANTS)
+    arf = (ROOT / "tests" / "data" / "bounces" / "arf_abuse.eml").read_bytes()
+    arf = arf.replace(b"<news@company.test>", b"<news@beta.test>")
+    assert pipe(cfg, arf, monkeypatch=monkeypatch) == 0
+    assert [(r["address"], r["tenant"]) for r in rows(cfg, "complaints")] == [
+        ("walter@example.net", "beta")
+    ]
+    with Store.open(url_of(cfg)) as s:
+        entry = s.get("walter@example.net")
+        assert entry is not None and entry.source == "complaint"
+        assert s.complaint_origins() == {"walter@example.net": {"beta"}}
+
+
+def test_a_report_stored_before_tenants_is_not_stored_again(
+    cfg: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    msg = from_tenant(dsn(), "news@alpha.test")
+    assert pipe(cfg, msg, monkeypatch=monkeypatch) == 0  # no [tenants] yet: tenant ''
+    write_config(cfg, url_of(cfg), TENANTS)
+    assert pipe(cfg, msg, monkeypatch=monkeypatch) == 0
+    assert [r["tenant"] for r in rows(cfg)] == [""]
+
+
+def test_soft_bounces_of_two_tenants_count_together(
+    cfg: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_config(cfg, url_of(cfg), "[suppression]\nsoft_threshold = 2\n" + TENANTS)
+    for i, author in enumerate(("news@alpha.test", "news@beta.test")):
+        msg = dsn(
+            "full@gmail.test",
+            status="4.2.2",
+            message_id=f"<soft-{i}@mx>",
+            diagnostic="smtp; 452 4.2.2 Mailbox full",
+        )
+        assert pipe(cfg, from_tenant(msg, author), monkeypatch=monkeypatch) == 0
+    assert sorted(r["tenant"] for r in rows(cfg)) == ["alpha", "beta"]
+    with Store.open(url_of(cfg)) as s:
+        entry = s.get("full@gmail.test")
+    assert entry is not None and entry.source == "soft"
+
+
+def test_a_broken_tenants_table_keeps_the_message_queued(
+    cfg: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_config(cfg, url_of(cfg), '[tenants.alpha]\ndomains = "alpha.test"\n')
+    assert pipe(cfg, dsn(), monkeypatch=monkeypatch) == exitcodes.TEMPFAIL
+    assert "[tenants.alpha] domains" in capsys.readouterr().err
+    assert not rows(cfg)
+
+
 # --------------------------------------------------------------------------- failures
 
 

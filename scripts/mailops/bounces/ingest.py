@@ -9,6 +9,12 @@ stores bounces and feedback reports with every recipient's status, reason and th
 to what was sent, and applies the suppression policy, all in one transaction.
 Auto-replies and mail that is not a report are logged and ignored.
 
+Tenants: the rows of a report carry the tenant whose mail it is about, the tenant of
+the returned message's envelope sender (Return-Path, ARF's Original-Mail-From), else of
+its From: domain (``[tenants.NAME] domains``), else none ('').  The suppressions a hard
+bounce, a complaint or repeated soft bounces cause stay global whatever the tenant:
+nobody on the cluster mails that address again.  ``--tenant`` names the tenant instead.
+
 At most ``max_message_bytes`` of the message are kept and classified (the report parts
 come first in a DSN or ARF message; what is cut is the returned original); the rows then
 say ``truncated = 1``, and the hash that recognises a second arrival covers every byte.
@@ -43,6 +49,7 @@ from mailops.bounceparse.model import Report
 from mailops.pipeio import log, read_message, run_pipe
 from mailops.store import RawInfo, open_from_config, policy_from_config, store_settings
 from mailops.store.text import clean
+from mailops.tenants.model import Tenants, load_tenants
 
 TOOL = "bounces ingest"
 
@@ -78,6 +85,16 @@ def _save_unrecognized(directory: str, data: bytes, sha256: str) -> None:
         log(TOOL, f"could not save unrecognized message in {directory}: {exc}", error=True)
 
 
+def tenant_of(report: Report, tenants: Tenants) -> str:
+    """The tenant whose mail the report is about: the original's envelope sender's
+    domain first, then its From: domain; '' when neither is a tenant's."""
+    for address in (report.original_sender, report.original_from):
+        tenant = tenants.for_address(address) if address else None
+        if tenant is not None:
+            return tenant.name
+    return ""
+
+
 def ingest(
     stream: BinaryIO,
     *,
@@ -94,6 +111,7 @@ def ingest(
     data = config.load(config_path)
     store_values = store_settings(data)
     policy_from_config(data)  # a broken policy is a settings error before anything else
+    tenants = load_tenants(data)  # so is a broken [tenants]: the message stays queued
     values = settings(data)
     raw = read_message(stream, int(values["max_message_bytes"]))
     report = (parse or _default_parser())(raw.data, envelope_to)
@@ -108,11 +126,13 @@ def ingest(
     info = RawInfo(
         sha256=raw.sha256, size=raw.size, truncated=raw.truncated, envelope_to=envelope_to
     )
+    scope = str(store_values["tenant"])
+    origin = tenant if tenant is not None else (tenant_of(report, tenants) or scope)
     with open_from_config(data) as store:
-        outcome = store.record_report(
-            report, info, tenant=store_values["tenant"] if tenant is None else tenant, now=now
-        )
+        outcome = store.record_report(report, info, tenant=origin, scope=scope, now=now)
     parts = [f"stored {summary}: {outcome.stored} new rows"]
+    if origin:
+        parts[0] += f" for tenant {origin}"
     if outcome.duplicates:
         parts.append(f"{outcome.duplicates} already stored")
     if outcome.cleared:
@@ -149,5 +169,7 @@ def register(sub: Any) -> None:
         metavar="ADDR",
         help="the address the message came to (${original_recipient}): VERP token",
     )
-    parser.add_argument("--tenant", metavar="T", help="client id for the rows ([store] tenant)")
+    parser.add_argument(
+        "--tenant", metavar="T", help="the tenant whose mail it is (default: from the report)"
+    )
     parser.set_defaults(func=cmd_ingest)
