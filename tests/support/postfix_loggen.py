@@ -67,6 +67,21 @@ class Shape:
     retry: int  # seconds before the first retry (doubling up to an hour)
     messages: int
     hours: float  # length of the log
+    senders: tuple[str, ...] = SENDERS  # envelope senders drawn from
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One delivery line the log holds (``Stats.deliveries``): when, where, which message
+    (a number of its own, whatever its queue id), from whom, to whom, how it ended."""
+
+    t: float
+    host: str
+    message: int
+    sender: str
+    addr: str
+    status: str  # sent (also "forwarded as"), deferred, bounced
+    dsn: str
 
 
 @dataclass
@@ -80,6 +95,7 @@ class Stats:
     longest_defer: float = 0.0  # seconds from a message's arrival to its last deferral
     agents: set[str] = field(default_factory=set)
     queued_at_end: int = 0
+    deliveries: list[Delivery] = field(default_factory=list)
 
 
 def shape_of(seed: int, lines: int = 12_000) -> Shape:
@@ -113,6 +129,7 @@ class _Gen:
         # queue id -> time its message went (inf: never, in this log), per host
         self.used: dict[str, dict[str, float]] = {h: {} for h in shape.hosts}
         self.pids = {h: self.rnd.randrange(1000, 30000) for h in shape.hosts}
+        self.current: tuple[int, str] = (0, "")  # the message being made: number, sender
 
     def emit(self, t: float, host: str, prog: str, text: str) -> None:
         if t > self.end:
@@ -144,7 +161,7 @@ class _Gen:
         qid = self.new_id(host, t)
         self.used[host][qid] = float("inf")
         self.stats.messages += 1
-        sender = rnd.choice(SENDERS)
+        sender = rnd.choice(s.senders)
         kind = rnd.random()
         if kind < 0.7:
             client = rnd.choice(CLIENTS)
@@ -166,6 +183,7 @@ class _Gen:
         else:  # made here: a bounce notice, a forward's copy (no client=, no pickup)
             client = ""
             sender = ""
+        self.current = (self.stats.messages, sender)
         self.emit(t + 0.05, host, "cleanup", f"{qid}: message-id=<{qid}.{t:.0f}@{host}.test>")
         action = rnd.random()
         if action < 0.04:
@@ -236,6 +254,7 @@ class _Gen:
                 f"delay={delay:.1f}, delays=0.1/0/{delay:.0f}/0, dsn=4.4.1, "
                 f"status=deferred ({reason})",
             )  # fmt: skip
+            self.record(t, host, addr, "deferred", "4.4.1")
             if t <= self.end:
                 self.stats.deferrals += 1
                 self.stats.longest_defer = max(self.stats.longest_defer, t - arrival)
@@ -251,11 +270,14 @@ class _Gen:
         if end < 0.08:
             reason = rnd.choice(BOUNCE_REASONS).format(dom=dom.lower(), addr=addr)
             status = f"dsn=5.1.1, status=bounced ({reason})"
+            self.record(t, host, addr, "bounced", "5.1.1")
         elif end < 0.1 and tries:
             self.emit(t, host, "qmgr", f"{qid}: from=<{addr}>, status=expired, returned to sender")
             status = "dsn=4.4.7, status=bounced (message expired)"
+            self.record(t, host, addr, "bounced", "4.4.7")
         elif end < 0.13 and agent == "local":
             status = f"dsn=2.0.0, status=sent (forwarded as {qid[:4]}F00D)"
+            self.record(t, host, addr, "sent", "2.0.0")
         else:
             said = {
                 "smtp": "250 2.0.0 OK queued",
@@ -265,6 +287,7 @@ class _Gen:
                 "lmtp": f"250 2.0.0 <{addr}> Saved",
             }[agent]
             status = f"dsn=2.0.0, status=sent ({said})"
+            self.record(t, host, addr, "sent", "2.0.0")
         conn = "conn_use=2, " if agent == "smtp" and rnd.random() < 0.2 else ""
         self.emit(
             t, host, prog,
@@ -272,6 +295,12 @@ class _Gen:
             f"delays=0.01/0/0.1/0.2, {status}",
         )  # fmt: skip
         return t
+
+    def record(self, t: float, host: str, addr: str, status: str, dsn: str) -> None:
+        """Note a delivery line of the message being made (one ``emit`` writes)."""
+        if t <= self.end:
+            message, sender = self.current
+            self.stats.deliveries.append(Delivery(t, host, message, sender, addr, status, dsn))
 
     def noise(self) -> None:
         """Rejects before a queue file, SASL failures, lines that count nothing."""
@@ -344,13 +373,17 @@ def generate(
     start: float | None = None,
     iso: bool | None = None,
     hosts: tuple[str, ...] | None = None,
+    senders: tuple[str, ...] | None = None,
 ) -> Stats:
     """Write the log of ``shape_of(seed, lines)`` to ``path`` (about ``lines`` lines);
     ``start`` (a Unix time) is when it begins, by default a fixed day of this year;
-    ``iso`` and ``hosts`` override the shape's timestamps and hosts."""
+    ``iso``, ``hosts`` and ``senders`` override the shape's timestamps, hosts and envelope
+    senders.  ``Stats.deliveries`` records every delivery line written."""
     shape = shape_of(seed, lines)
     if iso is not None:
         shape.iso = iso
+    if senders is not None:
+        shape.senders = senders
     if hosts is not None:
         shape.hosts = hosts
         if len(hosts) == 1:

@@ -68,9 +68,10 @@ def _number(value: float) -> str:
 Sample = tuple[Mapping[str, str], float]
 
 
-def _family(name: str, help_text: str, samples: Iterable[Sample]) -> list[str]:
+def family(name: str, help_text: str, samples: Iterable[Sample], kind: str = "gauge") -> list[str]:
+    """One metric family: HELP, TYPE (``gauge`` or ``counter``), then its samples."""
     help_escaped = help_text.replace("\\", "\\\\").replace("\n", "\\n")
-    lines = [f"# HELP {name} {help_escaped}", f"# TYPE {name} gauge"]
+    lines = [f"# HELP {name} {help_escaped}", f"# TYPE {name} {kind}"]
     lines += [f"{name}{_labels(labels)} {_number(value)}" for labels, value in samples]
     return lines
 
@@ -105,29 +106,29 @@ def prometheus(reports: Mapping[str, HostReport], generated_ts: float) -> str:
                 labels = {"host": host, "domain": d["domain"], "sampled": sampled}
                 dest.append((labels, d["messages"]))
     lines: list[str] = []
-    lines += _family(
+    lines += family(
         "mailops_queue_collect_up", "1 when the host's queues were read, 0 when not.", up
     )
-    lines += _family(
+    lines += family(
         "mailops_queue_collect_duration_seconds",
         "Seconds spent reading the host's queues (including SSH for collect).",
         duration,
     )
-    lines += _family(
+    lines += family(
         "mailops_queue_messages", "Messages in each Postfix queue of the host.", messages
     )
-    lines += _family(
+    lines += family(
         "mailops_queue_oldest_deferred_seconds",
         "Age of the oldest message in the deferred queue (0 when it is empty).",
         oldest,
     )
-    lines += _family(
+    lines += family(
         "mailops_queue_deferred_destination_messages",
         "Deferred messages per recipient domain, top domains only "
         '(counted in a sample of the defer logs when sampled="true").',
         dest,
     )
-    lines += _family(
+    lines += family(
         "mailops_queue_generated_timestamp_seconds",
         "Unix time at which these figures were produced.",
         [({}, round(generated_ts, 3))],
