@@ -4,17 +4,20 @@ Usage::
 
     mailops dns plan  --inventory PATH [--format zone|json|route53] [--zone ZONE]
                       [--dkim-keys DIR] [--playbook-dir DIR] [--mta-sts-policy-out FILE]
-    mailops dns check DOMAIN [--nameserver IP[:PORT]] [--json] [--inventory PATH]
+    mailops dns check [DOMAIN] [--nameserver IP[:PORT]] [--json] [--inventory PATH]
                       [--dkim-keys DIR] [--sending-ip IP ...] [--dnsbl ZONE ...]
                       [--mta-sts-url-base URL] [--cafile FILE] [--timeout S]
                       [--smtp-timeout S] [--smtp-port PORT]
 
 ``plan`` reads the inventory through ``ansible-inventory --list`` and prints the MX,
-A/AAAA, cluster round-robin, PTR, SPF, DKIM, DMARC, MTA-STS and TLS-RPT records (see
-docs/dns.md for the variables).  ``--zone`` keeps only the records of one zone (the mail
+A/AAAA, cluster round-robin, PTR, SPF, DKIM, DMARC, MTA-STS and TLS-RPT records, and
+for every tenant domain (``mail_tenants``) its SPF (exactly its pool's addresses),
+DKIM and DMARC, with A and PTR for every pool address (see docs/dns.md for the
+variables).  ``--zone`` keeps only the records of one zone (the mail domain, a tenant
 domain or a reverse zone), with owner names relative to it, ready to follow that zone's
 SOA and NS records.  ``check`` resolves the live records with dnspython and prints one
-row per check (pass, warn or fail) with the evidence and the fix.
+row per check (pass, warn or fail) with the evidence and the fix; without a DOMAIN it
+checks every domain the inventory plans (the mail domain, then each tenant domain).
 
 Exit codes: ``plan`` 0; 65 when the inventory implies a record that must not be
 published (SPF over 10 lookups, two hosts on one address); 66 when a DKIM key cannot be
@@ -68,6 +71,33 @@ def _err(cmd: str, message: str) -> None:
     print(f"mailops dns {cmd}: {message}", file=sys.stderr)
 
 
+def load_keys(st: Any) -> tuple[dict[str, list[Any]], dict[str, list[str]]]:
+    """DKIM keys in force of the mail domain and of every tenant domain, and the notes
+    about each domain's keys (raises dkim.KeyError_ for a key that cannot be read)."""
+    from mailops.dns import dkim
+
+    domains = [st.domain, *st.tenant_domains]
+    keys: dict[str, list[Any]] = {d: [] for d in domains}
+    notes: dict[str, list[str]] = {d: [] for d in domains}
+    if st.dkim_keys_dir is None:
+        notes[st.domain].append("no DKIM key directory (--dkim-keys or opendkim__keys_dir)")
+        return keys, notes
+    for d in domains:
+        keys[d], notes[d] = dkim.load(st.dkim_keys_dir, d)
+    for t in st.tenants:
+        for d in t.domains:
+            where = st.dkim_keys_dir / d
+            if not where.is_dir() or (where / "state.yml").exists():
+                continue  # noted already, or the rotation state says what is in force
+            have = {k.selector for k in keys[d]}
+            for sel in t.selectors:
+                if sel not in have:
+                    notes[d].append(
+                        f"tenant {t.name}'s selector {sel} (dkim_selectors) has no key in {where}"
+                    )
+    return keys, notes
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from mailops.dns import dkim, inventory, plan, records
 
@@ -83,22 +113,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
     except inventory.InventoryError as exc:
         _err("plan", str(exc))
         return exitcodes.CONFIG
-    keys: list[dkim.DkimKey] = []
-    notes: list[str] = []
-    if st.dkim_keys_dir is None:
-        notes.append("no DKIM key directory (--dkim-keys or opendkim__keys_dir)")
-    else:
-        try:
-            keys, notes = dkim.load(st.dkim_keys_dir, st.domain)
-        except dkim.KeyError_ as exc:
-            _err("plan", str(exc))
-            return exitcodes.NOINPUT
     try:
-        p = plan.build(st, keys)
+        keys, key_notes = load_keys(st)
+    except dkim.KeyError_ as exc:
+        _err("plan", str(exc))
+        return exitcodes.NOINPUT
+    try:
+        p = plan.build(st, keys[st.domain], {d: keys[d] for d in st.tenant_domains})
     except plan.PlanError as exc:
         _err("plan", str(exc))
         return exitcodes.DATAERR
-    for note in notes + p.notes:
+    for note in [n for ns in key_notes.values() for n in ns] + p.notes:
         _err("plan", f"note: {note}")
     chosen = records.select(p.records, args.zone)
     if args.zone and not chosen:
@@ -119,54 +144,84 @@ def cmd_plan(args: argparse.Namespace) -> int:
     elif fmt == "route53":
         sys.stdout.write(records.render_route53(chosen))
     else:
+        tenant_domains = [t.domain for t in p.tenants]
+        also = f" and the tenant domains {', '.join(tenant_domains)}" if tenant_domains else ""
         header = (
-            f"Records for {p.domain} planned by `mailops dns plan` from {s['inventory']}.\n"
-            f"SPF needs {p.spf_lookups} DNS lookups of its own (limit 10, includes' own not "
-            "counted here: `mailops dns check` counts them)."
+            f"Records for {p.domain}{also} planned by `mailops dns plan` from "
+            f"{s['inventory']}.\n"
+            f"SPF needs {p.spf_lookups} DNS lookups of its own (limit 10, "
+            "includes' own not counted here: `mailops dns check` counts them)."
         )
+        if tenant_domains:
+            header += "\nEach tenant domain's SPF lists exactly its pool's addresses (no lookups)."
         if p.mta_sts_id:
             header += f"\nMTA-STS policy id {p.mta_sts_id} (--mta-sts-policy-out writes it)."
         sys.stdout.write(records.render_zone(chosen, header, args.zone))
     return exitcodes.OK
 
 
-def _expect(args: argparse.Namespace, s: dict[str, Any], domain: str) -> Any:
+def _inventory_plan(s: dict[str, Any]) -> tuple[Any, Any, dict[str, list[str]]]:
+    """Settings, plan and per-domain key notes of the inventory the check compares with."""
+    from mailops.dns import inventory, plan
+
+    inv = inventory.load(s["inventory"], s["ansible_inventory"] or None, s["playbook_dir"] or None)
+    st = inventory.settings(inv, s["dkim_keys"] or None)
+    keys, notes = load_keys(st)
+    p = plan.build(st, keys[st.domain], {d: keys[d] for d in st.tenant_domains})
+    return st, p, notes
+
+
+def _expect(
+    args: argparse.Namespace,
+    s: dict[str, Any],
+    domain: str,
+    planned: tuple[Any, Any, dict[str, list[str]]] | None,
+) -> Any:
     """Expectations for the check: from the plan of an inventory, then the flags."""
-    from mailops.dns import check, dkim, inventory, plan
+    from mailops.dns import check, dkim, inventory
 
     e = check.Expect(domain=domain)
-    notes: list[str] = []
-    if s["inventory"]:
-        inv = inventory.load(
-            s["inventory"], s["ansible_inventory"] or None, s["playbook_dir"] or None
-        )
-        st = inventory.settings(inv, s["dkim_keys"] or None)
-        if st.domain != domain:
-            raise inventory.InventoryError(f"{s['inventory']} plans {st.domain}, not {domain}")
-        keys: list[dkim.DkimKey] = []
-        if st.dkim_keys_dir is not None:
-            keys, notes = dkim.load(st.dkim_keys_dir, domain)
-        p = plan.build(st, keys)
-        e.sending = sorted(
-            ((a, h.fqdn) for h in st.sending_hosts for a in h.addresses),
-            key=lambda pair: (ipaddress.ip_address(pair[0]).version, ipaddress.ip_address(pair[0])),
-        )
-        e.mx_names = [h.fqdn for h in st.mx_hosts]
-        e.keys = keys
-        e.keys_source = "; ".join(notes)
+    if planned is not None:
+        st, p, notes = planned
         e.dnsbls = list(st.dnsbls)
-        e.mta_sts_policy = p.mta_sts_policy
-        e.mta_sts_id = p.mta_sts_id
-        e.mta_sts_planned = p.mta_sts_policy is not None
-        e.tlsrpt_planned = bool(st.tlsrpt_rua)
+        tp = p.tenant(domain)
+        if st.domain == domain:
+            e.sending = sorted(
+                ((a, h.fqdn) for h in st.sending_hosts for a in h.addresses),
+                key=lambda pair: (
+                    ipaddress.ip_address(pair[0]).version,
+                    ipaddress.ip_address(pair[0]),
+                ),
+            )
+            e.mx_names = [h.fqdn for h in st.mx_hosts]
+            e.keys = p.keys
+            e.mta_sts_policy = p.mta_sts_policy
+            e.mta_sts_id = p.mta_sts_id
+            e.mta_sts_planned = p.mta_sts_policy is not None
+            e.tlsrpt_planned = bool(st.tlsrpt_rua)
+        elif tp is not None:
+            t = st.tenant_of(domain)
+            e.tenant = tp.tenant
+            e.pool = t.pool
+            e.sending = list(tp.sending)
+            e.mx_names = list(tp.mx_names)
+            e.keys = tp.keys
+            e.spf_exact = [a for a, _ in tp.sending]
+            e.spf_planned = tp.spf_record
+        else:
+            planned_domains = ", ".join([st.domain, *st.tenant_domains])
+            raise inventory.InventoryError(
+                f"{s['inventory']} plans {planned_domains}, not {domain}"
+            )
+        e.keys_source = "; ".join(notes.get(domain, []))
     elif s["dkim_keys"]:
-        keys, notes = dkim.load(Path(s["dkim_keys"]).expanduser(), domain)
+        keys, key_notes = dkim.load(Path(s["dkim_keys"]).expanduser(), domain)
         e.keys = keys
-        e.keys_source = "; ".join(notes)
-    if args.sending_ip or (not s["inventory"] and s["sending_ips"]):
+        e.keys_source = "; ".join(key_notes)
+    if args.sending_ip or (planned is None and s["sending_ips"]):
         ips = args.sending_ip or s["sending_ips"]
         e.sending = [(str(ipaddress.ip_address(a)), None) for a in ips]
-    if args.dnsbl is not None or (not s["inventory"] and s["dnsbls"]):
+    if args.dnsbl is not None or (planned is None and s["dnsbls"]):
         e.dnsbls = [z.lower().rstrip(".") for z in (args.dnsbl or s["dnsbls"])]
     return e
 
@@ -175,9 +230,19 @@ def cmd_check(args: argparse.Namespace) -> int:
     from mailops.dns import check, dkim, inventory, plan, resolve
 
     s = settings(args)
-    domain = args.domain.lower().rstrip(".")
     try:
-        e = _expect(args, s, domain)
+        planned = _inventory_plan(s) if s["inventory"] else None
+        if args.domain:
+            domains = [args.domain.lower().rstrip(".")]
+        elif planned is None:
+            _err("check", "no DOMAIN and no inventory: name a domain, or give --inventory")
+            return exitcodes.USAGE
+        elif args.sending_ip:
+            _err("check", "--sending-ip needs a DOMAIN: each domain has its own addresses")
+            return exitcodes.USAGE
+        else:
+            domains = [planned[0].domain, *planned[0].tenant_domains]
+        expects = [_expect(args, s, domain, planned) for domain in domains]
     except (inventory.InventoryError, dkim.KeyError_, plan.PlanError) as exc:
         _err("check", f"could not check: {exc}")
         return exitcodes.USAGE
@@ -198,18 +263,40 @@ def cmd_check(args: argparse.Namespace) -> int:
         cafile=s["cafile"] or None,
         mta_sts_url_base=s["mta_sts_url_base"] or None,
     )
-    try:
-        rows = check.run(d, e, o)
-    except check.CannotCheck as exc:
-        _err("check", f"could not check: {exc}")
-        return exitcodes.USAGE
-    failed = any(r["status"] == "fail" for r in rows)
-    if args.json:
+    results: list[dict[str, Any]] = []
+    worst = exitcodes.OK
+    for e in expects:
+        try:
+            rows = check.run(d, e, o)
+        except check.CannotCheck as exc:
+            _err("check", f"could not check: {exc}")
+            if args.domain:
+                return exitcodes.USAGE
+            results.append({"domain": e.domain, "error": str(exc), "rows": []})
+            worst = exitcodes.USAGE
+            continue
+        if any(r["status"] == "fail" for r in rows) and worst == exitcodes.OK:
+            worst = exitcodes.FAIL
         summary = {st: sum(1 for r in rows if r["status"] == st) for st in ("pass", "warn", "fail")}
-        print(json.dumps({"domain": domain, "rows": rows, "summary": summary}, indent=1))
+        results.append({"domain": e.domain, "rows": rows, "summary": summary})
+    if args.json:
+        if args.domain:
+            print(json.dumps(results[0], indent=1))
+        else:
+            total = {
+                st: sum(r.get("summary", {}).get(st, 0) for r in results)
+                for st in ("pass", "warn", "fail")
+            }
+            print(json.dumps({"domains": results, "summary": total}, indent=1))
     else:
-        sys.stdout.write(check.render_text(rows))
-    return exitcodes.FAIL if failed else exitcodes.OK
+        for r in results:
+            if not args.domain:
+                sys.stdout.write(f"== {r['domain']}\n")
+            if "error" in r:
+                sys.stdout.write(f"could not check: {r['error']}\n")
+            else:
+                sys.stdout.write(check.render_text(r["rows"]))
+    return worst
 
 
 def _seconds(text: str) -> float:
@@ -253,7 +340,12 @@ def register(subparsers: Any) -> None:
     pp.set_defaults(func=cmd_plan)
 
     cp = sub.add_parser("check", help="check the live records, one row per check")
-    cp.add_argument("domain", metavar="DOMAIN")
+    cp.add_argument(
+        "domain",
+        metavar="DOMAIN",
+        nargs="?",
+        help="the domain to check (default: every domain the inventory plans)",
+    )
     cp.add_argument("--nameserver", metavar="IP[:PORT]", help="ask this server only")
     cp.add_argument("--json", action="store_true", help="rows as JSON")
     cp.add_argument("--inventory", metavar="PATH", help="expect what this inventory plans")

@@ -51,6 +51,12 @@ class Expect:
     mta_sts_id: str | None = None
     mta_sts_planned: bool | None = None  # None: no plan to compare with
     tlsrpt_planned: bool | None = None
+    # A tenant domain: its mail is the tenant's, sent from its pool only.  No MTA-STS or
+    # TLS-RPT (inbound mail is the tenant's), an MX only if planned (mx_names).
+    tenant: str | None = None
+    pool: str = ""
+    spf_exact: list[str] | None = None  # the addresses SPF must list, and nothing else
+    spf_planned: str = ""  # the planned record, for the fix
 
 
 @dataclass
@@ -304,6 +310,54 @@ def check_mx_host(d: Dns, name: str, o: Options) -> list[Row]:
     return rows
 
 
+def check_tenant_mx(d: Dns, e: Expect, o: Options) -> tuple[list[Row], list[str]]:
+    """A tenant domain's inbound mail is the tenant's own: its MX is checked only when
+    the plan publishes one.  Otherwise the domain must still be able to take mail
+    (MX, or an address as the implicit MX): receivers that check the envelope domain
+    (Postfix's reject_unknown_sender_domain) refuse mail from one that cannot, and
+    bounces to it are lost."""
+    if e.mx_names:
+        return check_mx(d, e, o)
+    D = e.domain
+    a = d.query(D, "MX")
+    if a.status == "error":
+        return [_lookup_error("mx", a)], []
+    if a.status == "nxdomain":
+        return [row("mx", "fail", D, f"{D} does not exist (NXDOMAIN)", "publish the zone")], []
+    fix = (
+        f"publish the MX of {D} (the tenant's own mail servers), or plan one with "
+        f"mx: in its mail_tenants entry"
+    )
+    if a.found:
+        entries = sorted((int(v.split()[0]), v.split()[1].rstrip(".")) for v in a.values)
+        evidence = ", ".join(f"{p} {n}" for p, n in entries)
+        if [n for _, n in entries] == [""]:
+            return [
+                row(
+                    "mx",
+                    "fail",
+                    D,
+                    f"null MX ({evidence}): receivers refuse mail whose envelope domain "
+                    f"takes none (RFC 7505), so tenant {e.tenant}'s mail bounces",
+                    fix,
+                )
+            ], []
+        return [row("mx", "pass", D, f"{evidence} (tenant {e.tenant}'s own, not planned)")], []
+    addrs = [v for rtype in ("A", "AAAA") for v in d.query(D, rtype).values]
+    if addrs:
+        return [row("mx", "pass", D, f"no MX; takes mail at {', '.join(addrs)} (A/AAAA)")], []
+    return [
+        row(
+            "mx",
+            "warn",
+            D,
+            "no MX and no address: receivers that check the envelope domain "
+            "(reject_unknown_sender_domain) refuse its mail, and bounces to it are lost",
+            fix,
+        )
+    ], []
+
+
 def check_fcrdns(d: Dns, address: str, expected: str | None) -> Row:
     rev = reverse_name(address)
     want = f" to {expected}" if expected else " to a name that resolves back to it"
@@ -367,6 +421,8 @@ def check_spf(d: Dns, e: Expect) -> list[Row]:
     except spf.SpfSyntaxError as exc:
         return [row("spf", "fail", D, f"does not parse: {exc}: {text}", fix)]
     rows: list[Row] = []
+    if e.spf_exact is not None:
+        rows.append(check_spf_pool(e, text))
     try:
         count = spf.count_tree(d, D)
     except spf.DnsFailure as exc:
@@ -428,6 +484,49 @@ def check_spf(d: Dns, e: Expect) -> list[Row]:
                 )
             )
     return rows
+
+
+def pool_terms(record: spf.Record, pool: list[str]) -> tuple[list[str], list[str]]:
+    """(extra terms, missing addresses) of a tenant's SPF record against its pool.
+
+    Extra: every term that authorises (qualifier +) anything but a single pool address:
+    another address, a range (even one around the pool), include, a, mx, ptr, exists,
+    +all, redirect.  Missing: pool addresses without an ``ip4:``/``ip6:`` term of their
+    own.  Terms qualified -, ~ or ? authorise nothing and are not counted.
+    """
+    want = {ipaddress.ip_address(a) for a in pool}
+    listed: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+    extra: list[str] = []
+    for t in record.directives:
+        if t.qualifier != "+":
+            continue
+        if t.kind in ("ip4", "ip6") and t.arg:
+            net = ipaddress.ip_network(t.arg, strict=False)
+            if net.num_addresses == 1 and net.network_address in want:
+                listed.add(net.network_address)
+                continue
+        extra.append(t.text)
+    redirect = record.modifier("redirect")
+    if redirect is not None:
+        extra.append(redirect.text)
+    missing = [a for a in pool if ipaddress.ip_address(a) not in listed]
+    return extra, missing
+
+
+def check_spf_pool(e: Expect, text: str) -> Row:
+    """A tenant's SPF lists exactly its pool: its mail may leave from nowhere else."""
+    D = e.domain
+    pool = e.spf_exact or []
+    extra, missing = pool_terms(spf.parse(text), pool)
+    fix = f'publish {D} TXT "{e.spf_planned}" (mailops dns plan)' if e.spf_planned else ""
+    if not extra and not missing:
+        return row("spf-pool", "pass", D, f"exactly pool {e.pool}: {', '.join(pool)}")
+    problems = []
+    if extra:
+        problems.append(f"authorises more than pool {e.pool}: {' '.join(extra)}")
+    if missing:
+        problems.append(f"does not list pool {e.pool}'s {', '.join(missing)}")
+    return row("spf-pool", "fail", D, f"{text}: {'; '.join(problems)}", fix)
 
 
 def check_dkim(d: Dns, e: Expect) -> list[Row]:
@@ -905,7 +1004,7 @@ def run(d: Dns, e: Expect, o: Options) -> list[Row]:
     if probe.status == "error":
         raise CannotCheck(f"{e.domain} SOA: {probe.error}")
     rows: list[Row] = []
-    mx_rows, mx_names = check_mx(d, e, o)
+    mx_rows, mx_names = check_tenant_mx(d, e, o) if e.tenant else check_mx(d, e, o)
     rows += mx_rows
     sending = list(e.sending)
     if not sending:
@@ -928,8 +1027,9 @@ def run(d: Dns, e: Expect, o: Options) -> list[Row]:
     rows += check_spf(d, e)
     rows += check_dkim(d, e)
     rows += check_dmarc(d, e)
-    rows += check_mta_sts(d, e, o, mx_names)
-    rows += check_tlsrpt(d, e)
+    if not e.tenant:
+        rows += check_mta_sts(d, e, o, mx_names)
+        rows += check_tlsrpt(d, e)
     if not e.dnsbls:
         rows.append(
             row(

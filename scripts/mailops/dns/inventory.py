@@ -219,10 +219,39 @@ class Dmarc:
     ri: int | None = None
 
 
+@dataclass(frozen=True)
+class PoolAddress:
+    """One extra public address of a bulk host (``mail_pool_addresses``), in a pool."""
+
+    host: str  # inventory name of the bulk host
+    pool: str
+    address: str  # the public address (the Elastic IP on EC2)
+    name: str  # its PTR and HELO name
+    n: int  # 1, 2, ... within the host and the pool (transport pool_<pool>_<n>)
+
+    @property
+    def address_key(self) -> int:
+        return int(ipaddress.ip_address(self.address))
+
+
+@dataclass(frozen=True)
+class TenantDns:
+    """What the DNS plan needs of one ``mail_tenants`` entry."""
+
+    name: str
+    domains: tuple[str, ...]
+    pool: str
+    selectors: tuple[str, ...]
+    dmarc: Dmarc
+    mx: tuple[tuple[int, str], ...] = ()  # planned MX (preference, name); () for none
+
+
 @dataclass
 class Settings:
     domain: str
     hosts: list[Host]
+    pool_addresses: list[PoolAddress] = field(default_factory=list)
+    tenants: list[TenantDns] = field(default_factory=list)
     cluster_name: str = "mail"
     spf_includes: list[str] = field(default_factory=list)
     spf_all: str = "-all"
@@ -249,6 +278,19 @@ class Settings:
     @property
     def sending_hosts(self) -> list[Host]:
         return [h for h in self.hosts if h.groups & set(SENDING_GROUPS)]
+
+    def pool(self, name: str) -> list[PoolAddress]:
+        """Every address of a pool, on every bulk host, in address order."""
+        mine = [p for p in self.pool_addresses if p.pool == name]
+        return sorted(mine, key=lambda p: (ipaddress.ip_address(p.address).version, p.address_key))
+
+    def tenant_of(self, domain: str) -> TenantDns | None:
+        d = domain.lower().rstrip(".")
+        return next((t for t in self.tenants if d in t.domains), None)
+
+    @property
+    def tenant_domains(self) -> list[str]:
+        return [d for t in self.tenants for d in t.domains]
 
 
 MTA_STS_MODES = ("enforce", "testing", "none", "off")
@@ -323,35 +365,173 @@ def _uris(value: Any, what: str, schemes: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def dmarc_from(value: Any, domain: str) -> Dmarc:
+def dmarc_from(value: Any, domain: str, what: str = "dns_dmarc") -> Dmarc:
+    """A DMARC policy from its dictionary; reports go to dmarc@domain unless rua says."""
     if value in (None, ""):
         value = {}
     if not isinstance(value, dict):
-        raise InventoryError("dns_dmarc: must be a dictionary (p, rua, ruf, adkim, aspf, pct)")
+        raise InventoryError(f"{what}: must be a dictionary (p, rua, ruf, adkim, aspf, pct)")
     unknown = sorted(set(value) - set(DMARC_KEYS))
     if unknown:
-        raise InventoryError(f"dns_dmarc: unknown keys {', '.join(unknown)}")
+        raise InventoryError(f"{what}: unknown keys {', '.join(unknown)}")
     p = str(value.get("p", "quarantine"))
     if p not in DMARC_POLICIES:
-        raise InventoryError(f"dns_dmarc.p: {p!r} must be one of {', '.join(DMARC_POLICIES)}")
+        raise InventoryError(f"{what}.p: {p!r} must be one of {', '.join(DMARC_POLICIES)}")
     sp = value.get("sp")
     if sp is not None and sp not in DMARC_POLICIES:
-        raise InventoryError(f"dns_dmarc.sp: {sp!r} must be one of {', '.join(DMARC_POLICIES)}")
+        raise InventoryError(f"{what}.sp: {sp!r} must be one of {', '.join(DMARC_POLICIES)}")
     for key in ("adkim", "aspf"):
         if value.get(key) not in (None, "r", "s"):
-            raise InventoryError(f"dns_dmarc.{key}: must be r (relaxed) or s (strict)")
+            raise InventoryError(f"{what}.{key}: must be r (relaxed) or s (strict)")
     rua = value.get("rua", f"mailto:dmarc@{domain}")
     return Dmarc(
         p=p,
         sp=sp,
-        rua=_uris(rua, "dns_dmarc.rua", ("mailto",)),
-        ruf=_uris(value.get("ruf"), "dns_dmarc.ruf", ("mailto",)),
+        rua=_uris(rua, f"{what}.rua", ("mailto",)),
+        ruf=_uris(value.get("ruf"), f"{what}.ruf", ("mailto",)),
         adkim=value.get("adkim"),
         aspf=value.get("aspf"),
-        pct=None if value.get("pct") is None else _int(value["pct"], "dns_dmarc.pct", 0, 100),
+        pct=None if value.get("pct") is None else _int(value["pct"], f"{what}.pct", 0, 100),
         fo=None if value.get("fo") is None else str(value["fo"]),
-        ri=None if value.get("ri") is None else _int(value["ri"], "dns_dmarc.ri", 1, 2**31 - 1),
+        ri=None if value.get("ri") is None else _int(value["ri"], f"{what}.ri", 1, 2**31 - 1),
     )
+
+
+POOL_NAME = re.compile(r"^[a-z][a-z0-9]{0,20}$")
+
+
+def _any_address(value: Any, what: str) -> str:
+    try:
+        return str(ipaddress.ip_address(str(value)))
+    except ValueError:
+        raise InventoryError(f"{what}: {value!r} is not an IP address") from None
+
+
+def pool_addresses(inv: Inventory, domain: str) -> list[PoolAddress]:
+    """``mail_pool_addresses`` of every bulk host: [{pool, address, name?}, ...].
+
+    ``n`` counts from 1 within the host and the pool, in list order; the default name
+    is ``<host>-<pool><n>.<domain>`` (host: the inventory name's first label), the
+    name the postfix role gives the pool transport's HELO.
+    """
+    bulk = set(inv.group(BULK_GROUP))
+    out: list[PoolAddress] = []
+    for host in sorted(inv.hostvars):
+        raw = inv.var(host, "mail_pool_addresses")
+        if raw in (None, "", []):
+            continue
+        if host not in bulk:
+            raise InventoryError(
+                f"{host}: mail_pool_addresses is read on {BULK_GROUP} hosts only "
+                "(pools are the bulk nodes' extra addresses)"
+            )
+        if not isinstance(raw, list):
+            raise InventoryError(f"{host}: mail_pool_addresses must be a list of entries")
+        counts: dict[str, int] = {}
+        short = host.split(".")[0].lower()
+        for i, entry in enumerate(raw):
+            what = f"{host}: mail_pool_addresses[{i}]"
+            if not isinstance(entry, dict):
+                raise InventoryError(f"{what}: must be a dictionary {{pool, address, name}}")
+            pool = entry.get("pool")
+            if not isinstance(pool, str) or not POOL_NAME.match(pool):
+                raise InventoryError(
+                    f"{what}: pool {pool!r} must be 1-21 lower-case letters and digits"
+                )
+            if entry.get("address") in (None, ""):
+                raise InventoryError(f"{what}: no address (the public one, the EIP on EC2)")
+            address = _any_address(entry["address"], f"{what}.address")
+            counts[pool] = counts.get(pool, 0) + 1
+            n = counts[pool]
+            raw_name = entry.get("name")
+            name = check_name(
+                str(raw_name) if raw_name else f"{short}-{pool}{n}.{domain}", f"{what}.name"
+            )
+            out.append(PoolAddress(host=host, pool=pool, address=address, name=name, n=n))
+    return out
+
+
+def _tenant_mx(value: Any, what: str, mx_hosts: list[Host]) -> tuple[tuple[int, str], ...]:
+    """No MX (default), ``company`` (the mail_mx hosts) or a list of host names."""
+    if value in (None, "", False, [], "none"):
+        return ()
+    if value is True or value == "company":
+        if not mx_hosts:
+            raise InventoryError(f"{what}: 'company' but no host is in {MX_GROUP}")
+        return tuple(sorted((h.mx_priority, h.fqdn) for h in mx_hosts))
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InventoryError(f"{what}: must be 'company', a list of host names, or empty")
+    return tuple((10 * (i + 1), check_name(v, what)) for i, v in enumerate(value))
+
+
+def tenants_from(
+    inv: Inventory,
+    first: str,
+    domain: str,
+    mx_hosts: list[Host],
+    pools: list[PoolAddress],
+) -> list[TenantDns]:
+    """``mail_tenants`` (checked by the tenants model every mailops tool shares).
+
+    Only the plain keys are read (``mail_tenant_passwords`` never): name, domains,
+    pool, dkim_selectors, and for DNS the optional ``dmarc`` (keys of dns_dmarc,
+    merged over the company's) and ``mx``.
+    """
+    from mailops.config import ConfigError
+    from mailops.tenants.model import load_tenants
+
+    raw = inv.var(first, "mail_tenants", [])
+    if raw in (None, "", []):
+        return []
+    if not isinstance(raw, list):
+        raise InventoryError("mail_tenants: must be a list of tenants")
+    tables: dict[str, dict[str, Any]] = {}
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise InventoryError(f"mail_tenants[{i}]: each tenant is a dictionary with a name")
+        if entry["name"] in tables:
+            raise InventoryError(f"mail_tenants: two tenants are named {entry['name']}")
+        tables[entry["name"]] = {k: v for k, v in entry.items() if k != "name"}
+    try:
+        model = load_tenants({"tenants": tables})
+    except ConfigError as exc:
+        raise InventoryError(f"mail_tenants: {exc}") from None
+    company_dmarc = inv.var(first, "dns_dmarc", {}) or {}
+    default_mx = inv.var(first, "dns_tenant_mx", None)
+    have_pools = {p.pool for p in pools}
+    out: list[TenantDns] = []
+    for t in model:
+        body = tables[t.name]
+        where = f"mail_tenants[{t.name}]"
+        for d in t.domains:
+            if d == domain or domain.endswith("." + d):
+                raise InventoryError(
+                    f"{where}: {d} is the company's domain (or above it), not a tenant's"
+                )
+        if t.pool not in have_pools:
+            raise InventoryError(
+                f"{where}: pool {t.pool} has no address on any {BULK_GROUP} host "
+                "(mail_pool_addresses): its SPF would authorise nothing"
+            )
+        selectors = body.get("dkim_selectors", [])
+        if not isinstance(selectors, list) or not all(isinstance(x, str) for x in selectors):
+            raise InventoryError(f"{where}.dkim_selectors: must be a list of selectors")
+        own = body.get("dmarc") or {}
+        if not isinstance(own, dict) or not isinstance(company_dmarc, dict):
+            raise InventoryError(f"{where}.dmarc: must be a dictionary (the keys of dns_dmarc)")
+        out.append(
+            TenantDns(
+                name=t.name,
+                domains=t.domains,
+                pool=t.pool,
+                selectors=tuple(selectors),
+                dmarc=dmarc_from({**company_dmarc, **own}, domain, f"{where}.dmarc"),
+                mx=_tenant_mx(body.get("mx", default_mx), f"{where}.mx", mx_hosts),
+            )
+        )
+    return out
 
 
 def settings(inv: Inventory, dkim_keys: str | None = None) -> Settings:
@@ -439,9 +619,12 @@ def settings(inv: Inventory, dkim_keys: str | None = None) -> Settings:
             if not d.is_absolute():  # Ansible reads relative paths from playbook_dir
                 d = inv.playbook_dir / d
             keys_dir = Path(str(d.resolve()))
+    pools = pool_addresses(inv, domain)
     return Settings(
         domain=domain,
         hosts=hosts,
+        pool_addresses=pools,
+        tenants=tenants_from(inv, first, domain, [h for h in hosts if MX_GROUP in h.groups], pools),
         cluster_name=cluster_name,
         spf_includes=_str_list(get("dns_spf_includes", []), "dns_spf_includes"),
         spf_all=str(spf_all),

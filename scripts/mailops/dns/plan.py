@@ -10,7 +10,14 @@ What is planned, for mail_domain D (variables in docs/dns.md):
 - SPF on D: ``ip4:``/``ip6:`` for every sending address (mail_mx and mail_bulk), the
   ``dns_spf_includes``, then ``dns_spf_all``; at most 10 lookups;
 - DKIM TXT for every selector in force (from the opendkim key directory);
-- ``_dmarc.D``, ``_mta-sts.D`` (id from the policy text) and ``_smtp._tls.D``.
+- ``_dmarc.D``, ``_mta-sts.D`` (id from the policy text) and ``_smtp._tls.D``;
+- for every pool address of a bulk host (``mail_pool_addresses``): ``A``/``AAAA`` of its
+  name and its ``PTR`` (forward-confirmed reverse DNS);
+- for every tenant domain T (``mail_tenants``), a zone of its own: SPF listing exactly
+  the addresses of the tenant's pool (nothing else, not even the company's includes),
+  DKIM for its selectors in force, ``_dmarc.T`` (the company's policy unless the tenant
+  says otherwise), ``T._report._dmarc.<report domain>`` where the reports go to a
+  planned zone of another domain (RFC 7489 7.1), and an MX only when asked (``mx``).
 """
 
 from __future__ import annotations
@@ -24,8 +31,8 @@ import dns.reversename
 
 from mailops.dns import spf
 from mailops.dns.dkim import DkimKey
-from mailops.dns.inventory import Dmarc, Settings
-from mailops.dns.records import Record, txt_value
+from mailops.dns.inventory import Dmarc, Settings, TenantDns
+from mailops.dns.records import Record, in_zone, txt_value
 
 DEFAULT_WEIGHT = 100  # a bulk host without dns_weight in a weighted set
 
@@ -34,6 +41,19 @@ _MECHANISM = re.compile(r"^[+\-~?]?(include|a|mx|ptr|exists|ip4|ip6)(?=$|[:/])",
 
 class PlanError(Exception):
     """The inventory implies a record that must not be published; the message says why."""
+
+
+@dataclass
+class TenantPlan:
+    """What was planned for one tenant domain (what `dns check` expects of it)."""
+
+    tenant: str
+    domain: str
+    spf_record: str
+    spf_lookups: int
+    keys: list[DkimKey]
+    sending: list[tuple[str, str]]  # the pool's (address, name), in address order
+    mx_names: list[str]  # planned MX hosts; [] for none
 
 
 @dataclass
@@ -46,6 +66,11 @@ class Plan:
     mta_sts_id: str | None
     keys: list[DkimKey]
     notes: list[str] = field(default_factory=list)
+    tenants: list[TenantPlan] = field(default_factory=list)
+
+    def tenant(self, domain: str) -> TenantPlan | None:
+        d = domain.lower().rstrip(".")
+        return next((t for t in self.tenants if t.domain == d), None)
 
 
 def reverse_name(address: str) -> str:
@@ -70,6 +95,12 @@ def spf_terms(s: Settings) -> list[str]:
         terms.append(entry if _MECHANISM.match(entry) else f"include:{entry}")
     terms.append(s.spf_all)
     return terms
+
+
+def tenant_spf(s: Settings, t: TenantDns) -> str:
+    """Exactly the tenant's pool: its mail leaves from nowhere else."""
+    addrs = [ipaddress.ip_address(p.address) for p in s.pool(t.pool)]
+    return "v=spf1 " + " ".join([f"ip{a.version}:{a}" for a in addrs] + [s.spf_all])
 
 
 def build_spf(s: Settings) -> tuple[str, int]:
@@ -125,11 +156,62 @@ def policy_id(policy: str) -> str:
     return hashlib.sha256(policy.encode("utf-8")).hexdigest()[:20]
 
 
-def build(s: Settings, keys: list[DkimKey]) -> Plan:
+def zone_apexes(s: Settings) -> list[str]:
+    """The zones the plan fills: the mail domain and each tenant domain outside it."""
+    out = [s.domain]
+    for d in s.tenant_domains:
+        if not in_zone(d, s.domain) and d not in out:
+            out.append(d)
+    return out
+
+
+def zone_of(name: str, apexes: list[str]) -> str | None:
+    """The most specific planned zone that holds name (None: outside every one)."""
+    holding = [z for z in apexes if in_zone(name, z)]
+    return max(holding, key=len) if holding else None
+
+
+def same_organisation(a: str, b: str) -> bool:
+    """The approximation `dns check` uses too: one name at or under the other."""
+    return in_zone(a, b) or in_zone(b, a)
+
+
+def report_authorisations(
+    domain: str, d: Dmarc, apexes: list[str], ttl: int
+) -> tuple[list[Record], list[str]]:
+    """RFC 7489 7.1: a report domain outside the policy domain's organisation must say
+    it takes the reports.  Planned when the report domain is in a planned zone,
+    otherwise a note says what to publish there."""
+    recs: list[Record] = []
+    notes: list[str] = []
+    for uri in d.rua + d.ruf:
+        target = uri.split("@", 1)[1].split("!", 1)[0].lower().rstrip(".")
+        if same_organisation(domain, target):
+            continue
+        name = f"{domain}._report._dmarc.{target}"
+        zone = zone_of(target, apexes)
+        if zone is None:
+            notes.append(
+                f"DMARC reports go to {target}: it must publish {name} "
+                'TXT "v=DMARC1" or receivers will not send them'
+            )
+        elif not any(r.name == name for r in recs):
+            recs.append(
+                Record(name, "TXT", ttl, (txt_value("v=DMARC1"),), zone, comment="DMARC reports")
+            )
+    return recs, notes
+
+
+def build(
+    s: Settings, keys: list[DkimKey], tenant_keys: dict[str, list[DkimKey]] | None = None
+) -> Plan:
+    """Every record of the inventory; tenant_keys: tenant domain -> its DKIM keys."""
     D = s.domain
     ttl = s.ttl
     notes = list(s.notes)
     records: list[Record] = []
+    apexes = zone_apexes(s)
+    tenant_keys = tenant_keys or {}
 
     seen_addr: dict[str, str] = {}
     for h in s.hosts:
@@ -139,6 +221,20 @@ def build(s: Settings, keys: list[DkimKey]) -> Plan:
                     f"{h.name} and {seen_addr[a]} both have address {a}: one address has one PTR"
                 )
             seen_addr[a] = h.name
+    seen_name = {h.fqdn: h.name for h in s.hosts}
+    for pa in s.pool_addresses:
+        who = f"{pa.host}'s pool {pa.pool} address"
+        if pa.address in seen_addr:
+            raise PlanError(
+                f"{who} {pa.address} is also {seen_addr[pa.address]}'s: one address has one PTR"
+            )
+        seen_addr[pa.address] = who
+        if pa.name in seen_name:
+            raise PlanError(
+                f"{who} {pa.address} is named {pa.name}, which is {seen_name[pa.name]}'s "
+                "name already: give the entry a name of its own"
+            )
+        seen_name[pa.name] = who
 
     mx = sorted(s.mx_hosts, key=lambda h: (h.mx_priority, h.fqdn))
     if mx:
@@ -156,10 +252,28 @@ def build(s: Settings, keys: list[DkimKey]) -> Plan:
         if h.ipv6:
             records.append(Record(h.fqdn, "AAAA", ttl, (h.ipv6,), D, comment=note))
 
+    for pa in sorted(s.pool_addresses, key=lambda pa: pa.name):
+        zone = zone_of(pa.name, apexes)
+        if zone is None:
+            notes.append(
+                f"{pa.host}: pool address {pa.address} is named {pa.name}, outside every "
+                "planned zone: its A/AAAA are not planned here (publish them where it lives)"
+            )
+            continue
+        rtype = "A" if ipaddress.ip_address(pa.address).version == 4 else "AAAA"
+        records.append(
+            Record(pa.name, rtype, ttl, (pa.address,), zone, comment=f"pool {pa.pool}, {pa.host}")
+        )
+
     bulk = sorted(s.bulk_hosts, key=lambda h: h.fqdn)
     if s.cluster_name and bulk:
         cname = s.cluster_name.lower().rstrip(".")
         cluster = cname if cname == D or cname.endswith("." + D) else f"{cname}.{D}"
+        if cluster in seen_name:
+            raise PlanError(
+                f"the cluster name {cluster} is {seen_name[cluster]}'s name too: "
+                "change dns_cluster_name or that name"
+            )
         weighted = any(h.weight is not None for h in bulk)
         for rtype, attr in (("A", "ipv4"), ("AAAA", "ipv6")):
             members = [(h, getattr(h, attr)) for h in bulk if getattr(h, attr)]
@@ -181,13 +295,11 @@ def build(s: Settings, keys: list[DkimKey]) -> Plan:
                     )
                 )
 
-    ptrs = sorted(
-        ((ipaddress.ip_address(a), h) for h in s.hosts for a in h.addresses),
-        key=lambda pair: (pair[0].version, pair[0]),
-    )
-    for addr, h in ptrs:
+    named = [(ipaddress.ip_address(a), h.fqdn) for h in s.hosts for a in h.addresses]
+    named += [(ipaddress.ip_address(pa.address), pa.name) for pa in s.pool_addresses]
+    for addr, fqdn in sorted(named, key=lambda pair: (pair[0].version, pair[0])):
         a = str(addr)
-        records.append(Record(reverse_name(a), "PTR", ttl, (f"{h.fqdn}.",), reverse_zone(a)))
+        records.append(Record(reverse_name(a), "PTR", ttl, (f"{fqdn}.",), reverse_zone(a)))
 
     spf_text, lookups = build_spf(s)
     records.append(Record(D, "TXT", ttl, (txt_value(spf_text),), D, comment="SPF"))
@@ -197,16 +309,12 @@ def build(s: Settings, keys: list[DkimKey]) -> Plan:
     if not keys:
         notes.append(f"no DKIM selectors: no DKIM records planned for {D}")
 
-    for uri in s.dmarc.rua + s.dmarc.ruf:
-        target = uri.split("@", 1)[1].split("!", 1)[0].lower().rstrip(".")
-        if not (target == D or target.endswith("." + D)):
-            notes.append(
-                f"DMARC reports go to {target}: it must publish {D}._report._dmarc.{target} "
-                'TXT "v=DMARC1" or receivers will not send them'
-            )
+    auth, auth_notes = report_authorisations(D, s.dmarc, apexes, ttl)
+    notes += auth_notes
     records.append(
         Record(f"_dmarc.{D}", "TXT", ttl, (txt_value(dmarc_text(s.dmarc)),), D, comment="DMARC")
     )
+    records += auth
 
     policy = pid = None
     if s.mta_sts_mode != "off":
@@ -235,6 +343,14 @@ def build(s: Settings, keys: list[DkimKey]) -> Plan:
                 comment="TLS-RPT",
             )
         )
+
+    tenants: list[TenantPlan] = []
+    for t in s.tenants:
+        for td in t.domains:
+            tp, recs, tnotes = build_tenant(s, t, td, tenant_keys.get(td, []), apexes)
+            tenants.append(tp)
+            records += recs
+            notes += tnotes
     return Plan(
         domain=D,
         records=records,
@@ -244,4 +360,44 @@ def build(s: Settings, keys: list[DkimKey]) -> Plan:
         mta_sts_id=pid,
         keys=list(keys),
         notes=notes,
+        tenants=tenants,
     )
+
+
+def build_tenant(
+    s: Settings, t: TenantDns, td: str, keys: list[DkimKey], apexes: list[str]
+) -> tuple[TenantPlan, list[Record], list[str]]:
+    """The records of one tenant domain: SPF of its pool, DKIM, DMARC, MX if asked."""
+    ttl = s.ttl
+    zone = zone_of(td, apexes)
+    assert zone is not None  # every tenant domain is an apex or under the mail domain
+    recs: list[Record] = []
+    notes: list[str] = []
+    if t.mx:
+        recs.append(Record(td, "MX", ttl, tuple(f"{p} {n}." for p, n in t.mx), zone))
+    text = tenant_spf(s, t)
+    try:
+        lookups = spf.parse(text).lookups
+    except spf.SpfSyntaxError as exc:  # only ip4:/ip6: terms: cannot happen
+        raise PlanError(f"SPF of {td} would not parse ({exc})") from None
+    recs.append(Record(td, "TXT", ttl, (txt_value(text),), zone, comment=f"SPF, pool {t.pool}"))
+    for k in sorted(keys, key=lambda k: k.selector):
+        recs.append(Record(k.name, "TXT", ttl, (txt_value(k.txt),), zone, comment="DKIM"))
+    if not keys:
+        notes.append(f"no DKIM selectors: no DKIM records planned for {td} (tenant {t.name})")
+    recs.append(
+        Record(f"_dmarc.{td}", "TXT", ttl, (txt_value(dmarc_text(t.dmarc)),), zone, comment="DMARC")
+    )
+    auth, auth_notes = report_authorisations(td, t.dmarc, apexes, ttl)
+    recs += auth
+    notes += auth_notes
+    plan = TenantPlan(
+        tenant=t.name,
+        domain=td,
+        spf_record=text,
+        spf_lookups=lookups,
+        keys=list(keys),
+        sending=[(p.address, p.name) for p in s.pool(t.pool)],
+        mx_names=[n for _, n in t.mx],
+    )
+    return plan, recs, notes
