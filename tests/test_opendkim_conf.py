@@ -42,6 +42,7 @@ def render(**overrides: Any) -> dict[str, str]:
         "opendkim__authserv_id": "mx1.example.com",
         "opendkim__nameservers": ["192.0.2.53", "2001:db8::53"],
         "opendkim__resolver_nodefault_zones": [],
+        "opendkim__tenant_from_check": False,
         **overrides,
     }
     text = env.from_string(TEMPLATE.read_text()).render(**values)
@@ -101,3 +102,9 @@ def test_the_milter_is_a_unix_socket_that_postfix_reaches_by_the_exported_name()
         kind, _, relative = milter.partition(":")
         assert kind == "unix" and not relative.startswith("/"), milter
         assert path == f"{values['opendkim__postfix_queue_dir']}/{relative}", (path, milter)
+
+
+def test_the_tenant_from_check_only_where_asked() -> None:
+    assert "FinalPolicyScript" not in render()
+    conf = render(opendkim__tenant_from_check=True)
+    assert conf["FinalPolicyScript"] == "/etc/opendkim/tenant-from.lua"
