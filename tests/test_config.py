@@ -8,6 +8,7 @@ line, so the role's validate step never installs a file that breaks the next cro
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -19,9 +20,12 @@ from typing import Any
 import pytest
 import yaml
 from jinja2.nativetypes import NativeEnvironment
+from plugins.filter.postfix import postfix_maincf
+from plugins.filter.tenants import mail_pool_transports
 from plugins.filter.toml import to_toml
 
 from mailops import cli, config, exitcodes
+from mailops.tenants.model import load_tenants
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "mailops: configuration error: "
@@ -433,9 +437,10 @@ def _render_all(value: Any, render: Callable[[str], Any]) -> Any:
     return value
 
 
-def _role_context() -> dict[str, Any]:
+def _role_context(host: dict[str, Any] | None = None) -> dict[str, Any]:
     """The variables the two templates use, from the roles' own defaults and vars and the
-    lab inventory, resolved the way Ansible would (each one rendered until it is plain)."""
+    lab inventory, resolved the way Ansible would (each one rendered until it is plain).
+    ``host``: variables of one host (its groups' and its own) laid over them."""
     context: dict[str, Any] = {"playbook_dir": str(ROOT / "playbooks"), "ansible_managed": "x"}
     for path in (
         "inventories/lab/group_vars/all/main.yml",
@@ -449,9 +454,16 @@ def _role_context() -> dict[str, Any]:
         {"name": "mx1", "address": "198.51.100.10"},
         {"name": "mail1", "address": "198.51.100.11"},
     ]
+    context.update(host or {})
     env = NativeEnvironment()
     env.filters["to_toml"] = to_toml
     env.filters["zip"] = lambda a, b: list(zip(a, b, strict=False))
+    env.filters["to_json"] = json.dumps
+    env.filters["from_yaml"] = yaml.safe_load
+    env.filters["items2dict"] = lambda items, key_name, value_name: {
+        i[key_name]: i[value_name] for i in items
+    }
+    env.filters["mail_pool_transports"] = mail_pool_transports
     wanted = [k for k in context if k.startswith(("mailops__", "postfix__", "mail_domain"))]
     for _ in range(6):  # variables refer to variables: a few rounds make them plain
         for key in wanted:
@@ -521,3 +533,92 @@ def test_the_roles_own_keys_are_in_the_schema() -> None:
     }
     for name, keys in written.items():
         assert keys <= set(config.SCHEMA[name]), name
+
+
+def _lab_host(name: str, groups: list[str]) -> dict[str, Any]:
+    """A lab host's variables: group_vars/all/tenants.yml, its groups' files, hosts.yml."""
+    out: dict[str, Any] = {"inventory_hostname": name}
+    out.update(yaml.safe_load((ROOT / "inventories/lab/group_vars/all/tenants.yml").read_text()))
+    for group in groups:
+        for path in sorted((ROOT / "inventories/lab/group_vars" / group).glob("*.yml")):
+            out.update(yaml.safe_load(path.read_text()) or {})
+    hosts = yaml.safe_load((ROOT / "inventories/lab/hosts.yml").read_text())
+    for group in groups:
+        out.update(hosts["all"]["children"][group]["hosts"][name] or {})
+    out.pop("postfix__bulk_app_networks", None)  # reads groups/hostvars: not needed here
+    out.pop("opendkim__internal_hosts", None)
+    return out
+
+
+def _render_toml(context: dict[str, Any]) -> dict[str, Any]:
+    env: NativeEnvironment = context.pop("_env")
+    merged = dict(context["mailops__base_config"])
+    merged.update(context["mailops__tenants_config"])
+    context["mailops__combined_config"] = merged
+    text = str(env.from_string((ROOT / "roles/mailops/templates/mailops.toml.j2").read_text())
+               .render(context))  # fmt: skip
+    assert "{{" not in text, text
+    return tomllib.loads(text)
+
+
+def test_the_role_writes_each_hosts_tenants_with_its_own_transports(tmp_path: Path) -> None:
+    """mail1 gets its pool transports and the provider classes; the MX only the tenants."""
+    bulk = _role_context(_lab_host("mail1", ["mail_bulk"]))
+    data = _render_toml(bulk)
+    assert config.problems(data) == []
+    tenants = load_tenants(data)
+    assert [(t.name, t.pool, t.transports) for t in tenants] == [
+        ("alpha", "alpha", ("pool_alpha_1",)),
+        ("beta", "beta", ("pool_beta_1",)),
+    ]
+    assert tenants.for_login("beta") == tenants.get("beta")
+    assert data["transport_classes"]["gmail"] == ["gmail.com", "googlemail.com", "gmail.test"]
+    assert data["tenants_sync"] == {
+        "state": "/var/lib/mailops/tenants.json",
+        "snapshot": "/var/lib/mailops/tenants-suppression.db",
+    }
+    jobs = {j["name"]: j for j in bulk["mailops__combined_cron_jobs"]}
+    assert jobs["tenants-sync"]["state"] == "present"
+    assert jobs["tenants-sync"]["job"] == "/opt/mailops/bin/mailops tenants sync --every 20"
+    # The settings file as the policy service reads it.
+    conf = tmp_path / "mailops.toml"
+    conf.write_text(to_toml(data))
+    assert cli.main(["--config", str(conf), "config", "check"]) == 0
+
+    mx = _role_context(_lab_host("mx1", ["mail_mx"]))
+    data = _render_toml(mx)
+    assert config.problems(data) == []
+    assert [t.transports for t in load_tenants(data)] == [(), ()]
+    assert "transport_classes" not in data and "tenants_sync" not in data
+    assert mx["mailops__tenants_mastercf"] and mx["mailops__postfix__dependent_mastercf"] == [
+        p for p in mx["mailops__postfix__dependent_mastercf"] if p["service"] != "mailops-tenants"
+    ]
+
+
+def test_the_bulk_nodes_restrictions_put_tenant_mail_before_the_map() -> None:
+    """The order the role's comment promises, after the postfix filter merged the layers."""
+    bulk = _role_context(_lab_host("mail1", ["mail_bulk"]))
+    profile = yaml.safe_load((ROOT / "roles/postfix/defaults/main.yml").read_text())
+    base = [e for e in profile["postfix__bulk_base_maincf"] if e["name"].endswith("_restrictions")]
+    merged = {
+        e["name"]: e["value"]
+        for e in postfix_maincf(base + bulk["mailops__postfix__dependent_maincf"])
+    }
+    assert merged["smtpd_recipient_restrictions"] == [
+        "reject_unauth_pipelining",
+        "check_policy_service unix:private/mailops-tenants",
+        "permit_sasl_authenticated",
+        "check_recipient_access hash:/etc/postfix/suppressed",
+        "permit_mynetworks",
+        "reject",
+    ]
+    assert merged["smtpd_end_of_data_restrictions"] == [
+        "check_policy_service unix:private/mailops-tenants"
+    ]
+    services = {s["service"]: s for s in bulk["mailops__postfix__dependent_mastercf"]}
+    assert services["mailops-tenants"]["command"] == "spawn"
+    assert services["mailops-tenants"]["args"] == [
+        "user=mailops argv=/opt/mailops/bin/mailops tenants policy"
+    ]
+    limits = [e for e in bulk["mailops__postfix__dependent_maincf"] if e["name"].endswith("_limit")]
+    assert limits == [{"name": "mailops-tenants_time_limit", "value": 3600}]
