@@ -60,6 +60,85 @@ def test_from_header_when_no_sender_is_given(cfg: Path, monkeypatch: pytest.Monk
     )
 
 
+TENANTS = """
+[tenants.alpha]
+domains = ["alpha.test"]
+logins = ["alpha"]
+
+[tenants.beta]
+domains = ["beta.test"]
+logins = ["beta"]
+"""
+
+
+@pytest.fixture
+def tenant_cfg(cfg: Path) -> Path:
+    cfg.write_text(cfg.read_text() + TENANTS)
+    return cfg
+
+
+def scopes(cfg: Path) -> list[tuple[str, str, str]]:
+    """(table, tenant, address) of every unsubscribe row and suppression."""
+    with Store.open(url(cfg)) as s:
+        rows = [("unsubscribes", r["tenant"], r["address"]) for r in s.rows("unsubscribes")]
+        rows += [("suppressions", e.tenant, e.address) for e in s.suppressions(tenant=None)]
+    return sorted(rows)
+
+
+def test_unsubscribe_plus_tenant_is_that_tenants_only(
+    tenant_cfg: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--sender", "reader@example.com", "--recipient", "Unsubscribe+Alpha@company.test"]
+    assert run(tenant_cfg, request(), monkeypatch, *argv) == exitcodes.OK
+    assert "reader@example.com unsubscribed from tenant alpha" in capsys.readouterr().err
+    assert scopes(tenant_cfg) == [
+        ("suppressions", "alpha", "reader@example.com"),
+        ("unsubscribes", "alpha", "reader@example.com"),
+    ]
+    with Store.open(url(tenant_cfg)) as s:
+        assert s.get("reader@example.com") is None  # beta and mail of no tenant still go
+    # The Postfix map (global entries only) does not carry it.
+    check = ["--config", str(tenant_cfg), "suppression", "check", "reader@example.com"]
+    assert cli.main(check) == exitcodes.FAIL
+    assert cli.main([*check, "--tenant", "alpha"]) == exitcodes.OK
+
+
+def test_the_recipient_from_the_environment(
+    tenant_cfg: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ORIGINAL_RECIPIENT", "unsubscribe+beta+nl42@company.test")
+    assert run(tenant_cfg, request(), monkeypatch, "--sender", "r@example.com") == 0
+    assert ("unsubscribes", "beta", "r@example.com") in scopes(tenant_cfg)
+
+
+@pytest.mark.parametrize(
+    "recipient",
+    ["unsubscribe+gamma@company.test", "unsubscribe@company.test", "unsubscribe+@company.test", ""],
+)
+def test_no_known_tenant_is_a_global_unsubscribe(
+    tenant_cfg: Path, monkeypatch: pytest.MonkeyPatch, recipient: str
+) -> None:
+    monkeypatch.delenv("ORIGINAL_RECIPIENT", raising=False)
+    argv = ["--sender", "r@example.com", "--recipient", recipient]
+    assert run(tenant_cfg, request(), monkeypatch, *argv) == 0
+    assert scopes(tenant_cfg) == [
+        ("suppressions", "", "r@example.com"),
+        ("unsubscribes", "", "r@example.com"),
+    ]
+
+
+def test_an_unsubscribe_from_each_tenant_is_two_requests(
+    tenant_cfg: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("alpha", "beta"):
+        argv = ["--sender", "r@example.com", "--recipient", f"unsubscribe+{name}@company.test"]
+        assert run(tenant_cfg, request(Message_ID=f"<{name}@x>"), monkeypatch, *argv) == 0
+    assert [t for table, t, _ in scopes(tenant_cfg) if table == "suppressions"] == [
+        "alpha",
+        "beta",
+    ]
+
+
 @pytest.mark.parametrize(
     ("argv", "headers"),
     [

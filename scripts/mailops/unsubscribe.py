@@ -11,6 +11,14 @@ request is recorded in the ``unsubscribes`` table.  The address is the envelope 
 ignored: bounces (null sender, MAILER-DAEMON), Auto-Submitted other than "no",
 auto-replies, list and bulk mail.  The same request delivered twice is recorded once.
 
+Tenants: a request to ``unsubscribe+NAME@<domain>`` (Postfix's recipient_delimiter "+";
+the List-Unsubscribe mailto of tenant NAME's mail) unsubscribes the sender from that
+tenant only: the row and the suppression carry tenant NAME and never block another
+tenant's mail.  The recipient is ``--recipient`` (``${original_recipient}``), else
+$ORIGINAL_RECIPIENT (local(8) sets it for a command in aliases); an extension that is
+not a tenant of ``[tenants]``, or none, gives a global unsubscribe (tenant '', or
+``[store] tenant``).  ``--tenant`` names the tenant instead.
+
 Exit status as ``bounces ingest``: 0 when recorded or deliberately ignored, 75 when the
 store or the settings are broken (Postfix keeps the message and retries).
 
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import sys
 from typing import Any, BinaryIO
 
@@ -39,8 +48,19 @@ from mailops.pipeio import (
 )
 from mailops.store import open_from_config, store_settings
 from mailops.store.text import normalize_address, valid_address
+from mailops.tenants.model import Tenants, load_tenants
 
 TOOL = "unsubscribe"
+
+
+def tenant_of_recipient(recipient: str, tenants: Tenants) -> str:
+    """NAME of ``unsubscribe+NAME@domain`` (also ``+NAME+more``) when NAME is a tenant."""
+    local, at, _ = normalize_address(recipient).rpartition("@")
+    _, plus, extension = local.partition("+")
+    name = extension.split("+", 1)[0]
+    if at and plus and tenants.get(name) is not None:
+        return name
+    return ""
 
 
 def unsubscribe(
@@ -55,6 +75,10 @@ def unsubscribe(
     data = config.load(config_path)
     store_values = store_settings(data)
     values = config.table(data, "unsubscribe")
+    tenants = load_tenants(data)
+    recipient = recipient or os.environ.get("ORIGINAL_RECIPIENT", "")
+    if tenant is None:
+        tenant = tenant_of_recipient(recipient, tenants) or str(store_values["tenant"])
     raw = read_message(stream, int(values["max_message_bytes"]))
     msg = headers(raw.data)
     source = "envelope sender" if sender is not None else "From:"
@@ -75,7 +99,7 @@ def unsubscribe(
     with open_from_config(data) as store:
         added = store.record_unsubscribe(
             address,
-            tenant=store_values["tenant"] if tenant is None else tenant,
+            tenant=tenant,
             dedup_key=key,
             source="mail",
             message_id=message_id,
@@ -83,7 +107,11 @@ def unsubscribe(
             subject=header(msg, "Subject"),
             now=now,
         )
-    log(TOOL, f"{address} unsubscribed" if added else f"{address}: request already recorded")
+    scope = f" from tenant {tenant}" if tenant else ""
+    log(
+        TOOL,
+        f"{address} unsubscribed{scope}" if added else f"{address}: request already recorded",
+    )
     return exitcodes.OK
 
 
@@ -107,6 +135,10 @@ def register(subparsers: Any) -> None:
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     parser.add_argument("--sender", metavar="ADDR", help="envelope sender (${sender})")
-    parser.add_argument("--recipient", metavar="ADDR", help="envelope recipient (recorded)")
-    parser.add_argument("--tenant", metavar="T", help="client id ([store] tenant)")
+    parser.add_argument(
+        "--recipient",
+        metavar="ADDR",
+        help="envelope recipient (${original_recipient}): unsubscribe+TENANT@ scopes it",
+    )
+    parser.add_argument("--tenant", metavar="T", help="the tenant (default: from the recipient)")
     parser.set_defaults(func=cmd_unsubscribe)
