@@ -8,7 +8,8 @@ Usage::
 Settings (table ``[store]``)::
 
     url = "sqlite:////var/lib/mailops/mailops.db"   # or postgresql://user:pw@host/db
-    tenant = ""          # the client id written with every row ('' = the cluster's own)
+    tenant = ""          # the scope of the suppressions reports cause, and the rows'
+                         # tenant when a report names none ('' = global, the default)
     timeout = 30.0       # seconds: SQLite waits this long for a lock; PostgreSQL for a
                          # connection, a lock or a statement
 
