@@ -416,3 +416,77 @@ def test_status_without_the_store_fails_temporarily(
     rc = _run(["--config", str(conf), "status", "--log", str(log), "--day", "all"])
     assert rc == 75
     assert "cannot read the store" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- the daily report
+
+
+def _report(argv: list[str]) -> int:
+    from mailops import report
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--config")
+    report.register(p.add_subparsers())
+    args = p.parse_args(argv)
+    return int(args.func(args))
+
+
+def test_the_daily_report_has_a_line_per_tenant(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log, stats, iso = generated(tmp_path, 5)
+    day = days_of(stats, iso)[-1]
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    with Store.open(url) as store:
+        store.set_tenant_paused("gamma", True)
+    conf = _settings(tmp_path, url)
+    want = merged(expected_from_log(stats.deliveries, day, iso))
+
+    def total(tenant: str, name: str) -> int:
+        return sum(c[name] for (t, _), c in want.items() if t == tenant)
+
+    base = ["report", "--log", str(log), "--day", str(day)]
+    assert _report(["--config", str(conf), *base, "--format", "json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    rows = {r["tenant"]: r for r in rep["tenants"]["rows"]}
+    assert rep["tenants"]["store_error"] == ""
+    assert rows["alpha"]["sent"] == total("alpha", "sent") > 0
+    assert rows["beta"]["delivered"] == total("beta", "delivered") > 0
+    assert rows["gamma"]["state"] == "paused"
+
+    assert _report(["--config", str(conf), *base]) == 0
+    text = capsys.readouterr().out
+    lines = [ln.split() for ln in text.splitlines()]
+    alpha = next(ln for ln in lines if ln[:2] == ["alpha", "active"])
+    sent, delivered, deferred = (int(v) for v in alpha[2:5])
+    assert (sent, delivered, deferred) == (
+        total("alpha", "sent"),
+        total("alpha", "delivered"),
+        total("alpha", "deferred"),
+    )
+    assert "Tenants (per recipient; rates in %)" in text
+
+    assert _report(["--config", str(conf), *base, "--format", "mail"]) == 0
+    mail = capsys.readouterr().out
+    assert "<h3>Tenants</h3>" in mail and "gamma" in mail
+
+    # without tenants in the settings: no section; --tenants-config brings it back
+    plain = tmp_path / "plain.toml"
+    plain.write_text("")
+    assert _report(["--config", str(plain), *base, "--format", "json"]) == 0
+    assert "tenants" not in json.loads(capsys.readouterr().out)
+    argv = ["--config", str(plain), *base, "--tenants-config", str(conf), "--format", "json"]
+    assert _report(argv) == 0
+    assert json.loads(capsys.readouterr().out)["tenants"]["rows"][0]["tenant"] == "alpha"
+
+
+def test_the_report_says_when_the_store_cannot_be_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log, stats, iso = generated(tmp_path, 2)
+    day = days_of(stats, iso)[0]
+    conf = _settings(tmp_path, "sqlite:////nonexistent/dir/store.db")
+    assert _report(["--config", str(conf), "report", "--log", str(log), "--day", str(day)]) == 0
+    text = capsys.readouterr().out
+    assert "note: the store could not be read" in text
+    assert any(ln.split()[:2] == ["alpha", "unknown"] for ln in text.splitlines())

@@ -7,6 +7,7 @@ Usage::
                    [--day today|yesterday|YYYY-MM-DD|all] [--format text|json|html|mail]
                    [--mail-to ADDR ...] [--mail-from ADDR] [--year YYYY] [--top N]
                    [--syslog-name NAME] [--jobs N] [--part-size BYTES]
+                   [--tenants-config FILE]
 
 Reads Postfix's log (syslog's file or Postfix's own ``maillog_file``; classic or ISO
 timestamps; plain or gzip, found by content), one stream in the order given, in
@@ -22,6 +23,12 @@ lines of any year count; ``--year`` names the year for the per-day table, which
 otherwise follows pflogsumm: this year, or last year for a month still to come).  When
 not one line of the day asked for counted, the report says so (a warning on stderr and
 in every format) instead of printing zeros without a word.
+
+When the settings name tenants (``[tenants.NAME]``; ``--tenants-config FILE`` reads them,
+``[transport_classes]`` and ``[store]`` from another file, as the monitor's cluster
+report does), every format gets a per-tenant section: one line per tenant with its
+figures of the day, as ``mailops tenants status`` defines them (``mailops.report.tenants``;
+the logs are read a second time for it, only then).
 
 Formats: ``text`` (pflogsumm's layout with exact numbers, for grep), ``json`` (schema
 ``mailops.report/1``, docs/report.md), ``html`` (a standalone HTML page, its PNG charts
@@ -130,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         return exitcodes.USAGE
     logs = list(s["logs"])
     cluster = bool(args.cluster)
+    groups: list[list[Path]] = []
     try:
         if args.logs_from is not None:
             logs = build.host_logs(Path(args.logs_from))
@@ -146,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
             )
         else:
             paths = list(build.iter_paths(logs, s["rotated"], day))
+            groups = [paths]
             tally, sources = build.tally_files(
                 paths,
                 day,
@@ -162,6 +171,13 @@ def run(args: argparse.Namespace) -> int:
         _err(f"warning: {w}")
     rep = build.report(tally, sources, day, top=s["top"], year=s["year"] or None, warnings=warnings)
     del tally  # its sets are the bulk of the memory; the mail code loads after they go
+    try:
+        part = _tenants(args, groups, day, s["syslog_name"])
+    except build.LogError as exc:
+        _err(str(exc))
+        return exitcodes.NOINPUT
+    if part is not None:
+        rep["tenants"] = part
     from mailops.report import render
 
     if not mail:
@@ -176,6 +192,20 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(out)
         return exitcodes.OK
     return send(rep, s)
+
+
+def _tenants(
+    args: argparse.Namespace, groups: list[list[Path]], day: Any, syslog_name: str
+) -> dict[str, Any] | None:
+    """The per-tenant section (mailops.report.tenants), when the settings (or
+    ``--tenants-config``) name tenants; None otherwise."""
+    source = getattr(args, "tenants_config", None) or getattr(args, "config", None)
+    data = config.load(source)
+    if not data.get("tenants"):
+        return None
+    from mailops.report import tenants
+
+    return tenants.section(data, groups, day, syslog_name)
 
 
 def _mail_from(s: dict[str, Any]) -> str:
@@ -282,6 +312,12 @@ def register(subparsers: Any) -> None:
         "--mail-from",
         metavar="ADDR",
         help="sender of the mailed report (default: [report] mail_from, else mailops@FQDN)",
+    )
+    parser.add_argument(
+        "--tenants-config",
+        metavar="FILE",
+        help="read [tenants], [transport_classes] and [store] for the per-tenant section "
+        "from FILE (default: the settings file)",
     )
     parser.add_argument("--year", type=_year, help="year of classic (yearless) timestamps")
     parser.add_argument("--top", type=_positive, metavar="N", help="rows per table (default 20)")

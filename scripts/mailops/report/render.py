@@ -102,6 +102,11 @@ def as_text(rep: dict[str, Any]) -> str:
         _section(out, "Problems")
         out.append(f" {rep['problems']['fatal']:>9}  fatal")
         out.append(f" {rep['problems']['panic']:>9}  panic")
+    if rep.get("tenants"):
+        from mailops.report import tenants
+
+        _section(out, "Tenants (per recipient; rates in %)")
+        out += [" " + line for line in tenants.text_lines(rep["tenants"])]
     _section(out, "Sources")
     for s in rep["sources"]:
         out.append(f" {s['lines']:>9}  {s['path']}")
@@ -212,6 +217,7 @@ def as_html(rep: dict[str, Any], hourly_src: str, domains_src: str) -> str:
             [[r["count"], r["action"], r["stage"], r["reason"]] for r in rep["reject_reasons"]],
             {0},
         ),
+        *_tenants_html(rep),
         "<h3>SASL authentication failures</h3>",
         f"<p>{rep['sasl']['failures']:,} failures "
         f"({rep['sasl']['server_faults']:,} authentication server faults not counted)</p>",
@@ -228,6 +234,25 @@ def as_html(rep: dict[str, Any], hourly_src: str, domains_src: str) -> str:
         + "</p></body></html>",
     ]
     return "\n".join(parts)
+
+
+def _tenants_html(rep: dict[str, Any]) -> list[str]:
+    """The per-tenant table, when the report has one."""
+    part = rep.get("tenants")
+    if not part:
+        return []
+    from mailops.report import tenants
+
+    out = [
+        "<h3>Tenants</h3>",
+        _table(tenants.HTML_HEADERS, tenants.html_rows(part), set(range(2, 12))),
+    ]
+    if part["store_error"]:
+        out.append(
+            f"<p>{html.escape('The store could not be read: ' + part['store_error'])}; "
+            "no complaints, unsubscribes, asynchronous bounces or pause states here.</p>"
+        )
+    return out
 
 
 def mail(
