@@ -490,3 +490,57 @@ def test_the_report_says_when_the_store_cannot_be_read(
     text = capsys.readouterr().out
     assert "note: the store could not be read" in text
     assert any(ln.split()[:2] == ["alpha", "unknown"] for ln in text.splitlines())
+
+
+# ---------------------------------------------------------------------- /metrics
+
+
+def test_the_collector_appends_the_tenants_figures_to_its_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`queues collect --prometheus-include FILE` puts what `tenants status --format
+    prometheus --output FILE` wrote into the page nginx serves as /metrics."""
+    from mailops import queues
+    from mailops.queues import collect
+
+    log, stats, iso = generated(tmp_path, 3)
+    day = days_of(stats, iso)[0]
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    with Store.open(url) as store:
+        store.set_tenant_paused("beta", True)
+    conf = _settings(tmp_path, url)
+    prom = tmp_path / "tenants.prom"
+    argv = ["--config", str(conf), "status", "--log", str(log), "--day", str(day)]
+    assert _run([*argv, "--format", "prometheus", "--output", str(prom)]) == 0
+
+    def fake_collect(hosts: Any, opts: Any, parallel: int) -> dict[str, Any]:
+        return {h.name: {"host": h.name, "queues": {"active": 1, "deferred": 2}} for h in hosts}
+
+    monkeypatch.setattr(collect, "collect", fake_collect)
+    metrics = tmp_path / "metrics.txt"
+    p = argparse.ArgumentParser()
+    p.add_argument("--config")
+    queues.register(p.add_subparsers())
+    missing = tmp_path / "not-yet.prom"
+    args = p.parse_args(
+        ["--config", "/dev/null", "queues", "collect", "--hosts", "mail1",
+         "--prometheus-output", str(metrics), "--output", str(tmp_path / "q.json"),
+         "--prometheus-include", str(prom), "--prometheus-include", str(missing)]
+    )  # fmt: skip
+    assert args.func(args) == 0
+    page = metrics.read_text()
+    assert 'mailops_queue_messages{host="mail1",queue="deferred"} 2\n' in page
+    assert 'mailops_tenant_paused{tenant="beta"} 1\n' in page
+    alpha = sum(
+        c["delivered"]
+        for (t, _), c in merged(expected_from_log(stats.deliveries, day, iso)).items()
+        if t == "alpha"
+    )
+    assert f'mailops_tenant_delivered_total{{tenant="alpha"}} {alpha}\n' in page
+    names = [ln.split()[2] for ln in page.splitlines() if ln.startswith("# TYPE")]
+    assert len(names) == len(set(names))
+
+    prom.write_text("garbage\n")
+    assert args.func(args) == 0
+    assert "not Prometheus text" in capsys.readouterr().err
+    assert "garbage" not in metrics.read_text()

@@ -8,14 +8,16 @@ Usage::
                            [--user U] [--key FILE] [--known-hosts FILE] [--port P]
                            [--timeout S] [--parallel N] [--command CMD]
                            [--format json|prometheus] [--output FILE]
-                           [--prometheus-output FILE]
+                           [--prometheus-output FILE] [--prometheus-include FILE ...]
 
 ``local`` prints one host's report (counts of incoming, active, deferred, hold, maildrop
 and corrupt; age of the oldest deferred message; top deferred destinations with their
 last error).  ``collect`` runs on the monitor host: it opens an SSH session to each node,
 whose authorized_keys entry forces ``mailops queues local --json``, and prints (or writes
 atomically, mode 0644) the collection: ``{"mailqueues": {...legacy shape...}, "hosts":
-{...}, "generated_at": ...}`` or its Prometheus text exposition.
+{...}, "generated_at": ...}`` or its Prometheus text exposition; ``--prometheus-include
+FILE`` appends the metric families another job wrote to FILE (the monitor's tenants'
+figures) to that text, so one ``/metrics`` page serves both.
 
 Privileges.  The queue directories belong to ``postfix`` (mode 0700), so counting files
 needs root or the postfix user; ``postqueue -j`` works for anyone (setgid postdrop,
@@ -195,13 +197,16 @@ def cmd_collect(args: argparse.Namespace) -> int:
     )
     now = time.time()
     reports = collect(hosts, opts, parallel=int(s["parallel"]))
+    extra = render.included(args.prometheus_include or [])
+    for problem in extra.problems:
+        print(f"mailops queues collect: {problem}", file=sys.stderr)
     if s["format"] == "prometheus":
-        text = render.prometheus(reports, now)
+        text = render.prometheus(reports, now) + extra.text
     else:
         text = json.dumps(render.collection(reports, local_mod.iso(now)), indent=1) + "\n"
     outputs = [(s["output"], text)] if s["output"] else []
     if s["prometheus_output"]:
-        outputs.append((s["prometheus_output"], render.prometheus(reports, now)))
+        outputs.append((s["prometheus_output"], render.prometheus(reports, now) + extra.text))
     for path, body in outputs:
         try:
             render.write_atomic(path, body)
@@ -283,5 +288,14 @@ def register(subparsers: Any) -> None:
         dest="prometheus_output",
         metavar="FILE",
         help="also write the Prometheus text there, from the same run",
+    )
+    cp.add_argument(
+        "--prometheus-include",
+        dest="prometheus_include",
+        action="append",
+        metavar="FILE",
+        help="append FILE's metric families to the Prometheus text (repeat; a missing "
+        "file adds nothing): e.g. the tenants' figures that `mailops tenants status "
+        "--format prometheus --output FILE` writes",
     )
     cp.set_defaults(func=cmd_collect)

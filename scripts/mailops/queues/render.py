@@ -17,6 +17,7 @@ import math
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,32 @@ def prometheus(reports: Mapping[str, HostReport], generated_ts: float) -> str:
         [({}, round(generated_ts, 3))],
     )
     return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Included:
+    text: str = ""
+    problems: list[str] = field(default_factory=list)
+
+
+def included(paths: Iterable[str]) -> Included:
+    """The metric families other jobs wrote to ``paths``, to append to the collector's
+    text: a missing file adds nothing (its job has not run yet), an unreadable one or one
+    that is not exposition text adds nothing and is named in ``problems``."""
+    out = Included()
+    for path in paths:
+        try:
+            body = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            continue
+        except (OSError, UnicodeDecodeError) as exc:
+            out.problems.append(f"{path}: {getattr(exc, 'strerror', None) or exc}")
+            continue
+        if body and not body.startswith("# HELP "):
+            out.problems.append(f"{path}: not Prometheus text (no '# HELP' first)")
+            continue
+        out.text += body if not body or body.endswith("\n") else body + "\n"
+    return out
 
 
 def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
