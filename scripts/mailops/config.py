@@ -389,9 +389,10 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "postqueue": Setting("postqueue", nonempty=True),
         "postsuper": Setting("postsuper", nonempty=True),
     },
-    # mailops tenants policy: where its warnings go (stderr is smtpd's socket).
+    # mailops tenants policy: where its warnings go (stderr is smtpd's socket).  A full
+    # path: spawn(8) gives the service no PATH.
     "tenants_policy": {
-        "postlog": Setting("postlog"),
+        "postlog": Setting("/usr/sbin/postlog"),
         "syslog_name": Setting("postfix/mailops-tenants", one_line=True),
     },
     "dns": {
