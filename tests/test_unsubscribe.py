@@ -111,6 +111,21 @@ def test_the_recipient_from_the_environment(
     assert ("unsubscribes", "beta", "r@example.com") in scopes(tenant_cfg)
 
 
+def test_without_the_envelope_recipient_the_to_header_names_the_tenant(
+    tenant_cfg: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ORIGINAL_RECIPIENT", raising=False)
+    data = request().replace(
+        b"To: unsubscribe@company.test", b"To: Unsub <unsubscribe+beta@company.test>"
+    )
+    assert run(tenant_cfg, data, monkeypatch, "--sender", "r@example.com") == 0
+    assert ("suppressions", "beta", "r@example.com") in scopes(tenant_cfg)
+    # The envelope recipient, when known, wins.
+    argv = ["--sender", "s@example.com", "--recipient", "unsubscribe+alpha@company.test"]
+    assert run(tenant_cfg, data, monkeypatch, *argv) == 0
+    assert ("suppressions", "alpha", "s@example.com") in scopes(tenant_cfg)
+
+
 @pytest.mark.parametrize(
     "recipient",
     ["unsubscribe+gamma@company.test", "unsubscribe@company.test", "unsubscribe+@company.test", ""],

@@ -15,9 +15,9 @@ Tenants: a request to ``unsubscribe+NAME@<domain>`` (Postfix's recipient_delimit
 the List-Unsubscribe mailto of tenant NAME's mail) unsubscribes the sender from that
 tenant only: the row and the suppression carry tenant NAME and never block another
 tenant's mail.  The recipient is ``--recipient`` (``${original_recipient}``), else
-$ORIGINAL_RECIPIENT (local(8) sets it for a command in aliases); an extension that is
-not a tenant of ``[tenants]``, or none, gives a global unsubscribe (tenant '', or
-``[store] tenant``).  ``--tenant`` names the tenant instead.
+$ORIGINAL_RECIPIENT (local(8) sets it for a command in aliases), else the first To:
+address; an extension that is not a tenant of ``[tenants]``, or none, gives a global
+unsubscribe (tenant '', or ``[store] tenant``).  ``--tenant`` names the tenant instead.
 
 Exit status as ``bounces ingest``: 0 when recorded or deliberately ignored, 75 when the
 store or the settings are broken (Postfix keeps the message and retries).
@@ -77,10 +77,13 @@ def unsubscribe(
     values = config.table(data, "unsubscribe")
     tenants = load_tenants(data)
     recipient = recipient or os.environ.get("ORIGINAL_RECIPIENT", "")
-    if tenant is None:
-        tenant = tenant_of_recipient(recipient, tenants) or str(store_values["tenant"])
     raw = read_message(stream, int(values["max_message_bytes"]))
     msg = headers(raw.data)
+    if tenant is None:
+        # Without the envelope recipient, the To: the mailto link wrote: a forged one
+        # only narrows the sender's own unsubscribe to one tenant.
+        to = recipient or header_address(msg, "To")
+        tenant = tenant_of_recipient(to, tenants) or str(store_values["tenant"])
     source = "envelope sender" if sender is not None else "From:"
     address = normalize_address(sender) if sender is not None else header_address(msg, "From")
     why = machine_sender(address) or automatic_message(msg)
