@@ -1,8 +1,17 @@
 """Start moto's AWS emulator on loopback for a test, and stop it afterwards.
 
-Used by the EC2 tests: ``with MotoServer() as moto: ... moto.url ...``.  The server
-is the ``moto_server`` next to the running Python (the ``moto[server]`` extra of the
-dev dependencies); its log is kept for the failure message.
+Used by the EC2 tests: ``with MotoServer() as moto: ... moto.url ...``.  The server is
+moto's own (the ``moto[server]`` extra of the dev dependencies), started as
+``python -m tests.motoserver`` so that one gap in its EC2 model is filled first (see
+``model_secondary_ips``); its log is kept for the failure message.
+
+moto 5.2 ignores ``PrivateIpAddress`` in AssociateAddress: every Elastic IP lands on
+the interface's primary address, and an interface has one public address, so a second
+Elastic IP on an instance silently replaces the first one in DescribeInstances.  EC2
+associates the address with the private IP named (a secondary one included), reports
+it as the address's ``PrivateIpAddress``, leaves the primary's association alone, and
+disassociates an address whose private IP is unassigned.  ``model_secondary_ips`` makes
+moto do that, and nothing else; every other call is moto's.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 # Dummy credentials for the emulator: never real ones, whatever the environment holds.
 CREDENTIALS = {
@@ -37,8 +47,107 @@ ESCAPING = (
 )
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
 def executable() -> Path:
     return Path(sys.executable).parent / "moto_server"
+
+
+def model_secondary_ips() -> None:
+    """Teach moto's EC2 backend Elastic IPs on secondary private addresses (module doc)."""
+    import threading
+
+    from moto.ec2.exceptions import InvalidParameterValueError, ResourceAlreadyAssociatedError
+    from moto.ec2.models.elastic_ip_addresses import ElasticAddress, ElasticAddressBackend
+    from moto.ec2.models.elastic_network_interfaces import NetworkInterfaceBackend
+    from moto.ec2.responses.elastic_ip_addresses import ElasticIPAddresses
+
+    asked = threading.local()  # the PrivateIpAddress of the request being served
+    respond = ElasticIPAddresses.associate_address
+
+    def associate_response(self: Any) -> Any:
+        asked.ip = self._get_param("PrivateIpAddress")
+        try:
+            return respond(self)
+        finally:
+            asked.ip = None
+
+    def private_ip(self: Any) -> Any:
+        if not self.eni:
+            return None
+        return getattr(self, "secondary_ip", None) or self.eni.private_ip_address
+
+    filter_value = ElasticAddress.get_filter_value
+
+    def get_filter_value(self: Any, name: str, method_name: str | None = None) -> Any:
+        if name == "private-ip-address":
+            return self.private_ip_address
+        return filter_value(self, name, method_name)
+
+    associate = ElasticAddressBackend.associate_address
+
+    def associate_address(self: Any, instance: Any = None, eni: Any = None, **kw: Any) -> Any:
+        ip = getattr(asked, "ip", None)
+        nic = eni or (instance.nics[0] if instance else None)
+        if not ip or nic is None or ip == nic.private_ip_address:
+            done: Any = associate(self, instance=instance, eni=eni, **kw)
+            done.secondary_ip = None
+            return done
+        if ip not in [a.get("PrivateIpAddress") for a in nic.private_ip_addresses]:
+            raise InvalidParameterValueError(ip)
+        if kw.get("address"):
+            target = self.address_by_ip([kw["address"]])[0]
+        else:
+            target = self.address_by_allocation([kw.get("allocation_id")])[0]
+        taken = [
+            a for a in self.addresses if a is not target and a.eni is nic and private_ip(a) == ip
+        ]
+        if taken and not kw.get("reassociate"):
+            raise ResourceAlreadyAssociatedError(ip)
+        for other in taken:
+            other.eni = other.instance = other.association_id = other.secondary_ip = None
+        primary_public = nic.public_ip
+        eip: Any = associate(self, instance=instance, eni=eni, **kw)
+        nic.public_ip = primary_public  # moto moved the primary's association: undo
+        eip.secondary_ip = ip
+        eip.instance = getattr(nic, "instance", None) or instance
+        return eip
+
+    disassociate = ElasticAddressBackend.disassociate_address
+
+    def disassociate_address(
+        self: Any, address: str | None = None, association_id: str | None = None
+    ) -> None:
+        if address:
+            eips = self.address_by_ip([address])
+        else:
+            eips = self.address_by_association([association_id])
+        eip = eips[0]
+        if getattr(eip, "secondary_ip", None):
+            eip.eni = eip.instance = eip.association_id = eip.secondary_ip = None
+            return
+        disassociate(self, address=address, association_id=association_id)
+
+    unassign = NetworkInterfaceBackend.unassign_private_ip_addresses
+
+    def unassign_private_ip_addresses(self: Any, eni_id: str, ips: list[str]) -> Any:
+        eni = self.get_network_interface(eni_id)
+        for eip in list(self.addresses):
+            if eip.eni is eni and getattr(eip, "secondary_ip", None) in ips:
+                eip.eni = eip.instance = eip.association_id = eip.secondary_ip = None
+        return unassign(self, eni_id, ips)
+
+    patches: list[tuple[type, str, Any]] = [
+        (ElasticIPAddresses, "associate_address", associate_response),
+        (ElasticAddress, "private_ip_address", property(private_ip)),
+        (ElasticAddress, "get_filter_value", get_filter_value),
+        (ElasticAddressBackend, "associate_address", associate_address),
+        (ElasticAddressBackend, "disassociate_address", disassociate_address),
+        (NetworkInterfaceBackend, "unassign_private_ip_addresses", unassign_private_ip_addresses),
+    ]
+    for cls, name, value in patches:
+        setattr(cls, name, value)
 
 
 def free_port() -> int:
@@ -81,7 +190,8 @@ class MotoServer:
         if not exe.exists():
             raise RuntimeError(f"{exe} not found: install the moto[server] extra")
         self._proc = subprocess.Popen(
-            [str(exe), "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, "-m", "tests.motoserver", "-H", "127.0.0.1", "-p", str(self.port)],
+            cwd=ROOT,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=clean_env(),
@@ -126,3 +236,11 @@ class MotoServer:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+if __name__ == "__main__":
+    # The server MotoServer starts: moto's own, with the model above.
+    from moto.server import main
+
+    model_secondary_ips()
+    main(sys.argv[1:])
