@@ -33,7 +33,7 @@ import pytest
 from mailops import exitcodes
 from mailops.dns import spf
 from mailops.dns.resolve import Dns, parse_nameserver
-from tests.test_dns_plan import FIXTURE, SOA, make_key, run_mailops
+from tests.support.dns import FIXTURE, SOA, make_key, run_mailops
 
 NSD = Path("/usr/sbin/nsd")
 DOMAIN = "dnscheck.test"

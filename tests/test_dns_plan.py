@@ -8,11 +8,9 @@ with dnspython's master-file reader, so "loads into a DNS server" is checked too
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -21,66 +19,24 @@ import dns.zone
 import pytest
 import yaml
 
-from mailops import cli, exitcodes
+from mailops import exitcodes
 from mailops.dns import dkim, inventory, records, spf
 from mailops.dns.plan import reverse_zone
+from tests.support.dns import (
+    FIXTURE,
+    PRODUCTION,
+    ROOT,
+    SOA,
+    WEIGHTED,
+    make_key,
+    public_p,
+    run_mailops,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 LAB = ROOT / "inventories" / "lab"
-DATA = ROOT / "tests" / "data" / "dns"
-FIXTURE = DATA / "inventory"
-WEIGHTED = DATA / "weighted"
-
-SOA = "@ 300 IN SOA ns1.{z}. hostmaster.{z}. 1 3600 600 604800 60\n@ 300 IN NS ns1.{z}.\n"
 
 
-# --- helpers shared with test_dns_check -------------------------------------------
-
-
-def make_key(directory: Path, selector: str, kind: str = "rsa") -> Path:
-    """A private key as the opendkim role makes it (<selector>.private), plus .pem/.txt."""
-    directory.mkdir(parents=True, exist_ok=True)
-    private = directory / f"{selector}.private"
-    algo = (
-        ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]
-        if kind == "rsa"
-        else [
-            "-algorithm",
-            "ed25519",
-        ]
-    )
-    subprocess.run(
-        ["openssl", "genpkey", *algo, "-out", str(private)], check=True, capture_output=True
-    )
-    der = subprocess.run(
-        ["openssl", "pkey", "-in", str(private), "-pubout", "-outform", "DER"],
-        check=True,
-        capture_output=True,
-    ).stdout
-    pem = base64.b64encode(der).decode()
-    (directory / f"{selector}.pem").write_text(
-        "-----BEGIN PUBLIC KEY-----\n"
-        + "\n".join(pem[i : i + 64] for i in range(0, len(pem), 64))
-        + "\n-----END PUBLIC KEY-----\n"
-    )
-    if kind == "rsa":  # what roles/opendkim/tasks/keys.yml writes
-        (directory / f"{selector}.txt").write_text(f"v=DKIM1; k=rsa; p={pem}")
-    return private
-
-
-def public_p(private: Path) -> str:
-    der = subprocess.run(
-        ["openssl", "pkey", "-in", str(private), "-pubout", "-outform", "DER"],
-        check=True,
-        capture_output=True,
-    ).stdout
-    return base64.b64encode(der).decode()
-
-
-def run_mailops(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = cli.main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
+# --- helpers ------------------------------------------------------------------------
 
 
 def plan_argv(inv: Path, *extra: str) -> list[str]:
@@ -608,3 +564,214 @@ def test_values_marked_unsafe_by_ansible_inventory_are_read() -> None:
     }
     assert unwrap_unsafe(listing)["_meta"]["hostvars"]["mx1"]["public_ipv4"] == "192.0.2.10"
     assert unwrap_unsafe([{"__ansible_unsafe": "x"}, 1]) == ["x", 1]
+
+
+# --- tenants (issue 20) -----------------------------------------------------------
+
+
+def plan_json(
+    capsys: pytest.CaptureFixture[str], inv: Path, keys: Path, *extra: str
+) -> tuple[dict[tuple[str, str], dict[str, Any]], str]:
+    code, out, err = run_mailops(
+        plan_argv(inv, "--format", "json", "--dkim-keys", str(keys), *extra), capsys
+    )
+    assert code == 0, err
+    recs: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in json.loads(out):
+        assert (r["name"], r["type"]) not in recs, r  # one RRset per name and type
+        recs[(r["name"], r["type"])] = r
+    return recs, err
+
+
+def txt(recs: dict[tuple[str, str], dict[str, Any]], name: str) -> list[str]:
+    return [records.unquote_txt(v) for v in recs[(name, "TXT")]["values"]]
+
+
+def test_lab_tenant_zones(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """alpha.test and beta.test are zones of their own: SPF of exactly the pool (on
+    both bulk nodes), DMARC reporting to the company, and no MX."""
+    recs, _ = plan_json(capsys, LAB, tmp_path)
+    assert txt(recs, "alpha.test") == ["v=spf1 ip4:198.51.100.121 ip4:198.51.100.122 -all"]
+    assert txt(recs, "beta.test") == ["v=spf1 ip4:198.51.100.131 ip4:198.51.100.132 -all"]
+    for d in ("alpha.test", "beta.test"):
+        assert recs[(d, "TXT")]["zone"] == d
+        assert (d, "MX") not in recs
+        assert txt(recs, f"_dmarc.{d}") == ["v=DMARC1; p=quarantine; rua=mailto:dmarc@company.test"]
+        auth = recs[(f"{d}._report._dmarc.company.test", "TXT")]
+        assert auth["zone"] == "company.test"
+        assert records.unquote_txt(auth["values"][0]) == "v=DMARC1"
+    # FCrDNS of every pool address: A of its name, PTR back to it
+    for host, pool, n, address in [
+        ("mail1", "alpha", 1, "198.51.100.121"),
+        ("mail2", "alpha", 1, "198.51.100.122"),
+        ("mail1", "beta", 1, "198.51.100.131"),
+        ("mail2", "beta", 1, "198.51.100.132"),
+    ]:
+        name = f"{host}-{pool}{n}.company.test"
+        assert recs[(name, "A")]["values"] == [address]
+        ptr = recs[(f"{address.split('.')[-1]}.100.51.198.in-addr.arpa", "PTR")]
+        assert ptr["values"] == [f"{name}."]
+    # the pools stay out of the company's SPF and the cluster name
+    assert "198.51.100.121" not in txt(recs, "company.test")[0]
+    assert all("198.51.100.1" not in v for v in recs[("mail.company.test", "A")]["values"])
+
+
+def test_tenant_pool_spanning_two_hosts(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The production example: acme's pool is two addresses on mail1 and one on mail2,
+    globex and initech share a pool, initech has two domains and a DMARC of its own."""
+    make_key(tmp_path / "acme.example", "acme1")
+    recs, err = plan_json(capsys, PRODUCTION, tmp_path)
+    assert txt(recs, "acme.example") == [
+        "v=spf1 ip4:198.51.100.11 ip4:198.51.100.12 ip4:198.51.100.13 -all"
+    ]
+    shared = ["v=spf1 ip4:198.51.100.31 ip4:198.51.100.32 -all"]
+    for d in ("globex.example", "initech.example", "initech-news.example"):
+        assert txt(recs, d) == shared, d
+        assert recs[(d, "TXT")]["zone"] == d
+    # n counts within the host and the pool; an entry's own name wins
+    assert recs[("mail1-acme1.example.com", "A")]["values"] == ["198.51.100.11"]
+    assert recs[("mail1-acme2.example.com", "A")]["values"] == ["198.51.100.12"]
+    assert recs[("mail2-acme1.example.com", "A")]["values"] == ["198.51.100.13"]
+    assert recs[("out2.smallbiz.example.com", "A")]["values"] == ["198.51.100.32"]
+    assert recs[("32.100.51.198.in-addr.arpa", "PTR")]["values"] == ["out2.smallbiz.example.com."]
+    # the company's record keeps its include; the tenants' never get it
+    assert "include:_spf.google.com" in txt(recs, "example.com")[0]
+    assert txt(recs, "_dmarc.initech.example") == [
+        "v=DMARC1; p=reject; rua=mailto:dmarc@example.com; adkim=s"
+    ]
+    assert txt(recs, "_dmarc.globex.example") == [
+        "v=DMARC1; p=quarantine; rua=mailto:dmarc@example.com"
+    ]
+    assert txt(recs, "acme1._domainkey.acme.example") == [
+        f"v=DKIM1; k=rsa; p={public_p(tmp_path / 'acme.example' / 'acme1.private')}"
+    ]
+    assert recs[("acme1._domainkey.acme.example", "TXT")]["zone"] == "acme.example"
+    assert "no DKIM keys under" in err and "globex.example" in err
+    # (mail_tenant_passwords holds lookups, which the plan refuses: it never read them)
+
+
+def test_tenant_zone_files_load(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    for zone in ("acme.example", "initech.example"):
+        code, out, err = run_mailops(
+            plan_argv(PRODUCTION, "--zone", zone, "--dkim-keys", str(tmp_path)), capsys
+        )
+        assert code == 0, err
+        z = load_zone(zone, out)
+        (spf_text,) = [t for t in txt_of(z, zone) if t.startswith("v=spf1")]
+        spf.parse(spf_text)
+        assert z.get_rdataset(f"{zone}.", "MX") is None
+        assert txt_of(z, f"_dmarc.{zone}")[0].startswith("v=DMARC1; p=")
+
+
+def tenant_inventory(root: Path, tenants: list[dict[str, Any]], **extra: Any) -> Path:
+    pools = "          mail_pool_addresses:\n            - {pool: p1, address: 192.0.2.121}\n"
+    return write_inventory(
+        root,
+        {"mail_tenants": tenants, **extra},
+        "        mail2:\n          public_ipv4: 192.0.2.22\n" + pools,
+    )
+
+
+def test_tenant_mx_only_when_asked(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    tenants = [
+        {"name": "a", "domains": ["a.example"], "pool": "p1", "mx": "company"},
+        {"name": "b", "domains": ["b.example"], "pool": "p1", "mx": ["mx.b.example"]},
+        {"name": "c", "domains": ["c.example", "news.c.example"], "pool": "p1"},
+    ]
+    inv = tenant_inventory(tmp_path / "inv", tenants)
+    recs, _ = plan_json(capsys, inv, tmp_path)
+    assert recs[("a.example", "MX")]["values"] == ["10 mx1.example.com."]
+    assert recs[("b.example", "MX")]["values"] == ["10 mx.b.example."]
+    assert ("c.example", "MX") not in recs
+    # a tenant domain under another is in that one's zone, SPF and DMARC of its own
+    assert recs[("news.c.example", "TXT")]["zone"] == "c.example"
+    assert txt(recs, "news.c.example") == ["v=spf1 ip4:192.0.2.121 -all"]
+    assert ("news.c.example._report._dmarc.example.com", "TXT") in recs
+
+
+def test_tenant_selector_without_key_is_noted(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    make_key(tmp_path / "keys" / "a.example", "other")
+    tenants = [{"name": "a", "domains": ["a.example"], "pool": "p1", "dkim_selectors": ["a1"]}]
+    inv = tenant_inventory(tmp_path / "inv", tenants)
+    recs, err = plan_json(capsys, inv, tmp_path / "keys")
+    assert ("other._domainkey.a.example", "TXT") in recs  # in the directory: published
+    assert "tenant a's selector a1 (dkim_selectors) has no key in" in err
+
+
+@pytest.mark.parametrize(
+    ("tenants", "extra_hosts", "code", "message"),
+    [
+        (
+            [{"name": "a", "domains": ["a.example"], "pool": "nowhere"}],
+            "",
+            exitcodes.CONFIG,
+            "pool nowhere has no address on any mail_bulk host",
+        ),
+        (
+            [{"name": "a", "domains": ["example.com"], "pool": "p1"}],
+            "",
+            exitcodes.CONFIG,
+            "example.com is the company's domain",
+        ),
+        (
+            [{"name": "a", "domains": ["a.example"], "pool": "p1", "dmarc": {"p": "drop"}}],
+            "",
+            exitcodes.CONFIG,
+            "mail_tenants[a].dmarc.p",
+        ),
+        (
+            [
+                {"name": "a", "domains": ["a.example"], "pool": "p1"},
+                {"name": "b", "domains": ["a.example"], "pool": "p1"},
+            ],
+            "",
+            exitcodes.CONFIG,
+            "a.example is tenant a's already",
+        ),
+        (
+            [{"name": "a", "domains": ["a.example"], "pool": "p1"}],
+            "        mail3:\n          public_ipv4: 192.0.2.23\n          mail_pool_addresses:\n"
+            "            - {pool: p1, address: 192.0.2.21}\n",
+            exitcodes.DATAERR,
+            "192.0.2.21 is also mail1's",
+        ),
+    ],
+)
+def test_tenant_errors_are_named(
+    tenants: list[dict[str, Any]],
+    extra_hosts: str,
+    code: int,
+    message: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    inv = write_inventory(
+        tmp_path / "inv",
+        {"mail_tenants": tenants},
+        "        mail2:\n          public_ipv4: 192.0.2.22\n          mail_pool_addresses:\n"
+        "            - {pool: p1, address: 192.0.2.121}\n" + extra_hosts,
+    )
+    got, out, err = run_mailops(plan_argv(inv, "--dkim-keys", str(tmp_path)), capsys)
+    assert (got, out) == (code, "")
+    assert message in err and "Traceback" not in err
+
+
+def test_pool_addresses_only_on_bulk_hosts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = write_inventory(tmp_path / "inv", {})
+    hosts = (
+        (inv / "hosts.yml")
+        .read_text()
+        .replace(
+            "          public_ipv4: 192.0.2.10\n",
+            "          public_ipv4: 192.0.2.10\n          mail_pool_addresses:\n"
+            "            - {pool: p1, address: 192.0.2.121}\n",
+        )
+    )
+    (inv / "hosts.yml").write_text(hosts)
+    code, _, err = run_mailops(plan_argv(inv, "--dkim-keys", str(tmp_path)), capsys)
+    assert code == exitcodes.CONFIG
+    assert "mx1: mail_pool_addresses is read on mail_bulk hosts only" in err

@@ -157,10 +157,11 @@ def policy_id(policy: str) -> str:
 
 
 def zone_apexes(s: Settings) -> list[str]:
-    """The zones the plan fills: the mail domain and each tenant domain outside it."""
+    """The zones the plan fills: the mail domain, and each tenant domain that is not at
+    or under one of them (a tenant's news.example.org lives in its example.org zone)."""
     out = [s.domain]
-    for d in s.tenant_domains:
-        if not in_zone(d, s.domain) and d not in out:
+    for d in sorted(s.tenant_domains, key=lambda d: (d.count("."), d)):
+        if not any(in_zone(d, z) for z in out):
             out.append(d)
     return out
 

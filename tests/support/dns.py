@@ -1,0 +1,59 @@
+"""Shared by the `mailops dns` tests: DKIM keys laid out as the opendkim role leaves
+them, the fixture inventories in tests/data/dns, and running the command in-process."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mailops import cli
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+DATA = ROOT / "tests" / "data" / "dns"
+FIXTURE = DATA / "inventory"  # loopback addresses, served by nsd in test_dns_check
+WEIGHTED = DATA / "weighted"
+PRODUCTION = DATA / "production"  # three tenants: the plan shown in docs/dns.md
+
+SOA = "@ 300 IN SOA ns1.{z}. hostmaster.{z}. 1 3600 600 604800 60\n@ 300 IN NS ns1.{z}.\n"
+
+
+def make_key(directory: Path, selector: str, kind: str = "rsa") -> Path:
+    """A private key as the opendkim role makes it (<selector>.private), plus .pem/.txt."""
+    directory.mkdir(parents=True, exist_ok=True)
+    private = directory / f"{selector}.private"
+    algo = (
+        ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]
+        if kind == "rsa"
+        else ["-algorithm", "ed25519"]
+    )
+    subprocess.run(
+        ["openssl", "genpkey", *algo, "-out", str(private)], check=True, capture_output=True
+    )
+    pem = public_p(private)
+    (directory / f"{selector}.pem").write_text(
+        "-----BEGIN PUBLIC KEY-----\n"
+        + "\n".join(pem[i : i + 64] for i in range(0, len(pem), 64))
+        + "\n-----END PUBLIC KEY-----\n"
+    )
+    if kind == "rsa":  # what roles/opendkim/tasks/keys.yml writes
+        (directory / f"{selector}.txt").write_text(f"v=DKIM1; k=rsa; p={pem}")
+    return private
+
+
+def public_p(private: Path) -> str:
+    """The p= value of a private key's public half."""
+    der = subprocess.run(
+        ["openssl", "pkey", "-in", str(private), "-pubout", "-outform", "DER"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    return base64.b64encode(der).decode()
+
+
+def run_mailops(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
