@@ -270,6 +270,27 @@ def test_a_tenant_without_transports_here_uses_the_shared_addresses_and_says_so(
     assert logged[0].startswith("-t postfix/mailops-tenants -p warning tenant gamma: no transports")
 
 
+def test_where_postlog_cannot_write_smtpd_logs_the_warning(
+    setup: dict[str, Any], service: PolicyProcess
+) -> None:
+    """Debian's postlog is not set-gid: with maillog_file, the mailops user cannot log."""
+    (setup["tmp"] / "postlog").write_text("#!/bin/sh\nexit 1\n")
+    assert service.ask(**rcpt("gamma", "a@gmail.test")) == (
+        "WARN mailops tenants policy: tenant gamma: no transports of pool gamma on this host;"
+        " its mail leaves from the shared addresses"
+    )
+    assert service.ask(**rcpt("gamma", "b@gmail.test")) == "DUNNO"
+    # A warning never replaces a decision: it waits for an answer that is DUNNO anyway.
+    (setup["tmp"] / "new.json").write_text("[]")
+    (setup["tmp"] / "new.json").replace(setup["tmp"] / "tenants.json")
+    assert service.ask(**eom("alpha")) == "HOLD tenant alpha is paused"
+    answer = service.ask(**eom("beta"))
+    assert (
+        answer.startswith("WARN mailops tenants policy: ") and "tenants.json: cannot use" in answer
+    )
+    assert service.ask(**eom("beta")) == "DUNNO"
+
+
 # --------------------------------------------------------------------------- pause
 
 
@@ -334,6 +355,11 @@ def test_unreadable_settings_defer_tenant_mail_only(setup: dict[str, Any]) -> No
     proc = PolicyProcess(setup["conf"])
     try:
         assert proc.ask(**rcpt("alpha", "a@gmail.test")).startswith("DEFER_IF_PERMIT 4.3.5")
+        # No postlog to write with: smtpd logs the problem for the service (WARN), once.
+        assert proc.ask(**rcpt("", "a@gmail.test")) == (
+            f"WARN mailops tenants policy: {setup['conf']}: cannot use it ([tenants.alpha]"
+            " domains: expected a list of strings, got 3); none read yet"
+        )
         assert proc.ask(**rcpt("", "a@gmail.test")) == "DUNNO"
     finally:
         assert proc.close() == 0

@@ -46,7 +46,6 @@ running the service by hand).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
@@ -257,13 +256,21 @@ class Policy:
         self.settings = Watched(config_path, read_settings, self.warn)
         self._state: Watched[dict[str, Any]] | None = None
         self._snapshot: Watched[Snapshot] | None = None
-        self._postlog = ""
-        self._syslog_name = "postfix/mailops-tenants"
+        # Until the settings are read: their defaults (stderr is smtpd's socket).
+        self._postlog = str(config.SCHEMA["tenants_policy"]["postlog"].default)
+        self._syslog_name = str(config.SCHEMA["tenants_policy"]["syslog_name"].default)
+        self.pending: list[str] = []  # warnings postlog could not write
 
     # ------------------------------------------------------------- logging
 
     def warn(self, text: str) -> None:
-        """One warning line in the mail log, once per process for the same text."""
+        """One warning line in the mail log, once per process for the same text.
+
+        ``postlog`` writes it; where it cannot (Debian's postlog is not set-gid, so with
+        ``maillog_file`` only root reaches postlogd), the warning waits for the next
+        answer that would be ``DUNNO`` and goes out as ``WARN text`` instead: smtpd
+        logs it with the client, sender and recipient, and carries on as for DUNNO.
+        """
         if text in self._warned:
             return
         self._warned.add(text)
@@ -273,8 +280,8 @@ class Policy:
             print(f"mailops tenants policy: warning: {text}", file=sys.stderr, flush=True)
             return
         # Never let logging break the protocol (stderr is smtpd's socket).
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run(
+        try:
+            done = subprocess.run(
                 [self._postlog, "-t", self._syslog_name, "-p", "warning", text],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -282,6 +289,16 @@ class Policy:
                 timeout=5,
                 check=False,
             )
+        except (OSError, subprocess.SubprocessError):
+            done = None
+        if (done is None or done.returncode != 0) and len(self.pending) < 100:
+            self.pending.append(text)
+
+    def with_warning(self, action: str) -> str:
+        """``action``, or a waiting warning as ``WARN text`` when the action is DUNNO."""
+        if action == "DUNNO" and self.pending:
+            return "WARN mailops tenants policy: " + _safe_text(self.pending.pop(0))
+        return action
 
     # ------------------------------------------------------------- files
 
@@ -346,6 +363,11 @@ class Policy:
             self._snapshot.value.close()
 
 
+def _safe_text(text: str) -> str:
+    """One line of printable text for a reply, bounded."""
+    return "".join(c if c.isprintable() else "?" for c in text)[:400]
+
+
 def _safe(text: str) -> str:
     """Text for a reply line: printable, no line breaks, bounded."""
     return "".join(c if c.isprintable() and c != " " else "?" for c in text)[:320]
@@ -366,7 +388,7 @@ def serve(policy: Policy, stdin: BinaryIO, stdout: BinaryIO) -> int:
                 request[name] = value
             continue
         try:
-            action = policy.answer(request)
+            action = policy.with_warning(policy.answer(request))
         except Exception as exc:  # a bug must not kill the connection: defer, say why
             policy.warn(f"internal error: {type(exc).__name__}: {_describe(exc)}")
             action = "DEFER_IF_PERMIT 4.3.0 tenant policy error; try again later"
