@@ -311,37 +311,52 @@ def serve_policy(body: bytes) -> tuple[http.server.ThreadingHTTPServer, str]:
 @dataclass
 class Planned:
     playbooks: Path  # --playbook-dir: keys at ../secrets/dkim (the fixture's templates)
-    forward: str
-    reverse: str
+    zones: dict[str, str]  # every planned zone -> its records (a master-file fragment)
     policy: bytes
+
+    @property
+    def forward(self) -> str:
+        return self.zones[DOMAIN]
+
+    @property
+    def reverse(self) -> str:
+        return self.zones[REVERSE]
+
+    def served(self, changed: dict[str, str] | None = None) -> dict[str, str]:
+        """Every planned zone and a clean DNSBL, some of them replaced."""
+        return {**self.zones, "dnsbl.test": DNSBL_OK, **(changed or {})}
 
 
 DNSBL_OK = '2.0.0.127 IN A 127.0.0.2\n2.0.0.127 IN TXT "test entry"\n'
+TENANT1 = "tenant1.test"  # pool one: 127.0.0.121 on mail1, .122 on mail2; MX planned
+TENANT2 = "tenant2.test"  # pool two: 127.0.0.131 on mail1; no MX
+POOL1 = ["127.0.0.121", "127.0.0.122"]
 
 
 def plan_zones(capsys: pytest.CaptureFixture[str], playbooks: Path, *extra: str) -> Planned:
+    """One `mailops dns plan` of the fixture, cut into its $ORIGIN blocks."""
     policy = playbooks.parent / "mta-sts.txt"
-    zones = []
-    for zone in (DOMAIN, REVERSE):
-        code, out, err = run_mailops(
-            [
-                "dns",
-                "plan",
-                "--inventory",
-                str(FIXTURE),
-                "--playbook-dir",
-                str(playbooks),
-                "--zone",
-                zone,
-                "--mta-sts-policy-out",
-                str(policy),
-                *extra,
-            ],
-            capsys,
-        )
-        assert code == 0, err
-        zones.append(out)
-    return Planned(playbooks, zones[0], zones[1], policy.read_bytes())
+    code, out, err = run_mailops(
+        [
+            "dns",
+            "plan",
+            "--inventory",
+            str(FIXTURE),
+            "--playbook-dir",
+            str(playbooks),
+            "--mta-sts-policy-out",
+            str(policy),
+            *extra,
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    zones: dict[str, str] = {}
+    for block in out.split("\n$ORIGIN ")[1:]:
+        origin, _, body = block.partition("\n")
+        zones[origin.rstrip(".")] = body
+    assert set(zones) == {DOMAIN, REVERSE, TENANT1, TENANT2}, zones
+    return Planned(playbooks, zones, policy.read_bytes())
 
 
 @pytest.fixture(scope="module")
@@ -350,6 +365,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("repo")
     (root / "playbooks").mkdir()
     make_key(root / "secrets" / "dkim" / DOMAIN, "mail")
+    make_key(root / "secrets" / "dkim" / TENANT1, "t1")
+    make_key(root / "secrets" / "dkim" / TENANT2, "t2")
     return root
 
 
@@ -374,11 +391,12 @@ def check(
     pki: Pki,
     *extra: str,
     policy_url: str | None = None,
+    domain: str = DOMAIN,
 ) -> tuple[int, list[dict[str, str]], str]:
     argv = [
         "dns",
         "check",
-        DOMAIN,
+        domain,
         "--json",
         "--nameserver",
         ns.address,
@@ -739,6 +757,206 @@ def test_without_inventory_guesses_and_says_so(
     assert ("fcrdns", "127.0.0.21") in by_status(rows, "pass")
     assert ("dkim", f"mail._domainkey.{DOMAIN}") in by_status(rows, "pass")
     assert ("dnsbl", DOMAIN) in by_status(rows, "warn")  # none configured
+
+
+# --- tenant domains (issue 20) -------------------------------------------------------
+
+
+def tenant_checks(domain: str, pool: list[str], smtp_subject: str | None) -> set[tuple[str, str]]:
+    """Every row a tenant domain's check has: no MTA-STS or TLS-RPT (its inbound mail is
+    its own), its pool's addresses for FCrDNS, SPF and DNSBL."""
+    out = {
+        ("mx", domain),
+        ("spf-pool", domain),
+        ("spf", domain),
+        ("spf-lookups", domain),
+        ("dmarc", f"_dmarc.{domain}"),
+        ("dmarc-report", f"{domain}._report._dmarc.{DOMAIN}"),
+    }
+    out |= {("dkim", f"t{domain[6]}._domainkey.{domain}")}
+    out |= {("fcrdns", a) for a in pool} | {("spf-coverage", a) for a in pool}
+    out |= {("dnsbl", f"{a} in dnsbl.test") for a in pool}
+    if smtp_subject:
+        out |= {("mx-smtp", smtp_subject), ("mx-starttls", smtp_subject)}
+    return out
+
+
+def test_tenant_domains_pass(
+    capsys: pytest.CaptureFixture[str],
+    nsd: Callable[[dict[str, str]], Nsd],
+    planned: Planned,
+    smtp: SmtpServer,
+    pki: Pki,
+) -> None:
+    ns = nsd(planned.served())
+    code, rows, err = check(capsys, ns, planned, smtp, pki, domain=TENANT1)
+    assert code == 0, err
+    assert by_status(rows, "fail") == [] and by_status(rows, "warn") == [], rows
+    smtp_subject = f"mx1.{DOMAIN} [{MX_ADDRESS}]:{smtp.server_address[1]}"
+    assert {(r["check"], r["subject"]) for r in rows} == tenant_checks(TENANT1, POOL1, smtp_subject)
+    assert the_row(rows, "spf-pool", TENANT1)["evidence"] == (
+        "exactly pool one: 127.0.0.121, 127.0.0.122"
+    )
+    assert the_row(rows, "fcrdns", "127.0.0.122")["evidence"] == (
+        f"PTR mail2-one1.{DOMAIN} -> 127.0.0.122"
+    )
+    # tenant2's domain has no MX (not planned): a warning that says what it costs
+    code, rows, err = check(capsys, ns, planned, smtp, pki, domain=TENANT2)
+    assert code == 0, err
+    assert by_status(rows, "fail") == []
+    assert by_status(rows, "warn") == [("mx", TENANT2)]
+    assert "reject_unknown_sender_domain" in the_row(rows, "mx", TENANT2)["evidence"]
+    assert {(r["check"], r["subject"]) for r in rows} == tenant_checks(
+        TENANT2, ["127.0.0.131"], None
+    )
+
+
+@pytest.mark.parametrize(
+    "term",
+    ["ip4:127.0.0.99", "ip4:127.0.0.0/24", f"include:{DOMAIN}", "mx"],
+)
+def test_tenant_spf_one_term_too_many_fails_spf_pool_only(
+    term: str,
+    capsys: pytest.CaptureFixture[str],
+    nsd: Callable[[dict[str, str]], Nsd],
+    planned: Planned,
+    smtp: SmtpServer,
+    pki: Pki,
+) -> None:
+    """Each still passes for the pool's addresses; each lets other addresses send too."""
+    zone = planned.zones[TENANT1].replace(" -all", f" {term} -all")
+    assert zone != planned.zones[TENANT1]
+    ns = nsd(planned.served({TENANT1: zone}))
+    code, rows, _ = check(capsys, ns, planned, smtp, pki, domain=TENANT1)
+    assert code == exitcodes.FAIL
+    assert by_status(rows, "fail") == [("spf-pool", TENANT1)]
+    r = the_row(rows, "spf-pool", TENANT1)
+    assert f"authorises more than pool one: {term}" in r["evidence"]
+    assert r["fix"] == (
+        f'publish {TENANT1} TXT "v=spf1 ip4:127.0.0.121 ip4:127.0.0.122 -all" (mailops dns plan)'
+    )
+
+
+def test_tenant_spf_missing_a_pool_address(
+    capsys: pytest.CaptureFixture[str],
+    nsd: Callable[[dict[str, str]], Nsd],
+    planned: Planned,
+    smtp: SmtpServer,
+    pki: Pki,
+) -> None:
+    zone = planned.zones[TENANT1].replace(" ip4:127.0.0.122", "")
+    assert zone != planned.zones[TENANT1]
+    ns = nsd(planned.served({TENANT1: zone}))
+    code, rows, _ = check(capsys, ns, planned, smtp, pki, domain=TENANT1)
+    assert code == exitcodes.FAIL
+    assert sorted(by_status(rows, "fail")) == [
+        ("spf-coverage", "127.0.0.122"),
+        ("spf-pool", TENANT1),
+    ]
+    assert "does not list pool one's 127.0.0.122" in the_row(rows, "spf-pool", TENANT1)["evidence"]
+
+
+def test_tenant_pool_address_without_ptr_and_listed(
+    capsys: pytest.CaptureFixture[str],
+    nsd: Callable[[dict[str, str]], Nsd],
+    planned: Planned,
+    smtp: SmtpServer,
+    pki: Pki,
+) -> None:
+    reverse = "".join(
+        line for line in planned.reverse.splitlines(keepends=True) if not line.startswith("131 ")
+    )
+    assert reverse != planned.reverse
+    listed = DNSBL_OK + '131.0.0.127 IN A 127.0.0.2\n131.0.0.127 IN TXT "snowshoe"\n'
+    ns = nsd(planned.served({REVERSE: reverse, "dnsbl.test": listed}))
+    code, rows, _ = check(capsys, ns, planned, smtp, pki, domain=TENANT2)
+    assert code == exitcodes.FAIL
+    assert sorted(by_status(rows, "fail")) == [
+        ("dnsbl", "127.0.0.131 in dnsbl.test"),
+        ("fcrdns", "127.0.0.131"),
+    ]
+    assert "mail1-two1.dnscheck.test" in the_row(rows, "fcrdns", "127.0.0.131")["fix"]
+    # the company's own check does not look at the pools
+    code, rows, _ = check(capsys, ns, planned, smtp, pki)
+    assert code == 0 and not any("127.0.0.131" in r["subject"] for r in rows)
+
+
+def test_tenant_null_mx_fails(
+    capsys: pytest.CaptureFixture[str],
+    nsd: Callable[[dict[str, str]], Nsd],
+    planned: Planned,
+    smtp: SmtpServer,
+    pki: Pki,
+) -> None:
+    ns = nsd(planned.served({TENANT2: planned.zones[TENANT2] + "@ IN MX 0 .\n"}))
+    code, rows, _ = check(capsys, ns, planned, smtp, pki, domain=TENANT2)
+    assert code == exitcodes.FAIL
+    assert by_status(rows, "fail") == [("mx", TENANT2)]
+    assert "null MX" in the_row(rows, "mx", TENANT2)["evidence"]
+
+
+def test_check_every_planned_domain(
+    capsys: pytest.CaptureFixture[str],
+    nsd: Callable[[dict[str, str]], Nsd],
+    planned: Planned,
+    smtp: SmtpServer,
+    pki: Pki,
+    policy_url: str,
+) -> None:
+    """No DOMAIN: the mail domain, then each tenant domain, one result each."""
+    broken = planned.zones[TENANT2].replace(" -all", " ip4:127.0.0.99 -all")
+    ns = nsd(planned.served({TENANT2: broken}))
+    argv = ["dns", "check", "--json", "--nameserver", ns.address, "--inventory", str(FIXTURE)]
+    argv += ["--playbook-dir", str(planned.playbooks), "--smtp-port", str(smtp.server_address[1])]
+    argv += ["--cafile", str(pki.ca), "--timeout", "2", "--mta-sts-url-base", policy_url]
+    code, out, err = run_mailops(argv, capsys)
+    assert code == exitcodes.FAIL, err
+    got = json.loads(out)
+    assert [d["domain"] for d in got["domains"]] == [DOMAIN, TENANT1, TENANT2]
+    fails = {
+        d["domain"]: [(r["check"], r["subject"]) for r in d["rows"] if r["status"] == "fail"]
+        for d in got["domains"]
+    }
+    assert fails == {DOMAIN: [], TENANT1: [], TENANT2: [("spf-pool", TENANT2)]}
+    assert got["summary"]["fail"] == 1
+    assert got["summary"]["pass"] == sum(d["summary"]["pass"] for d in got["domains"])
+    # text: one block per domain
+    code, out, _ = run_mailops([a for a in argv if a != "--json"], capsys)
+    assert code == exitcodes.FAIL
+    assert [line for line in out.splitlines() if line.startswith("== ")] == [
+        f"== {DOMAIN}",
+        f"== {TENANT1}",
+        f"== {TENANT2}",
+    ]
+
+
+def test_domain_the_inventory_does_not_plan(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["dns", "check", "other.test", "--inventory", str(FIXTURE)]
+    code, out, err = run_mailops(argv, capsys)
+    assert code == exitcodes.USAGE and out == ""
+    assert f"plans {DOMAIN}, {TENANT1}, {TENANT2}, not other.test" in err
+    code, _, err = run_mailops(["dns", "check"], capsys)
+    assert code == exitcodes.USAGE and "no DOMAIN and no inventory" in err
+
+
+@pytest.mark.parametrize(
+    ("record", "extra", "missing"),
+    [
+        ("v=spf1 ip4:192.0.2.1 ip4:192.0.2.2 -all", [], []),
+        ("v=spf1 ip4:192.0.2.2/32 +ip4:192.0.2.1 ~all", [], []),
+        ("v=spf1 ip4:192.0.2.1 -all", [], ["192.0.2.2"]),
+        ("v=spf1 ip4:192.0.2.0/30 -all", ["ip4:192.0.2.0/30"], ["192.0.2.1", "192.0.2.2"]),
+        ("v=spf1 ip4:192.0.2.1 ip4:192.0.2.2 a mx -all", ["a", "mx"], []),
+        ("v=spf1 ip4:192.0.2.1 ip4:192.0.2.2 +all", ["+all"], []),
+        ("v=spf1 ip4:192.0.2.1 ip4:192.0.2.2 -ip4:192.0.2.9 ?include:x.example -all", [], []),
+        ("v=spf1 ip4:192.0.2.1 ip4:192.0.2.2 redirect=x.example", ["redirect=x.example"], []),
+        ("v=spf1 ip4:192.0.2.1 ip4:192.0.2.2 ip6:2001:db8::1 -all", ["ip6:2001:db8::1"], []),
+    ],
+)
+def test_pool_terms(record: str, extra: list[str], missing: list[str]) -> None:
+    from mailops.dns.check import pool_terms
+
+    assert pool_terms(spf.parse(record), ["192.0.2.1", "192.0.2.2"]) == (extra, missing)
 
 
 # --- the SPF evaluator on its own ----------------------------------------------------
