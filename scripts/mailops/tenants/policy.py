@@ -8,8 +8,9 @@ stdin/stdout: ``name=value`` lines, an empty line ends a request, the answer is 
 Only SASL-authenticated clients are tenants' applications; anything else gets ``DUNNO``
 (mail with no tenant meets the Postfix suppression map instead).  For a login:
 
-* RCPT: the recipient suppressed for the tenant is refused with
-  ``550 5.7.1 <addr>: ...`` naming why (global rows: hard bounces, complaints,
+* RCPT: the recipient suppressed for the tenant is refused with ``550 5.7.1`` and a
+  text naming why (the client reads ``550 5.7.1 <addr>: Recipient address rejected:
+  recipient unsubscribed from alpha``) (global rows: hard bounces, complaints,
   operators' entries; the tenant's own rows: its unsubscribes; a tenant with
   ``complaints = "tenant"`` skips global complaint rows unless the complaint came from its
   own mail).  Otherwise ``FILTER pool_<pool>_<n>[_<class>]:``: ``n`` picks one of this
@@ -346,7 +347,8 @@ class Policy:
             return "DUNNO"  # the null recipient is smtpd's business
         why = snapshot.refusal(tenant, address, self.clock())
         if why is not None:
-            return f"550 5.7.1 <{_safe(address)}>: {why}"
+            # smtpd writes "<addr>: Recipient address rejected: " before the text.
+            return f"550 5.7.1 {why}"
         if not tenant.transports:
             self.warn(
                 f"tenant {tenant.name}: no transports of pool {tenant.pool} on this host;"
