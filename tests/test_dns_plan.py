@@ -775,3 +775,20 @@ def test_pool_addresses_only_on_bulk_hosts(
     code, _, err = run_mailops(plan_argv(inv, "--dkim-keys", str(tmp_path)), capsys)
     assert code == exitcodes.CONFIG
     assert "mx1: mail_pool_addresses is read on mail_bulk hosts only" in err
+
+
+def test_docs_show_the_production_plan(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/dns.md pastes the plan of tests/data/dns/production: it must be what the
+    command prints today."""
+    command = "$ mailops dns plan --inventory tests/data/dns/production --dkim-keys /empty\n"
+    text = (ROOT / "docs" / "dns.md").read_text()
+    assert command in text
+    shown = text.split(command, 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(ROOT)
+    code, out, err = run_mailops(
+        plan_argv(Path("tests/data/dns/production"), "--dkim-keys", str(tmp_path)), capsys
+    )
+    assert code == 0, err
+    assert shown == out
