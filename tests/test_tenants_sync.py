@@ -362,3 +362,31 @@ def test_the_files_are_readable_by_the_policy_user(
     assert sorted(p.name for p in (node.tmp / "lib").iterdir()) == [
         "snapshot.db", "tenants.json", "tenants.json.lock",
     ]  # fmt: skip
+
+
+def test_every_repeats_within_cron_s_minute_and_stops_at_a_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mailops.tenants import sync
+
+    clock = [1000.0]
+    monkeypatch.setattr("mailops.tenants.sync.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr(
+        "mailops.tenants.sync.time.sleep", lambda s: clock.__setitem__(0, clock[0] + s)
+    )
+    starts: list[float] = []
+
+    def once() -> int:
+        starts.append(clock[0] - 1000.0)
+        clock[0] += 2.0  # a run takes two seconds
+        return exitcodes.OK
+
+    assert sync.repeat_within_minute(once, 20) == exitcodes.OK
+    assert starts == [0.0, 20.0, 40.0]  # a fourth at 60 s would meet cron's next run
+    starts.clear()
+    clock[0] = 1000.0
+    assert sync.repeat_within_minute(once, None) == exitcodes.OK
+    assert starts == [0.0]
+    codes = iter([exitcodes.OK, exitcodes.TEMPFAIL, exitcodes.OK])
+    assert sync.repeat_within_minute(lambda: next(codes), 5) == exitcodes.TEMPFAIL
+    assert next(codes) == exitcodes.OK  # the failed run was the last
