@@ -2,7 +2,7 @@
 generator records every delivery line it wrote) and a SQLite store with known rows.
 
 The expected figures are counted here from the generator's record and the rows this
-test put in the store, with the definitions of docs/tenant-figures.md, not with the
+test put in the store, with the definitions of docs/tenants.md (Figures), not with the
 code under test."""
 
 from __future__ import annotations
