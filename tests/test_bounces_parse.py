@@ -181,9 +181,10 @@ def test_bounces_parse_imports_only_its_own_subcommand() -> None:
     [
         (["bounces", "parse", "x.eml"], ("parse_cmd",)),
         (["--config", "c.toml", "bounces", "ingest"], ("ingest",)),
-        (["bounces", "--help"], ("parse_cmd", "ingest")),
-        (["bounces"], ("parse_cmd", "ingest")),
-        (None, ("parse_cmd", "ingest")),
+        (["bounces", "from-log", "-v"], ("fromlog",)),
+        (["bounces", "--help"], ("parse_cmd", "ingest", "fromlog")),
+        (["bounces"], ("parse_cmd", "ingest", "fromlog")),
+        (None, ("parse_cmd", "ingest", "fromlog")),
     ],
 )
 def test_bounces_wanted_subcommands(argv: list[str] | None, modules: tuple[str, ...]) -> None:
