@@ -17,6 +17,7 @@ moto do that, and nothing else; every other call is moto's.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -148,6 +149,66 @@ def model_secondary_ips() -> None:
     ]
     for cls, name, value in patches:
         setattr(cls, name, value)
+
+
+RECAP = re.compile(
+    r"^localhost\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)\s+skipped=(\d+)",
+    re.MULTILINE,
+)
+
+
+def run_playbook(
+    server: MotoServer, name: str, *extra: str, inventory: str | Path = "inventories/aws"
+) -> subprocess.CompletedProcess[str]:
+    """ansible-playbook -i INVENTORY playbooks/NAME against the server, as docs/aws.md says."""
+    bin_dir = Path(sys.executable).parent
+    return subprocess.run(
+        [
+            str(bin_dir / "ansible-playbook"),
+            "-i",
+            str(inventory),
+            f"playbooks/{name}",
+            "-e",
+            f"aws_endpoint_url={server.url}",
+            *extra,
+        ],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+
+
+def playbook(
+    server: MotoServer, name: str, *extra: str, inventory: str | Path = "inventories/aws"
+) -> tuple[dict[str, int], str]:
+    """A run that must succeed: its PLAY RECAP counts and its output."""
+    proc = run_playbook(server, name, *extra, inventory=inventory)
+    out = proc.stdout + proc.stderr
+    found = RECAP.search(proc.stdout)
+    assert proc.returncode == 0 and found, f"{name} failed (rc {proc.returncode}):\n{out[-6000:]}"
+    keys = ("ok", "changed", "unreachable", "failed", "skipped")
+    return dict(zip(keys, map(int, found.groups()), strict=True)), out
+
+
+def client(server: MotoServer, service: str) -> Any:
+    """A boto3 client of the server, with the dummy credentials."""
+    import boto3
+
+    return boto3.client(
+        service,
+        region_name="us-east-1",
+        endpoint_url=server.url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def tags(obj: dict[str, Any]) -> dict[str, str]:
+    """An EC2 object's Tags as a dict."""
+    return {t["Key"]: t["Value"] for t in obj.get("Tags", [])}
 
 
 def free_port() -> int:

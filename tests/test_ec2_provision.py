@@ -16,7 +16,6 @@ settings take seconds.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import time
@@ -24,10 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
-from tests.motoserver import MotoServer, clean_env
+from tests.motoserver import MotoServer, clean_env, client, playbook, tags
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -37,10 +35,6 @@ DOMAIN = "example.com"
 ADMIN = "203.0.113.0/24"
 APPS = "10.42.0.0/16"
 TAGGED = [{"Name": f"tag:{TAG}", "Values": [CLUSTER]}]
-RECAP = re.compile(
-    r"^localhost\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)\s+skipped=(\d+)",
-    re.MULTILINE,
-)
 
 
 @pytest.fixture
@@ -49,52 +43,12 @@ def moto() -> Iterator[MotoServer]:
         yield server
 
 
-def playbook(moto: MotoServer, name: str, *extra: str) -> tuple[dict[str, int], str]:
-    """The command of the issue; the PLAY RECAP counts and the output."""
-    proc = subprocess.run(
-        [
-            str(BIN / "ansible-playbook"),
-            "-i",
-            "inventories/aws",
-            f"playbooks/{name}",
-            "-e",
-            f"aws_endpoint_url={moto.url}",
-            *extra,
-        ],
-        cwd=ROOT,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    out = proc.stdout + proc.stderr
-    found = RECAP.search(proc.stdout)
-    assert proc.returncode == 0 and found, f"{name} failed (rc {proc.returncode}):\n{out[-6000:]}"
-    keys = ("ok", "changed", "unreachable", "failed", "skipped")
-    return dict(zip(keys, map(int, found.groups()), strict=True)), out
-
-
-def client(moto: MotoServer, service: str) -> Any:
-    return boto3.client(
-        service,
-        region_name="us-east-1",
-        endpoint_url=moto.url,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-
-
 def instances(moto: MotoServer) -> list[dict[str, Any]]:
     ec2 = client(moto, "ec2")
     out = []
     for r in ec2.describe_instances(Filters=TAGGED)["Reservations"]:
         out += [i for i in r["Instances"] if i["State"]["Name"] != "terminated"]
     return out
-
-
-def tags(obj: dict[str, Any]) -> dict[str, str]:
-    return {t["Key"]: t["Value"] for t in obj.get("Tags", [])}
 
 
 def ingress(group: dict[str, Any]) -> set[tuple[str, int, int, str]]:
@@ -408,8 +362,10 @@ def test_existing_vpc_and_pinned_image(moto: MotoServer) -> None:
     subnet = ec2.describe_subnets(SubnetIds=[inst["SubnetId"]])["Subnets"][0]
     assert tags(subnet)[TAG] == CLUSTER
     routes = ec2.describe_route_tables(Filters=TAGGED)["RouteTables"][0]["Routes"]
-    out = {r["DestinationCidrBlock"]: r["GatewayId"] for r in routes if r["GatewayId"] != "local"}
-    assert out == {"0.0.0.0/0": igw}
+    gateways_out = {
+        r["DestinationCidrBlock"]: r["GatewayId"] for r in routes if r["GatewayId"] != "local"
+    }
+    assert gateways_out == {"0.0.0.0/0": igw}
 
     playbook(moto, "teardown_ec2.yml", *small)
     check_nothing_tagged(moto)
