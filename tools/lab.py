@@ -651,7 +651,9 @@ def recreate(name: str, extra: tuple[str, ...] = ()) -> dict[str, dict[str, int]
     RECAP.
 
     What losing a host looks like, and what a converge alone gives back (for the
-    monitor: an empty store, which playbooks/restore.yml fills again).
+    monitor: an empty store, which playbooks/restore.yml fills again).  The monitor is
+    converged with it: it pins every node's SSH host key, and a new container has new
+    ones, which the monitor would refuse (as it should) until it is told.
     """
     lab = load_lab()
     if name not in {h.name for h in lab.hosts}:
@@ -660,7 +662,7 @@ def recreate(name: str, extra: tuple[str, ...] = ()) -> dict[str, dict[str, int]
     podman("rm", "-f", "-t", "2", container(name))
     start_hosts(lab)
     ssh_setup(lab)
-    return converge(f"recreate-{name}", ("--limit", name, *extra))
+    return converge(f"recreate-{name}", ("--limit", f"{name},mail_monitor", *extra))
 
 
 def lab_is_running(lab: Lab) -> bool:
