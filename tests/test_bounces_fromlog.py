@@ -271,6 +271,21 @@ def test_the_lab_line_gives_a_hard_userunknown_of_alpha(tmp_path: Path) -> None:
     )
 
 
+def test_a_sender_read_in_one_run_names_the_tenant_of_a_bounce_read_in_the_next(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "mail.log"
+    first, bounced, removed = bounce_lines("GGG1", "news@alpha.test", "g@gmail.test").split("\n")
+    log.write_text(first + "\n")
+    assert run(tmp_path, log) == exitcodes.OK
+    with log.open("a") as fh:
+        fh.write(bounced + "\n" + removed + "\n")
+    assert run(tmp_path, log) == exitcodes.OK
+    assert [(r["tenant"], r["address"]) for r in rows(tmp_path, "bounces")] == [
+        ("alpha", "g@gmail.test")
+    ]
+
+
 def test_company_mail_is_skipped_without_opening_the_store(tmp_path: Path) -> None:
     log = tmp_path / "mail.log"
     log.write_text(
