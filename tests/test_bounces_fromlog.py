@@ -364,3 +364,18 @@ def test_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     out = capsys.readouterr().out
     assert "f@gmail.test 5.1.1 userunknown (hard), tenant alpha, suppressed" in out
     assert "1 stored" in out
+
+
+def test_broken_store_settings_are_refused_even_with_nothing_to_store(tmp_path: Path) -> None:
+    log = tmp_path / "mail.log"
+    # (nothing to store: the store would never be opened, its settings never read)
+    log.write_text(bounce_lines("HHH1", "ops@company.test", "h@gmail.test") + "\n")
+    conf = tmp_path / "mailops.toml"
+    conf.write_text(
+        f'[store]\nurl = "sqlite:///{tmp_path / "store.db"}"\n[suppression]\nsoft_threshold = -1\n'
+        '[tenants.alpha]\ndomains = ["alpha.test"]\n',
+        encoding="utf-8",
+    )
+    argv = ["--config", str(conf), "bounces", "from-log", "--log", str(log)]
+    assert cli.main([*argv, "--state", str(tmp_path / "state.json")]) == exitcodes.CONFIG
+    assert not (tmp_path / "state.json").exists()

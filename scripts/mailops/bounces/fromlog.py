@@ -71,7 +71,7 @@ from mailops.bounceparse.reasons import classify
 from mailops.saslblock.blocks import StateError, write_atomic
 from mailops.saslblock.follow import LogError, Position, follow
 from mailops.saslblock.logscan import _TIMESTAMP, Scanner, parse_time
-from mailops.store import RawInfo, Store, StoreError, open_from_config
+from mailops.store import RawInfo, Store, StoreError, open_from_config, policy_from_config
 from mailops.store.text import MAX_DIAGNOSTIC, clean, normalize_address
 from mailops.tenants.model import Tenants, load_tenants
 
@@ -142,7 +142,6 @@ class Bounce:
             detector=DETECTOR,
             recipients=(rcpt,),
             original_sender=normalize_address(self.sender),
-            reporting_mta=clean(self.host, 255),
         )
         identity = "\x00".join((DETECTOR, self.host, self.qid, rcpt.address, self.stamp))
         digest = hashlib.sha256(identity.encode("utf-8", "surrogateescape")).hexdigest()
@@ -359,6 +358,7 @@ def run(
     """One run: read the new lines of ``log``, store the tenants' bounces, save the
     state (only when everything read was stored).  Returns the exit code."""
     tenants = load_tenants(data)  # a broken [tenants] is a settings error (78), at once
+    policy_from_config(data)  # so are broken [store] and [suppression] tables
     config.table(data, "store")
     clock = time.time() if now is None else now
     try:
