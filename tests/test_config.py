@@ -585,11 +585,17 @@ def test_the_role_writes_each_hosts_tenants_with_its_own_transports(tmp_path: Pa
     conf.write_text(to_toml(data))
     assert cli.main(["--config", str(conf), "config", "check"]) == 0
 
-    mx = _role_context(_lab_host("mx1", ["mail_mx"]))
+    # Other hosts take the bulk nodes' provider classes (the monitor's figures per
+    # provider), from the first bulk node's variables.
+    mail1 = _lab_host("mail1", ["mail_bulk"])
+    mx_vars = _lab_host("mx1", ["mail_mx"])
+    mx_vars.update(groups={"mail_bulk": ["mail1", "mail2"]}, hostvars={"mail1": mail1})
+    mx = _role_context(mx_vars)
     data = _render_toml(mx)
     assert config.problems(data) == []
     assert [t.transports for t in load_tenants(data)] == [(), ()]
-    assert "transport_classes" not in data and "tenants_sync" not in data
+    assert "tenants_sync" not in data
+    assert data["transport_classes"]["gmail"] == ["gmail.com", "googlemail.com", "gmail.test"]
     assert mx["mailops__tenants_mastercf"] and mx["mailops__postfix__dependent_mastercf"] == [
         p for p in mx["mailops__postfix__dependent_mastercf"] if p["service"] != "mailops-tenants"
     ]
