@@ -347,6 +347,25 @@ def test_a_complaint_through_one_tenant_stops_both(evidence: list[str]) -> None:
     evidence.append(f"alpha: {replies['alpha'][:80]} | beta: {replies['beta'][:80]}")
 
 
+@pytest.mark.long_wait
+def test_a_hard_bounce_of_one_tenant_stops_both(evidence: list[str]) -> None:
+    """alpha's mail to an unknown user: the receiver refuses it at RCPT, the bulk node's
+    DSN goes to alpha's own domain, and cron's `bounces from-log` on the node brings the
+    bounce to the store, where it suppresses the address for every tenant."""
+    address = f"nobody-{letters(8)}@gmail.test"
+    app1_sends(f"news@{_domain('alpha')}", address, f"to nobody {letters(6)}")
+    replies = wait_for_value(
+        f"both tenants' mail to {address} refused after alpha's hard bounce",
+        lambda: _replies(address),
+        lambda r: all(v.startswith("<** 5") for v in r.values()),
+        timeout=SUPPRESSION_DEADLINE,
+        every=5,
+    )
+    stored = sh("monitor", f"{MAILOPS} suppression list | grep -i '{address}'").out
+    assert "userunknown" in stored, stored
+    evidence.append(f"beta: {replies['beta'][:90]}")
+
+
 # --------------------------------------------------------------------------- figures
 
 
