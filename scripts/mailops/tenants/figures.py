@@ -111,6 +111,33 @@ RATES = ("bounce_rate", "complaint_rate")
 _COMPLAINT_TYPES = ("", "abuse", "fraud", "virus", "other")
 _MONTH_DAY = re.compile(r"([A-Z][a-z]{2}) +(\d{1,2})\Z")
 _DSN = re.compile(rb", dsn=(\d)\.")
+# the syslog name of a pool transport's delivery agent: pool_<pool>_<n>[_<class>]/smtp
+_POOL_TRANSPORT = re.compile(rb"(pool_[a-z][a-z0-9]{0,20}_\d+)(?:_[0-9a-z]+)?/")
+
+
+_STAMP = re.compile(
+    rb"[A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d"  # classic: Dec  7 18:04:38
+    rb"|\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?"
+)
+
+
+def _log_time(stamp: bytes, end: float) -> float:
+    """A log line's time as Unix time: ISO with its offset (local when it has none), or
+    classic syslog's in local time, in the year that puts it at or before ``end`` (plus
+    a day's slack for clocks); NaN when it cannot be read (the line is then outside
+    every window)."""
+    text = stamp.decode("ascii", "replace")
+    try:
+        if text[:1].isdigit():
+            return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+        year = dt.datetime.fromtimestamp(end).year
+        for y in (year, year - 1):
+            when = dt.datetime.strptime(f"{y} {text}", "%Y %b %d %H:%M:%S").timestamp()
+            if when <= end + 86400:
+                return when
+    except ValueError:
+        pass
+    return float("nan")
 
 
 # ---------------------------------------------------------------------- the figures
@@ -220,7 +247,15 @@ class LogFigures:
         day: dt.date | None,
         syslog_name: str = "postfix",
         state_cap: int = 200_000,
+        *,
+        window: tuple[float, float] | None = None,
+        per_address: bool = False,
     ) -> None:
+        """``window`` (Unix times, start included, end not; with ``day`` None) counts
+        only the outcome lines logged in it, for the guard's rolling window: a classic
+        syslog time (no year) is taken in this host's local time, in the year that puts
+        it at or before the window's end.  ``per_address`` also counts per sending
+        address (``address_figures``)."""
         from mailops.report.tally import DaySpec, line_pattern
 
         self.tenants = tenants
@@ -245,6 +280,18 @@ class LogFigures:
         self.deferred: dict[tuple[str, str], Any] = {}
         # tenant -> Counter of recipient addresses bounced (for the store's rows)
         self.bounced_to: dict[str, Counter[str]] = {}
+        self.window = window
+        self._ts_cache: tuple[bytes, float] = (b"", 0.0)
+        # per sending address ("HOST/pool_<pool>_<n>": the node and the pool transport
+        # of the delivery line), when per_address: (tenant, address) -> Counts, the
+        # recipients counted as sent and deferred, and for each tenant the address each
+        # recipient was last delivered or bounced from (to place the store's complaints
+        # and bounces)
+        self.per_address = per_address
+        self.address_figures: dict[tuple[str, str], Counts] = {}
+        self._addr_sent: dict[tuple[str, str], Any] = {}
+        self._addr_deferred: dict[tuple[str, str], Any] = {}
+        self.recipient_address: dict[str, dict[str, str]] = {}
 
     # ------------------------------------------------------------------ input
     def feed_bytes(self, data: bytes) -> None:
@@ -370,6 +417,8 @@ class LogFigures:
             ts = m.group("ts")
             if ts[:-3] not in self.days and ts[:10] not in self.days:
                 return
+        if self.window is not None and not self._in_window(buf, m):
+            return
         msg = self.messages.get(self._key(buf, m, qid))
         if msg is None or not msg[0]:
             return
@@ -402,6 +451,66 @@ class LogFigures:
             d = _DSN.search(line)
             row[1 if d is not None and d.group(1) == b"5" else 2] += 1
             self.bounced_to.setdefault(tenant, Counter())[addr.decode("utf-8", "replace")] += 1
+        if self.per_address:
+            self._address(buf, m, tenant, recipient, addr, status, line)
+
+    def _address(
+        self,
+        buf: bytes,
+        m: re.Match[bytes],
+        tenant: str,
+        recipient: bytes,
+        addr: bytes,
+        status: bytes,
+        line: bytes,
+    ) -> None:
+        """Count one outcome for the sending address (node and pool transport)."""
+        from mailops.report.tally import Distinct
+
+        p = _POOL_TRANSPORT.match(m.group("cmd") or b"")
+        if p is None:
+            return  # not a pool transport: no tenant address to judge
+        rest = m.start("rest")
+        host = buf[buf.rfind(b" ", m.start(), rest - 1) + 1 : rest - 1]
+        address = (host + b"/" + p.group(1)).decode("utf-8", "replace")
+        k = (tenant, address)
+        c = self.address_figures.get(k)
+        if c is None:
+            c = self.address_figures[k] = Counts()
+            self._addr_sent[k] = Distinct()
+            self._addr_deferred[k] = Distinct()
+        self._addr_sent[k].add(recipient)
+        if status == b"sent":
+            c.delivered += 1
+        elif status == b"deferred":
+            self._addr_deferred[k].add(recipient)
+            return
+        else:
+            d = _DSN.search(line)
+            if d is not None and d.group(1) == b"5":
+                c.bounced_hard += 1
+            else:
+                c.bounced_soft += 1
+        self.recipient_address.setdefault(tenant, {})[addr.decode("utf-8", "replace")] = address
+
+    def address_counts(self) -> dict[tuple[str, str], Counts]:
+        """(tenant, sending address) -> its figures from the log (``per_address``)."""
+        for k, c in self.address_figures.items():
+            c.sent = len(self._addr_sent[k])
+            c.deferred = len(self._addr_deferred[k])
+        return self.address_figures
+
+    def _in_window(self, buf: bytes, m: re.Match[bytes]) -> bool:
+        assert self.window is not None
+        t = _STAMP.match(buf, m.start("ts"))
+        key = t.group(0) if t is not None else b""
+        cached = self._ts_cache
+        if cached[0] == key:
+            when = cached[1]
+        else:
+            when = _log_time(key, self.window[1])
+            self._ts_cache = (key, when)
+        return self.window[0] <= when < self.window[1]
 
     # ------------------------------------------------------------------ output
     def add_to(self, figures: Mapping[str, Figures]) -> None:
@@ -441,18 +550,21 @@ def add_store(
     day: dt.date | None,
     classes: Mapping[str, str],
     log_bounces: Iterable[LogFigures] = (),
+    *,
+    window: tuple[int, int] | None = None,
 ) -> None:
     """Add the store's complaints, unsubscribes and bounces of the day (the bounces the
-    logs did not already count: see the module's docstring) and each tenant's state."""
-    start, end = day_window(day)
+    logs did not already count: see the module's docstring) and each tenant's state.
+    ``window`` (Unix times, start included, end not) replaces the day's."""
+    start, end = window if window is not None else day_window(day)
     names = sorted(figures)
     if not names:
         return
     marks = ", ".join("?" for _ in names)
-    window = "received_at >= ? AND received_at < ?"
+    between = "received_at >= ? AND received_at < ?"
 
     def where(extra: str = "") -> str:
-        return f"tenant IN ({marks}) AND {window}{extra}"
+        return f"tenant IN ({marks}) AND {between}{extra}"
 
     params = (*names, start, end)
     for tenant, address in _rows(
