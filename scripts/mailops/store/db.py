@@ -916,6 +916,26 @@ class Store:
 
     # ----------------------------------------------------------------- reading rows
 
+    def guard_levels(self) -> dict[tuple[str, str], int]:
+        """The guard's last level of every (tenant, metric) it has judged (migration 5)."""
+        return {
+            (str(row[0]), str(row[1])): int(row[2])
+            for row in self._stream("SELECT tenant, metric, level FROM guard_state")
+        }
+
+    def set_guard_level(
+        self, tenant: str, metric: str, level: int, value: float, *, now: float | None = None
+    ) -> None:
+        """Record the guard's level (and the rate it judged) of one (tenant, metric)."""
+        with self.transaction():
+            self._exec(
+                "INSERT INTO guard_state (tenant, metric, level, value, changed_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant, metric) DO UPDATE SET"
+                " level = excluded.level, value = excluded.value,"
+                " changed_at = excluded.changed_at",
+                (clean(tenant, 64), clean(metric, 256), int(level), float(value), _now(now)),
+            )
+
     def rows(self, table: str, **where: Any) -> list[dict[str, Any]]:
         """Rows of one table as dicts (for tests, status and small reports)."""
         if table not in (

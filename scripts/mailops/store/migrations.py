@@ -181,6 +181,24 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX complaints_by_address ON complaints (address)",
         ),
     ),
+    Migration(
+        5,
+        "guard: the last level of each tenant's rates, so each crossing is mailed once",
+        (
+            # metric: "complaint", "bounce", or "complaint@ADDRESS" for a sending address;
+            # level: 0 below the warning, 1 warning, 2 pause.  No row: 0.
+            """
+            CREATE TABLE guard_state (
+                tenant TEXT NOT NULL,
+                metric TEXT NOT NULL,
+                level INTEGER NOT NULL DEFAULT 0,
+                value DOUBLE PRECISION NOT NULL DEFAULT 0,
+                changed_at BIGINT NOT NULL,
+                PRIMARY KEY (tenant, metric)
+            )
+            """,
+        ),
+    ),
 )
 
 LATEST: int = MIGRATIONS[-1].version
