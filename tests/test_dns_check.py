@@ -33,7 +33,8 @@ import pytest
 from mailops import exitcodes
 from mailops.dns import spf
 from mailops.dns.resolve import Dns, parse_nameserver
-from tests.support.dns import FIXTURE, SOA, make_key, run_mailops
+from tests.support.dns import FIXTURE, SOA, make_key, run_mailops, run_mailops_captured
+from tests.support.inventory_cache import use_cached_listings
 
 NSD = Path("/usr/sbin/nsd")
 DOMAIN = "dnscheck.test"
@@ -44,11 +45,18 @@ SENDING = ["127.0.0.10", "127.0.0.21", "127.0.0.22"]
 NO_NSD = "needs /usr/sbin/nsd (Debian package nsd) to serve the test zones"
 
 
-@pytest.fixture(autouse=True)
-def _no_settings_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    empty = tmp_path / "mailops.toml"
+def no_settings_file(directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty settings file (not the host's), and one ansible-inventory run per
+    inventory (tests/support/inventory_cache.py)."""
+    empty = directory / "mailops.toml"
     empty.write_text("")
     monkeypatch.setenv("MAILOPS_CONFIG", str(empty))
+    use_cached_listings(monkeypatch)
+
+
+@pytest.fixture(autouse=True)
+def _no_settings_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    no_settings_file(tmp_path, monkeypatch)
 
 
 def free_port() -> int:
@@ -117,18 +125,28 @@ class Nsd:
         self._wait(next(iter(zones)))
 
     def _wait(self, zone: str) -> None:
+        # A query sent before nsd has bound its port is lost and would be waited out
+        # (0.5 s): first wait for its TCP port, refused at once until it is bound.
         d = Dns("127.0.0.1", self.port, timeout=0.5)
         deadline = time.monotonic() + 15
+        bound = False
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 log = (
                     (self.root / "nsd.log").read_text() if (self.root / "nsd.log").exists() else ""
                 )
                 raise RuntimeError(f"nsd exited {self.proc.returncode}: {log}")
+            if not bound:
+                try:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                    bound = True
+                except OSError:
+                    time.sleep(0.01)
+                continue
             d._cache.clear()
             if d.query(zone, "SOA").status == "ok":
                 return
-            time.sleep(0.1)
+            time.sleep(0.02)
         self.stop()
         raise RuntimeError("nsd did not answer within 15 s")
 
@@ -278,7 +296,7 @@ class SmtpServer(socketserver.ThreadingTCPServer):
 @pytest.fixture(scope="module")
 def smtp(pki: Pki) -> Iterator[SmtpServer]:
     server = SmtpServer(pki)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield server
     server.shutdown()
@@ -301,7 +319,7 @@ def serve_policy(body: bytes) -> tuple[http.server.ThreadingHTTPServer, str]:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
@@ -333,10 +351,10 @@ TENANT2 = "tenant2.test"  # pool two: 127.0.0.131 on mail1; no MX
 POOL1 = ["127.0.0.121", "127.0.0.122"]
 
 
-def plan_zones(capsys: pytest.CaptureFixture[str], playbooks: Path, *extra: str) -> Planned:
+def plan_zones(playbooks: Path, *extra: str) -> Planned:
     """One `mailops dns plan` of the fixture, cut into its $ORIGIN blocks."""
     policy = playbooks.parent / "mta-sts.txt"
-    code, out, err = run_mailops(
+    code, out, err = run_mailops_captured(
         [
             "dns",
             "plan",
@@ -347,8 +365,7 @@ def plan_zones(capsys: pytest.CaptureFixture[str], playbooks: Path, *extra: str)
             "--mta-sts-policy-out",
             str(policy),
             *extra,
-        ],
-        capsys,
+        ]
     )
     assert code == 0, err
     zones: dict[str, str] = {}
@@ -370,12 +387,15 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture
-def planned(capsys: pytest.CaptureFixture[str], repo: Path) -> Planned:
-    return plan_zones(capsys, repo / "playbooks")
+@pytest.fixture(scope="module")
+def planned(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Planned:
+    """The fixture's plan, once per module: the tests only read it (and serve copies)."""
+    with pytest.MonkeyPatch.context() as mp:
+        no_settings_file(tmp_path_factory.mktemp("settings"), mp)
+        return plan_zones(repo / "playbooks")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def policy_url(planned: Planned) -> Iterator[str]:
     server, url = serve_policy(planned.policy)
     yield url
@@ -590,7 +610,7 @@ def test_dkim_key_mismatch_fails_dkim_only(
 ) -> None:
     other = tmp_path / "other-keys"
     make_key(other / DOMAIN, "mail")
-    published = plan_zones(capsys, planned.playbooks, "--dkim-keys", str(other))
+    published = plan_zones(planned.playbooks, "--dkim-keys", str(other))
     ns = nsd({DOMAIN: published.forward, REVERSE: published.reverse, "dnsbl.test": DNSBL_OK})
     code, rows, _ = check(capsys, ns, planned, smtp, pki, policy_url=policy_url)
     assert code == exitcodes.FAIL

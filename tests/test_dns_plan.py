@@ -32,6 +32,7 @@ from tests.support.dns import (
     public_p,
     run_mailops,
 )
+from tests.support.inventory_cache import use_cached_listings
 
 LAB = ROOT / "inventories" / "lab"
 
@@ -64,6 +65,7 @@ def _no_settings_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     empty = tmp_path / "mailops.toml"
     empty.write_text("")
     monkeypatch.setenv("MAILOPS_CONFIG", str(empty))
+    use_cached_listings(monkeypatch)  # one ansible-inventory run per inventory
 
 
 # --- the lab inventory ------------------------------------------------------------

@@ -4,6 +4,8 @@ them, the fixture inventories in tests/data/dns, and running the command in-proc
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
 import subprocess
 from pathlib import Path
 
@@ -57,3 +59,11 @@ def run_mailops(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[in
     code = cli.main(argv)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def run_mailops_captured(argv: list[str]) -> tuple[int, str, str]:
+    """As run_mailops, for fixtures wider than one test (capsys is per test)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(argv)
+    return code, out.getvalue(), err.getvalue()
