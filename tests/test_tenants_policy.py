@@ -297,6 +297,16 @@ def test_a_paused_tenants_message_is_held_at_the_end(service: PolicyProcess) -> 
     assert service.ask(**eom("gamma")) == "DUNNO"  # no state recorded: active
 
 
+def test_a_paused_tenants_null_sender_message_is_deferred_not_held(
+    service: PolicyProcess,
+) -> None:
+    """The sync releases held mail by its sender's domain: a held message with the null
+    sender (a tenant's auto-reply, its DSN) would stay on hold for ever after resume."""
+    answer = service.ask(**{**eom("alpha"), "sender": ""})
+    assert answer.startswith("451 4.7.1 tenant alpha is paused"), answer
+    assert service.ask(**{**eom("beta"), "sender": ""}) == "DUNNO"
+
+
 def test_changes_to_the_files_are_seen_without_a_restart(
     setup: dict[str, Any], service: PolicyProcess
 ) -> None:

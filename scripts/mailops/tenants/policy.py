@@ -22,7 +22,9 @@ Only SASL-authenticated clients are tenants' applications; anything else gets ``
   recipient still goes to its own domain).  A tenant without transports on this host
   gets ``DUNNO`` (its mail leaves from the shared addresses) and a warning in the log.
 * END-OF-MESSAGE: ``HOLD`` when the tenant is paused: the message is accepted and kept
-  in the hold queue until ``mailops tenants sync`` releases it on resume.
+  in the hold queue until ``mailops tenants sync`` releases it on resume.  A message
+  with the null sender gets ``451`` instead: the sync finds held mail by its sender's
+  domain and would never release it.
 * A login that is no tenant's: ``DEFER_IF_PERMIT``; no state file ever seen:
   ``DEFER_IF_PERMIT`` (a broken or missing file later: the last good one stays in use).
 
@@ -338,6 +340,13 @@ class Policy:
         if stage == "END-OF-MESSAGE":
             state = states.get(tenant.name)
             if isinstance(state, dict) and state.get("paused") is True:
+                if not request.get("sender", "").strip("<> "):
+                    # The sync finds a tenant's held mail by its sender's domain: a
+                    # message with the null sender would stay on hold after resume.
+                    return (
+                        f"451 4.7.1 tenant {tenant.name} is paused; mail with an empty"
+                        " envelope sender is not held, try again later"
+                    )
                 return f"HOLD tenant {tenant.name} is paused"
         return "DUNNO"
 
