@@ -255,14 +255,23 @@ def test_each_recipient_keeps_one_of_the_pools_transports_with_its_class(
     assert again == first
 
 
-def test_a_tenant_without_transports_here_uses_the_shared_addresses_and_says_so(
+def test_a_tenant_without_transports_here_is_deferred_never_sent_from_shared_addresses(
     setup: dict[str, Any], service: PolicyProcess
 ) -> None:
-    assert service.ask(**rcpt("gamma", "a@gmail.test")) == "DUNNO"
-    assert service.ask(**rcpt("gamma", "b@gmail.test")) == "DUNNO"
+    """gamma's pool has no address on this node: its SPF lists only the pool, so the
+    shared addresses would fail it; a 4xx sends the client to another node."""
+    for recipient in ("a@gmail.test", "b@gmail.test"):
+        answer = service.ask(**rcpt("gamma", recipient))
+        assert answer.startswith("DEFER_IF_PERMIT 4.3.5 tenant gamma has no sending address"), (
+            answer
+        )
+    # A suppressed recipient is still refused for good, whatever the node.
+    assert service.ask(**rcpt("gamma", "gone@gmail.test")).startswith("550 5.7.1 ")
     logged = (setup["tmp"] / "postlog.out").read_text().splitlines()
     assert len(logged) == 1, logged  # once per process, not once per recipient
-    assert logged[0].startswith("-t postfix/mailops-tenants -p warning tenant gamma: no transports")
+    assert logged[0].startswith(
+        "-t postfix/mailops-tenants -p warning tenant gamma: no address of pool gamma"
+    )
 
 
 def test_where_postlog_cannot_write_smtpd_logs_the_warning(
@@ -270,12 +279,13 @@ def test_where_postlog_cannot_write_smtpd_logs_the_warning(
 ) -> None:
     """Debian's postlog is not set-gid: with maillog_file, the mailops user cannot log."""
     (setup["tmp"] / "postlog").write_text("#!/bin/sh\nexit 1\n")
-    assert service.ask(**rcpt("gamma", "a@gmail.test")) == (
-        "WARN mailops tenants policy: tenant gamma: no transports of pool gamma on this host;"
-        " its mail leaves from the shared addresses"
-    )
-    assert service.ask(**rcpt("gamma", "b@gmail.test")) == "DUNNO"
     # A warning never replaces a decision: it waits for an answer that is DUNNO anyway.
+    assert service.ask(**rcpt("gamma", "a@gmail.test")).startswith("DEFER_IF_PERMIT 4.3.5 ")
+    assert service.ask(**rcpt("", "a@gmail.test")) == (
+        "WARN mailops tenants policy: tenant gamma: no address of pool gamma on this host;"
+        " its mail is deferred here"
+    )
+    assert service.ask(**rcpt("", "b@gmail.test")) == "DUNNO"
     (setup["tmp"] / "new.json").write_text("[]")
     (setup["tmp"] / "new.json").replace(setup["tmp"] / "tenants.json")
     assert service.ask(**eom("alpha")) == "HOLD tenant alpha is paused"

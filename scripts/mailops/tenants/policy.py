@@ -20,7 +20,8 @@ Only SASL-authenticated clients are tenants' applications; anything else gets ``
   deliver to the recipient's domain.  FILTER is one per message: with recipients at
   several providers the last recipient's transport carries the message (every
   recipient still goes to its own domain).  A tenant without transports on this host
-  gets ``DUNNO`` (its mail leaves from the shared addresses) and a warning in the log.
+  gets ``DEFER_IF_PERMIT`` (never the shared addresses: its SPF lists only its pool)
+  and a warning in the log; the client's MTA tries another node.
 * END-OF-MESSAGE: ``HOLD`` when the tenant is paused: the message is accepted and kept
   in the hold queue until ``mailops tenants sync`` releases it on resume.  A message
   with the null sender gets ``451`` instead: the sync finds held mail by its sender's
@@ -359,11 +360,17 @@ class Policy:
             # smtpd writes "<addr>: Recipient address rejected: " before the text.
             return f"550 5.7.1 {why}"
         if not tenant.transports:
+            # Never from the shared addresses: the tenant's SPF lists only its pool, and
+            # its mail would spend the other tenants' reputation.  A 4xx: the client's
+            # MTA tries another address of the cluster name, now or on its next retry.
             self.warn(
-                f"tenant {tenant.name}: no transports of pool {tenant.pool} on this host;"
-                " its mail leaves from the shared addresses"
+                f"tenant {tenant.name}: no address of pool {tenant.pool} on this host;"
+                " its mail is deferred here"
             )
-            return "DUNNO"
+            return (
+                f"DEFER_IF_PERMIT 4.3.5 tenant {tenant.name} has no sending address on"
+                " this node; try another node"
+            )
         base = tenant.transports[stable_index(address, len(tenant.transports))]
         domain = address.rpartition("@")[2]
         klass = settings.classes.get(domain)
