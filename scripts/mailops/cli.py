@@ -30,6 +30,7 @@ TOOLS: tuple[str, ...] = (
     "bounces",
     "report",
     "tenants",
+    "guard",
 )
 
 # Tools whose register() is not in mailops.<name> itself.
