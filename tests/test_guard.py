@@ -191,6 +191,13 @@ def test_crossing_pauses_and_mails_once_then_again_after_a_drop(env: dict[str, A
     assert "alpha: warning: complaint rate 0.14%" in sent[1][1]
     assert paused(env["url"])["alpha"][0] is False
 
+    # forget: the same rate is a new crossing again
+    assert run_guard(env, path, cfg, "--min-delivered", "100") == 0
+    assert len(mails(env)) == 2
+    assert cli.main(["--config", str(cfg), "guard", "forget", "alpha"]) == 0
+    assert run_guard(env, path, cfg, "--min-delivered", "100") == 0
+    assert len(mails(env)) == 3
+
 
 def test_below_the_minimum_volume_nothing_happens(env: dict[str, Any]) -> None:
     log = Log()

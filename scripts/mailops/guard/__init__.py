@@ -7,6 +7,7 @@ Usage::
                   [--prometheus-output FILE] [--min-delivered N] [--min-sent N]
                   [--sendmail PATH] [--now TIME] [--dry-run] [--print]
     mailops guard rules [--for DURATION]
+    mailops guard forget NAME
 
 The window
     The last ``--window`` hours (default 24) up to now.  With a fetch command (the
@@ -98,6 +99,12 @@ def register(sub: Any) -> None:
     r = rs.add_parser("rules", help="print Prometheus alerting rules for the same thresholds")
     r.add_argument("--for", dest="hold", default="5m", help="each rule's for: (default 5m)")
     r.set_defaults(func=_rules)
+    f = rs.add_parser(
+        "forget",
+        help="drop a tenant's recorded levels: its rates count as new crossings again",
+    )
+    f.add_argument("tenant", metavar="NAME")
+    f.set_defaults(func=_forget)
 
 
 def parse_now(text: str | None) -> float:
@@ -137,4 +144,21 @@ def _rules(args: argparse.Namespace) -> int:
     data = config.load(getattr(args, "config", None))
     limits = tenant_limits(load_tenants(data), args)
     sys.stdout.write(rules_yaml(limits, args.hold))
+    return exitcodes.OK
+
+
+def _forget(args: argparse.Namespace) -> int:
+    from mailops import config
+    from mailops.store.db import Store, StoreError
+
+    settings = config.table(
+        config.load(getattr(args, "config", None)), "store", {"url": args.store}
+    )
+    try:
+        with Store.open(settings["url"], timeout=settings["timeout"]) as store:
+            n = store.forget_guard_levels(args.tenant)
+    except StoreError as exc:
+        print(f"mailops guard forget: the store: {exc}", file=sys.stderr)
+        return exitcodes.TEMPFAIL
+    print(f"{args.tenant}: {n} recorded level(s) dropped")
     return exitcodes.OK

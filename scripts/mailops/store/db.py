@@ -936,6 +936,12 @@ class Store:
                 (clean(tenant, 64), clean(metric, 256), int(level), float(value), _now(now)),
             )
 
+    def forget_guard_levels(self, tenant: str) -> int:
+        """Drop the guard's recorded levels of a tenant (its next crossing mails again)."""
+        with self.transaction():
+            cur = self._exec("DELETE FROM guard_state WHERE tenant = ?", (clean(tenant, 64),))
+        return max(0, int(getattr(cur, "rowcount", 0) or 0))
+
     def rows(self, table: str, **where: Any) -> list[dict[str, Any]]:
         """Rows of one table as dicts (for tests, status and small reports)."""
         if table not in (
