@@ -465,6 +465,22 @@ def test_bad_variables_are_named(
     assert "Traceback" not in err
 
 
+def test_an_inventory_changed_in_place_is_read_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The listing cache (tests/support/inventory_cache.py) must not hide an edit."""
+    inv = write_inventory(tmp_path / "inv", {})
+    code, out, err = run_mailops(plan_argv(inv, "--format", "json"), capsys)
+    assert code == 0, err
+    assert any(r["values"] == ["192.0.2.21"] for r in json.loads(out))
+    hosts = inv / "hosts.yml"
+    hosts.write_text(hosts.read_text().replace("192.0.2.21", "192.0.2.29"))
+    code, out, err = run_mailops(plan_argv(inv, "--format", "json"), capsys)
+    assert code == 0, err
+    assert any(r["values"] == ["192.0.2.29"] for r in json.loads(out))
+    assert not any("192.0.2.21" in str(r["values"]) for r in json.loads(out))
+
+
 def test_two_hosts_on_one_address(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     inv = write_inventory(
         tmp_path / "inv", {}, "        mail2:\n          public_ipv4: 192.0.2.21\n"
