@@ -1,7 +1,8 @@
 """mailops dns check against a real authoritative server (nsd) on 127.0.0.1.
 
 The zones nsd serves are written from ``mailops dns plan --format zone`` for the fixture
-inventory in tests/data/dns/inventory (so plan and check are tested together), then
+inventory in tests/data/dns/inventory (so plan and check are tested together; planned
+once per module, each test serving its own copy from a fresh nsd), then
 broken one thing at a time: a PTR deleted, an address dropped from SPF, a DKIM key
 replaced, a sending address listed in a DNSBL.  Each time exactly the matching check
 must fail, with a message that names the record and the fix.  The MX host is an SMTP

@@ -1,7 +1,9 @@
 """mailops dns plan: records from real inventories (the lab's and fixtures in tests/data/dns).
 
-The inventories are read by the real ``ansible-inventory`` (in .venv/bin next to the
-test's Python); DKIM keys are made by the openssl CLI in temporary directories, laid
+The inventories are read by the real Ansible: the ``ansible-inventory`` next to the
+test's Python, or the same code run by a fork server that imports Ansible once, each
+listing made once per inventory and test process (tests/support/inventory_cache.py);
+DKIM keys are made by the openssl CLI in temporary directories, laid
 out as the opendkim role and dkim_rotate.yml leave them.  Zone output is parsed back
 with dnspython's master-file reader, so "loads into a DNS server" is checked too.
 """
