@@ -319,6 +319,26 @@ def test_a_failed_hold_or_release_is_tried_again_next_run(
     assert node.load_queue() == {"A1": "deferred"}
 
 
+def test_mail_the_policy_held_is_released_even_if_no_hold_of_the_queue_succeeded(
+    node: Node, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pause of one run whose postqueue failed: the state file said paused all the
+    same, so the policy held A1; the resume must release it (it stayed on hold for ever)."""
+    node.store.set_tenant_paused("alpha", True)
+    (node.tmp / "fail-postqueue").touch()
+    rc, err = node.sync(capsys)
+    assert rc == exitcodes.TEMPFAIL and "cannot list the queue" in err, err
+    assert node.state()["alpha"]["paused"] is True
+    (node.tmp / "fail-postqueue").unlink()
+    node.queue = [message("A1", "news@alpha.test", "hold")]  # the policy's HOLD
+    node.save_queue()
+    node.store.set_tenant_paused("alpha", False)
+    node.calls()
+    assert node.sync(capsys) == (exitcodes.OK, "")
+    assert node.calls() == ["postqueue -j", "postsuper -H - < A1", "postqueue -i A1"]
+    assert node.load_queue() == {"A1": "deferred"}
+
+
 def test_a_message_gone_before_its_flush_is_no_failure(
     node: Node, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -384,13 +384,18 @@ def sync_once(
     for tenant in tenants:
         state = states.get(tenant.name)
         before = previous.get(tenant.name, {})
+        carried = before.get("queue", ACTIVE) if isinstance(before, dict) else ACTIVE
+        is_paused = bool(state and state.paused)
         entries[tenant.name] = {
-            "paused": bool(state and state.paused),
+            "paused": is_paused,
             "reason": state.reason if state else "",
             "changed_at": state.changed_at if state else 0,
             "changed_by": state.changed_by if state else "",
-            # What was done to the queue so far: carried until this run does more.
-            "queue": before.get("queue", ACTIVE) if isinstance(before, dict) else ACTIVE,
+            # What was done to the queue so far: carried until this run does more.  A
+            # paused tenant counts as held at once, whether or not this run's postsuper
+            # works: the policy holds its new mail from this state file on, and a
+            # resume must release that mail even if no hold of the queue ever succeeded.
+            "queue": HELD if is_paused else carried,
         }
     try:
         write_state(state_path, entries, now)  # the policy acts on it from now on
