@@ -339,6 +339,29 @@ def test_mail_the_policy_held_is_released_even_if_no_hold_of_the_queue_succeeded
     assert node.load_queue() == {"A1": "deferred"}
 
 
+def test_a_big_release_sends_only_so_many_at_once(
+    node: Node, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One postqueue -i per message would hold the sync's lock for minutes on a release
+    of tens of thousands; past the limit the queue manager's next scan sends them."""
+    monkeypatch.setattr("mailops.tenants.sync.FLUSH_LIMIT", 2)
+    node.queue = [message(f"A{i}", "news@alpha.test") for i in range(5)]
+    node.save_queue()
+    node.store.set_tenant_paused("alpha", True)
+    assert node.sync(capsys)[0] == exitcodes.OK
+    node.store.set_tenant_paused("alpha", False)
+    node.calls()
+    rc, err = node.sync(capsys, "-v")
+    assert (rc, set(node.load_queue().values())) == (exitcodes.OK, {"deferred"})
+    assert node.calls() == [
+        "postqueue -j",
+        "postsuper -H - < A0 A1 A2 A3 A4",
+        "postqueue -i A0",
+        "postqueue -i A1",
+    ]
+    assert "3 released messages left to the queue manager's next scan" in err, err
+
+
 def test_a_message_gone_before_its_flush_is_no_failure(
     node: Node, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -14,7 +14,7 @@ the minute is over, as ``mailops suppression sync --every`` does).  Each run:
    the tenant, not on hold yet) is held with ``postsuper -h`` on every run (so mail that
    was on its way into the queue when the pause came is caught by the next run); on
    resume its held mail is released (``postsuper -H``, then ``postqueue -i ID`` so it
-   leaves at once) on the run that sees the resume and once more on the next run (a
+   leaves at once, for the first ``FLUSH_LIMIT`` messages) on the run that sees the resume and once more on the next run (a
    message the policy held just before it saw the resume).  A hold or release that
    failed is tried again next run: the state file records what was done to the queue.
 
@@ -57,6 +57,11 @@ MINUTE = 60.0
 MARGIN = 5.0
 # Queue states of a tenant in the state file: what the sync has done to its mail.
 ACTIVE, HELD, RELEASING = "active", "held", "releasing"
+# Released messages sent at once with ``postqueue -i`` per run, at most: each call is a
+# process (some 30 ms), and a release of tens of thousands would hold the sync's lock for
+# many minutes, so no pause, resume or unsubscribe reached the node meanwhile.  The rest
+# go on the queue manager's next scan of the deferred queue (queue_run_delay, 5 min).
+FLUSH_LIMIT = 300
 
 
 def _err(text: str) -> None:
@@ -297,11 +302,17 @@ class QueueTools:
         if not ids:
             return
         self._run([self.postsuper, "-H", "-"], "".join(f"{i}\n" for i in ids))
-        for queue_id in ids:  # released mail waits for the next queue run: send it now
+        # Released mail waits for the next queue run: send it now (up to FLUSH_LIMIT).
+        for queue_id in ids[:FLUSH_LIMIT]:
             try:
                 self._run([self.postqueue, "-i", queue_id])
             except QueueError as exc:
                 self.problems.append(str(exc))
+        if len(ids) > FLUSH_LIMIT:
+            self.problems.append(
+                f"{len(ids) - FLUSH_LIMIT} released messages left to the queue manager's"
+                " next scan of the deferred queue"
+            )
 
 
 class QueueError(Exception):
