@@ -491,9 +491,9 @@ class LogFigures:
                 c.bounced_hard += 1
             else:
                 c.bounced_soft += 1
-        self.recipient_address.setdefault(tenant, {})[
-            addr.decode("utf-8", "replace").lower()
-        ] = address
+        self.recipient_address.setdefault(tenant, {})[addr.decode("utf-8", "replace").lower()] = (
+            address
+        )
 
     def address_counts(self) -> dict[tuple[str, str], Counts]:
         """(tenant, sending address) -> its figures from the log (``per_address``)."""

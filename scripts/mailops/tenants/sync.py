@@ -14,8 +14,9 @@ the minute is over, as ``mailops suppression sync --every`` does).  Each run:
    the tenant, not on hold yet) is held with ``postsuper -h`` on every run (so mail that
    was on its way into the queue when the pause came is caught by the next run); on
    resume its held mail is released (``postsuper -H``, then ``postqueue -i ID`` so it
-   leaves at once, for the first ``FLUSH_LIMIT`` messages) on the run that sees the resume and once more on the next run (a
-   message the policy held just before it saw the resume).  A hold or release that
+   leaves at once, for the first ``FLUSH_LIMIT`` messages) on the run that sees the resume
+   and once more on the next run (a message the policy held just before it saw the
+   resume).  A hold or release that
    failed is tried again next run: the state file records what was done to the queue.
 
 The state file is written before the queue is touched: by then the policy service holds
