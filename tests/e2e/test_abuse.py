@@ -68,6 +68,10 @@ class Door:
     control_rcpt: str
     control_auth: bool  # the control logs in (SASL) after STARTTLS
     refusal: str  # regex of the whole reply to every probe
+    # Whose login the control uses (a file of .lab/secrets, and the user name), and its
+    # sender: a tenant's login may send only from the tenant's domains.
+    control_login: tuple[str, str] = (f"app1@{DOMAIN}", "sasl-app1")
+    control_sender: str = SENDER
 
 
 DOORS = {
@@ -80,6 +84,11 @@ DOORS = {
     # The bulk nodes take mail from the cluster's application servers only.
     ("mail_bulk", 25): Door("app1", "alice@gmail.test", False,
                             rf"554 5\.7\.1 {ADDR}: Client host rejected: Access denied"),
+    # ... and from the tenants' logins on submission (docs/tenants.md).
+    ("mail_bulk", 587): Door(STRANGER, "alice@gmail.test", True,
+                             rf"554 5\.7\.1 {ADDR}: Recipient address rejected: Access denied",
+                             control_login=("alpha", "sasl-tenant-alpha"),
+                             control_sender="news@alpha.test"),
 }  # fmt: skip
 
 # Runs in a lab host; reads {host, port, helo, sender, rcpts, control: rcpt | null, auth:
@@ -134,16 +143,23 @@ print(json.dumps(out))
 
 
 def smtp(
-    client: str, host: str, port: int, rcpts: list[str], control: str = "", auth: bool = False
+    client: str,
+    host: str,
+    port: int,
+    rcpts: list[str],
+    control: str = "",
+    auth: tuple[str, str] | None = None,
+    sender: str = SENDER,
 ) -> dict[str, Any]:
+    """One client's SMTP sessions; ``auth``: (user, file of .lab/secrets) to log in with."""
     job = {
         "host": HOSTS[host]["ip"],
         "port": port,
         "helo": HELO,
-        "sender": SENDER,
+        "sender": sender,
         "rcpts": rcpts,
         "control": control or None,
-        "auth": [f"app1@{DOMAIN}", _secret("sasl-app1")] if auth else None,
+        "auth": [auth[0], _secret(auth[1])] if auth else None,
     }
     res = subprocess.run(
         ["podman", "exec", "-i", f"{PREFIX}-{client}", "python3", "-c", SESSION],
@@ -187,7 +203,15 @@ def test_no_host_relays_or_offers_auth_in_clear(host: str, port: int, evidence: 
     # The positive control: a session of the same shape (HELO, sender, TLS) from a client
     # the host serves is accepted at RCPT, so the probes below are judged on their
     # recipients by the same path.
-    control = smtp(door.control_client, host, port, [], door.control_rcpt, door.control_auth)
+    control = smtp(
+        door.control_client,
+        host,
+        port,
+        [],
+        door.control_rcpt,
+        door.control_login if door.control_auth else None,
+        door.control_sender,
+    )
     where = f"control {door.control_client}->{host}:{port}"
     assert control["listening"], where
     (session,) = control["sessions"]
