@@ -225,3 +225,26 @@ def wait_for_value(
         if time.monotonic() >= deadline:
             raise AssertionError(f"{what}: not within {timeout:.0f} s (last seen: {last!r:.300})")
         time.sleep(every)
+
+
+def start_again(host: str) -> None:
+    """After ``podman start`` of a stopped host, bring back what its converge set up: the
+    containers have no init, so nothing a role started comes back by itself, nor the
+    extra addresses (a bulk node's pool addresses, roles/lab_addresses)."""
+    entry = yaml.safe_load((INVENTORY / "hosts.yml").read_text())
+    hv: dict[str, object] = {}
+    for node in entry["all"]["children"].values():
+        hv = (node.get("hosts") or {}).get(host) or hv
+    ip = inventory()[host]["ip"]
+    pools = hv.get("mail_pool_addresses", []) if isinstance(hv, dict) else []
+    assert isinstance(pools, list)
+    adds = "; ".join(
+        f"ip addr add {p['address']}/32 dev $dev label $dev:lab 2>/dev/null" for p in pools
+    )
+    res = sh(
+        host,
+        f"dev=$(ip -o -4 addr show | awk '$4 ~ /^{ip}\\//{{print $2; exit}}'); {adds or ':'}; "
+        "for s in opendkim dovecot; do [ -x /etc/init.d/$s ] && service $s start; done; "
+        "postfix start; service ssh start; service cron start; true",
+    )
+    assert res.rc == 0, res.out + res.err

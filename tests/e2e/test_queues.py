@@ -16,7 +16,16 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.labhosts import PREFIX, file_mtime, inventory, mail_domain, sh, token, wait_for_value
+from tests.e2e.labhosts import (
+    PREFIX,
+    file_mtime,
+    inventory,
+    mail_domain,
+    sh,
+    start_again,
+    token,
+    wait_for_value,
+)
 
 HOSTS = inventory()
 DOMAIN = mail_domain()
@@ -183,7 +192,7 @@ def test_a_node_down_is_reported_and_the_others_still_are(evidence: list[str]) -
     finally:
         subprocess.run(["podman", "start", f"{PREFIX}-mail2"], check=True, capture_output=True)
         # The container's PID 1 is a sleep: start what the roles started.
-        sh("mail2", "service opendkim start; postfix start; service ssh start; service cron start")
+        start_again("mail2")
     assert "error" in data["hosts"]["mail2"] or "error" in data["mailqueues"]["mail2"], data
     for host in ("mx1", "mail1"):
         assert "error" not in data["mailqueues"][host], data["mailqueues"][host]
