@@ -77,23 +77,13 @@ HTML_HEADERS = [
 
 
 def html_rows(part: Mapping[str, Any]) -> list[list[Any]]:
+    from mailops.tenants.figures import COUNTS  # the figures' own list, in their order
+
     return [
         [
             r["tenant"],
             r["state"],
-            *(
-                f"{r[k]:,}"
-                for k in (
-                    "sent",
-                    "delivered",
-                    "deferred",
-                    "bounced",
-                    "bounced_hard",
-                    "bounced_soft",
-                    "complained",
-                    "unsubscribed",
-                )
-            ),
+            *(f"{r[k]:,}" for k in COUNTS),
             f"{100 * r['bounce_rate']:.2f}%",
             f"{100 * r['complaint_rate']:.3f}%",
         ]
