@@ -31,6 +31,7 @@ TOOLS: tuple[str, ...] = (
     "report",
     "tenants",
     "guard",
+    "ses",
 )
 
 # Tools whose register() is not in mailops.<name> itself.
