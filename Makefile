@@ -16,10 +16,13 @@ export PATH            := $(BIN):$(PATH)
 # Debian packages the controller needs: podman and its runtime for the lab, debootstrap
 # to build the base image without a registry, pflogsumm to compare reports against,
 # PostgreSQL for the shared-store tests, sshd for the queue collector's tests, nsd for
-# the DNS tests, testssl.sh to probe the lab's TLS, swaks for hand checks.  Tests start
+# the DNS tests, testssl.sh to probe the lab's TLS, swaks for hand checks; chromium
+# (headless), certutil to trust the lab CA in its throw-away profile and a font, for the
+# checks that open pages as a person would (tests/support/chromium.py).  Tests start
 # their own servers on loopback.
 DEB_PACKAGES := podman runc catatonit debootstrap uidmap pflogsumm postgresql swaks \
-                openssh-client openssh-server nsd openssl python3-venv git make testssl.sh
+                openssh-client openssh-server nsd openssl python3-venv git make testssl.sh \
+                chromium libnss3-tools fonts-dejavu-core
 
 .PHONY: help deps deps-system venv lab lab-down lint unit slow check molecule e2e test bench clean
 
