@@ -12,7 +12,9 @@ message stays queued and comes back later.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -23,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from mailops.bounceparse.model import REASONS, Report
 from mailops.config import ConfigError
+from mailops.dmarc.model import DmarcReport, TlsReport
 from mailops.store import migrations
 from mailops.store.text import (
     MAX_ADDRESS,
@@ -960,6 +963,179 @@ class Store:
             params = list(where.values())
         with self._errors():
             cur = self._db.execute(sql, params)
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    # ----------------------------------------------------------------- DMARC and TLS-RPT
+    # (migration 6; mailops.dmarc and mailops.tlsrpt, docs/dmarc.md)
+
+    def record_dmarc(
+        self,
+        report: DmarcReport,
+        *,
+        tenant: str = "",
+        raw_sha256: str = "",
+        now: float | None = None,
+    ) -> tuple[int, int]:
+        """Store every record of a DMARC aggregate report in one transaction:
+        (rows added, rows stored before).  A record is known by (org_name, report_id,
+        its place in the report), so a report mailed twice is counted once."""
+        when = _now(now)
+        added = 0
+        org, rid = clean(report.org_name, 256), clean(report.report_id, 256)
+        with self.transaction():
+            for r in report.records:
+                added += int(
+                    self._exec(
+                        "INSERT INTO dmarc_records (tenant, org_name, report_id, record,"
+                        " policy_domain, begin_at, end_at, source_ip, messages, disposition,"
+                        " dkim, spf, header_from, received_at, raw_sha256)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                        " ON CONFLICT (org_name, report_id, record) DO NOTHING",
+                        (
+                            clean(tenant, 64),
+                            org,
+                            rid,
+                            r.index,
+                            clean(report.policy_domain, 253).lower(),
+                            report.begin,
+                            report.end,
+                            clean(r.source_ip, 64),
+                            r.count,
+                            clean(r.disposition, 32),
+                            clean(r.dkim, 32),
+                            clean(r.spf, 32),
+                            clean(r.header_from, 253).lower(),
+                            when,
+                            raw_sha256,
+                        ),
+                    ).rowcount
+                )
+        return added, len(report.records) - added
+
+    def record_tlsrpt(
+        self,
+        report: TlsReport,
+        *,
+        tenant: str = "",
+        raw_sha256: str = "",
+        now: float | None = None,
+    ) -> tuple[int, int]:
+        """Store every policy of a TLS-RPT report in one transaction, keyed as
+        :meth:`record_dmarc` keys records: (rows added, rows stored before)."""
+        when = _now(now)
+        added = 0
+        org, rid = clean(report.organization_name, 256), clean(report.report_id, 256)
+        with self.transaction():
+            for p in report.policies:
+                added += int(
+                    self._exec(
+                        "INSERT INTO tlsrpt_policies (tenant, organization_name, report_id,"
+                        " policy, policy_domain, policy_type, begin_at, end_at, successful,"
+                        " failed, failures, received_at, raw_sha256)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                        " ON CONFLICT (organization_name, report_id, policy) DO NOTHING",
+                        (
+                            clean(tenant, 64),
+                            org,
+                            rid,
+                            p.index,
+                            clean(p.policy_domain, 253).lower(),
+                            clean(p.policy_type, 32),
+                            report.begin,
+                            report.end,
+                            p.successful,
+                            p.failed,
+                            json.dumps(
+                                {clean(k, 64): v for k, v in sorted(p.failures.items())},
+                                sort_keys=True,
+                            ),
+                            when,
+                            raw_sha256,
+                        ),
+                    ).rowcount
+                )
+        return added, len(report.policies) - added
+
+    def quarantine_report(
+        self,
+        kind: str,
+        message: bytes,
+        *,
+        raw_sha256: str,
+        raw_size: int,
+        error: str,
+        sender: str = "",
+        envelope_to: str = "",
+        subject: str = "",
+        tenant: str = "",
+        now: float | None = None,
+    ) -> bool:
+        """Keep a report mail that could not be read, for a person.  False when the same
+        mail (kind and hash) was kept before."""
+        with self.transaction():
+            return bool(
+                self._exec(
+                    "INSERT INTO report_quarantine (tenant, kind, raw_sha256, received_at,"
+                    " raw_size, sender, envelope_to, subject, error, message)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (kind, raw_sha256) DO NOTHING",
+                    (
+                        clean(tenant, 64),
+                        clean(kind, 16),
+                        raw_sha256,
+                        _now(now),
+                        raw_size,
+                        normalize_address(sender),
+                        normalize_address(envelope_to),
+                        clean(subject),
+                        clean(error, MAX_DIAGNOSTIC),
+                        base64.b64encode(message).decode("ascii"),
+                    ),
+                ).rowcount
+            )
+
+    def quarantined_reports(
+        self, *, since: int = 0, until: int | None = None, with_message: bool = False
+    ) -> list[dict[str, Any]]:
+        """Kept report mails received in [since, until), oldest first; ``message`` is the
+        mail itself (bytes) when ``with_message``."""
+        cols = "id, kind, raw_sha256, received_at, raw_size, sender, envelope_to, subject, error"
+        sql = f"SELECT {cols}{', message' if with_message else ''} FROM report_quarantine"  # noqa: S608
+        sql += " WHERE received_at >= ? AND received_at < ? ORDER BY received_at, id"
+        names = [c.strip() for c in cols.split(",")]
+        out: list[dict[str, Any]] = []
+        for row in self._stream(sql, (since, until if until is not None else 2**62)):
+            item = dict(zip(names, row[: len(names)], strict=True))
+            if with_message:
+                item["message"] = base64.b64decode(str(row[len(names)]))
+            out.append(item)
+        return out
+
+    def dmarc_records(self, *, since: int = 0, until: int | None = None) -> list[dict[str, Any]]:
+        """DMARC records received in [since, until), as dicts with the table's columns."""
+        return self._received("dmarc_records", since, until)
+
+    def tlsrpt_policies(self, *, since: int = 0, until: int | None = None) -> list[dict[str, Any]]:
+        """TLS-RPT policies received in [since, until); ``failures`` decoded to a dict."""
+        rows = self._received("tlsrpt_policies", since, until)
+        for r in rows:
+            try:
+                found = json.loads(r["failures"] or "{}")
+            except ValueError:
+                found = {}
+            r["failures"] = (
+                {str(k): int(v) for k, v in found.items()} if isinstance(found, dict) else {}
+            )
+        return rows
+
+    def _received(self, table: str, since: int, until: int | None) -> list[dict[str, Any]]:
+        sql = (
+            f"SELECT * FROM {table} WHERE received_at >= ? AND received_at < ?"  # noqa: S608
+            " ORDER BY received_at, id"
+        )  # table: one of two fixed names
+        with self._errors():
+            cur = self._db.execute(sql, (since, until if until is not None else 2**62))
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 

@@ -199,6 +199,80 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        6,
+        "DMARC aggregate and TLS-RPT reports, and the report mails kept for a person",
+        (
+            # One row per <record> of a DMARC aggregate report (RFC 7489 appendix C, and
+            # the DMARCbis draft's schema).  (org_name, report_id, record) is the key: a
+            # report mailed twice, or by two paths, is stored and counted once.  record:
+            # the record's place in the report, from 0.  messages: the row's <count>.
+            # dkim, spf: the policy-evaluated results; received_at: when the pipe took it.
+            """
+            CREATE TABLE dmarc_records (
+                id {pk},
+                tenant TEXT NOT NULL DEFAULT '',
+                org_name TEXT NOT NULL,
+                report_id TEXT NOT NULL,
+                record INTEGER NOT NULL,
+                policy_domain TEXT NOT NULL DEFAULT '',
+                begin_at BIGINT NOT NULL DEFAULT 0,
+                end_at BIGINT NOT NULL DEFAULT 0,
+                source_ip TEXT NOT NULL DEFAULT '',
+                messages BIGINT NOT NULL DEFAULT 0,
+                disposition TEXT NOT NULL DEFAULT '',
+                dkim TEXT NOT NULL DEFAULT '',
+                spf TEXT NOT NULL DEFAULT '',
+                header_from TEXT NOT NULL DEFAULT '',
+                received_at BIGINT NOT NULL,
+                raw_sha256 TEXT NOT NULL DEFAULT '',
+                UNIQUE (org_name, report_id, record)
+            )
+            """,
+            "CREATE INDEX dmarc_records_received ON dmarc_records (received_at)",
+            # One row per policy of a TLS-RPT report (RFC 8460), keyed the same way.
+            # failures: a JSON object, result-type -> failed sessions of that type.
+            """
+            CREATE TABLE tlsrpt_policies (
+                id {pk},
+                tenant TEXT NOT NULL DEFAULT '',
+                organization_name TEXT NOT NULL,
+                report_id TEXT NOT NULL,
+                policy INTEGER NOT NULL,
+                policy_domain TEXT NOT NULL DEFAULT '',
+                policy_type TEXT NOT NULL DEFAULT '',
+                begin_at BIGINT NOT NULL DEFAULT 0,
+                end_at BIGINT NOT NULL DEFAULT 0,
+                successful BIGINT NOT NULL DEFAULT 0,
+                failed BIGINT NOT NULL DEFAULT 0,
+                failures TEXT NOT NULL DEFAULT '{{}}',
+                received_at BIGINT NOT NULL,
+                raw_sha256 TEXT NOT NULL DEFAULT '',
+                UNIQUE (organization_name, report_id, policy)
+            )
+            """,
+            "CREATE INDEX tlsrpt_policies_received ON tlsrpt_policies (received_at)",
+            # A mail to dmarc@ or tlsrpt@ that held no report that could be read: kept
+            # whole (base64, at most the pipe's max_message_bytes) with the reason, for a
+            # person (`mailops dmarc quarantine`).  A second arrival adds nothing.
+            """
+            CREATE TABLE report_quarantine (
+                id {pk},
+                tenant TEXT NOT NULL DEFAULT '',
+                kind TEXT NOT NULL,
+                raw_sha256 TEXT NOT NULL,
+                received_at BIGINT NOT NULL,
+                raw_size BIGINT NOT NULL DEFAULT 0,
+                sender TEXT NOT NULL DEFAULT '',
+                envelope_to TEXT NOT NULL DEFAULT '',
+                subject TEXT NOT NULL DEFAULT '',
+                error TEXT NOT NULL DEFAULT '',
+                message TEXT NOT NULL DEFAULT '',
+                UNIQUE (kind, raw_sha256)
+            )
+            """,
+        ),
+    ),
 )
 
 LATEST: int = MIGRATIONS[-1].version
