@@ -64,6 +64,12 @@ def ses(ctx: Context) -> Draft | None:
     obj = next((o for o in map(_json_object, texts[:3]) if o is not None), None)
     if obj is None:
         return None
+    return draft_of(obj)
+
+
+def draft_of(obj: dict[str, Any]) -> Draft:
+    """The classification of one SES notification or event (the JSON object, SNS
+    envelope removed), whether it came by mail or from SQS (``mailops ses events``)."""
     kind = _str(obj.get("notificationType")) or _str(obj.get("eventType"))
     mail = _dict(obj.get("mail"))
     draft = Draft(kind="bounce", detector="ses")
