@@ -13,6 +13,7 @@ message stays queued and comes back later.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import sqlite3
@@ -944,6 +945,85 @@ class Store:
         with self.transaction():
             cur = self._exec("DELETE FROM guard_state WHERE tenant = ?", (clean(tenant, 64),))
         return max(0, int(getattr(cur, "rowcount", 0) or 0))
+
+    # ----------------------------------------------------------------- SES events
+
+    def record_ses_event(
+        self,
+        event_type: str,
+        ses_message_id: str,
+        addresses: Sequence[str],
+        *,
+        report: Report | None = None,
+        raw: RawInfo | None = None,
+        source: str = "",
+        sns_message_id: str = "",
+        detail: str = "",
+        occurred_at: int | None = None,
+        tenant: str = "",
+        scope: str = "",
+        now: float | None = None,
+    ) -> Outcome:
+        """Store one SES event (``mailops ses events``) in one transaction.
+
+        One ses_events row per recipient, keyed by (type, SES message id, recipient):
+        a second arrival adds nothing and changes nothing.  ``report`` (a bounce or a
+        complaint in the classifier's terms) then goes through the same rows and the
+        same suppression policy as the cluster's own reports, for the recipients that
+        were new.  ``stored``/``duplicates`` count ses_events rows.
+        """
+        out = Outcome()
+        when = _now(now)
+        tenant = clean(tenant, 64)
+        wanted = [normalize_address(a) for a in addresses] or [""]
+        fresh: set[str] = set()
+        with self.transaction():
+            for address in dict.fromkeys(wanted):
+                key = _key("ses", event_type, ses_message_id, address)
+                added = self._exec(
+                    "INSERT INTO ses_events (tenant, dedup_key, received_at, occurred_at,"
+                    " event_type, address, ses_message_id, source, sns_message_id, detail)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedup_key) DO NOTHING",
+                    (
+                        tenant,
+                        key,
+                        when,
+                        when if occurred_at is None else int(occurred_at),
+                        clean(event_type, 32),
+                        address,
+                        clean(ses_message_id, 200),
+                        normalize_address(source),
+                        clean(sns_message_id, 200),
+                        clean(detail, 300),
+                    ),
+                ).rowcount
+                if added:
+                    out.stored += 1
+                    fresh.add(address)
+                else:
+                    out.duplicates += 1
+            if report is not None and fresh and report.kind in ("bounce", "feedback"):
+                rows = tuple(r for r in report.recipients if normalize_address(r.address) in fresh)
+                if rows:
+                    part = dataclasses.replace(report, recipients=rows)
+                    info = raw or RawInfo(sha256="", size=0)
+                    done = Outcome()
+                    if report.kind == "bounce":
+                        self._record_bounce(part, info, tenant, clean(scope, 64), when, done)
+                    else:
+                        self._record_feedback(part, info, tenant, clean(scope, 64), when, done)
+                    out.suppressed.extend(done.suppressed)
+                    out.cleared += done.cleared
+        return out
+
+    def ses_event_counts(self) -> dict[str, int]:
+        """SES events stored, by type (every tenant, all time)."""
+        return {
+            str(kind): int(count)
+            for kind, count in self._stream(
+                "SELECT event_type, COUNT(*) FROM ses_events GROUP BY event_type"
+            )
+        }
 
     def rows(self, table: str, **where: Any) -> list[dict[str, Any]]:
         """Rows of one table as dicts (for tests, status and small reports)."""

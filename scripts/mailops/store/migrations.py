@@ -273,6 +273,35 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        7,
+        "SES: every event read from SQS once, for idempotence and the figures",
+        (
+            # One row per (event type, SES message id, recipient): a notification that
+            # SQS delivers twice, or that arrives by two paths, is stored once.  The
+            # bounces and complaints among them also go to bounces/complaints (same
+            # vocabulary as the cluster's own); Delivery, Send, Reject and the other
+            # event types are only here.  occurred_at: SES's timestamp of the event;
+            # detail: bounce type/subtype, delay type, reject reason or SMTP response.
+            """
+            CREATE TABLE ses_events (
+                id {pk},
+                tenant TEXT NOT NULL DEFAULT '',
+                dedup_key TEXT NOT NULL UNIQUE,
+                received_at BIGINT NOT NULL,
+                occurred_at BIGINT NOT NULL DEFAULT 0,
+                event_type TEXT NOT NULL,
+                address TEXT NOT NULL DEFAULT '',
+                ses_message_id TEXT NOT NULL DEFAULT '',
+                source TEXT NOT NULL DEFAULT '',
+                sns_message_id TEXT NOT NULL DEFAULT '',
+                detail TEXT NOT NULL DEFAULT ''
+            )
+            """,
+            "CREATE INDEX ses_events_type ON ses_events (event_type, occurred_at)",
+            "CREATE INDEX ses_events_tenant ON ses_events (tenant, occurred_at)",
+        ),
+    ),
 )
 
 LATEST: int = MIGRATIONS[-1].version
