@@ -209,6 +209,14 @@ def _ip_address(value: Any) -> bool:
     return True
 
 
+def _ip_network(value: Any) -> bool:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def _nameserver(value: str) -> bool:
     if not value:
         return True
@@ -411,6 +419,20 @@ SCHEMA: dict[str, dict[str, Setting]] = {
             5.0, low=0.001, high=300, expect="a number of seconds, > 0 and <= 300"
         ),
         "smtp_port": Setting(25, low=1, high=65535),
+    },
+    # mailops dmarc / tlsrpt: the pipes on dmarc@ and tlsrpt@, their figures in the daily
+    # report and on /metrics (docs/dmarc.md).
+    "reports": {
+        "max_message_bytes": Setting(10 * 1024 * 1024, low=1024),
+        # one input's documents together, once decompressed (compression bombs stop here)
+        "max_report_bytes": Setting(64 * 1024 * 1024, low=1024),
+        # the cluster's own sending addresses (mail_mx and mail_bulk hosts, pool
+        # addresses): a DMARC source outside them is named in the figures
+        "planned_sources": Setting(
+            [], item=_ip_network, expect="a list of IP addresses or networks (CIDR)"
+        ),
+        "in_report": Setting(False),  # the daily report gets the DMARC/TLS section
+        "top": Setting(20, low=1),  # outside sources listed per domain
     },
 }
 
