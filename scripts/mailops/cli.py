@@ -32,6 +32,7 @@ TOOLS: tuple[str, ...] = (
     "tenants",
     "guard",
     "ses",
+    "warmup",
 )
 
 # Tools whose register() is not in mailops.<name> itself.
