@@ -282,6 +282,35 @@ def test_per_address_rates(env: dict[str, Any]) -> None:
     assert paused(env["url"])["alpha"][:2] == (True, "guard")
 
 
+def test_per_address_deferral_rates_by_provider(env: dict[str, Any]) -> None:
+    log = Log()
+    # mail1's alpha address: gmail 3 sent, 1 of them deferred; outlook 2, none deferred;
+    # two domains of no transport class (other): 4 sent, 3 deferred
+    for i in range(3):
+        log.message("mail1", "news@alpha.test", f"g{i}@gmail.test", "pool_alpha_1_gmail",
+                    NOW - 60, "deferred" if i == 0 else "sent")  # fmt: skip
+    for i in range(2):
+        log.message("mail1", "news@alpha.test", f"o{i}@outlook.test", "pool_alpha_1", NOW - 60)
+    for i in range(4):
+        log.message("mail1", "news@alpha.test", f"x{i}@example{i % 2}.org", "pool_alpha_1",
+                    NOW - 60, "deferred" if i < 3 else "sent")  # fmt: skip
+    # mail2's beta address: gmail, all delivered; and mail with no pool transport
+    log.message("mail2", "news@beta.test", "g@gmail.test", "pool_beta_1_gmail", NOW - 60)
+    log.message("mail2", "news@beta.test", "h@gmail.test", "smtp", NOW - 60, "deferred")
+    path = log.write(env["tmp"] / "mail.log")
+    cfg = settings(env["tmp"], env["url"])
+    assert run_guard(env, path, cfg) == 0
+    prom = (env["tmp"] / "guard.prom").read_text()
+    got = dict(re.findall(r"^mailops_guard_address_deferral_rate\{(.*)\} (\S+)$", prom, re.M))
+    one = 'tenant="alpha",address="mail1/pool_alpha_1"'
+    assert got == {
+        f'{one},provider="gmail"': "0.333333",  # 1 of 3 recipients
+        f'{one},provider="microsoft"': "0.0",
+        f'{one},provider="other"': "0.75",
+        'tenant="beta",address="mail2/pool_beta_1",provider="gmail"': "0.0",
+    }, got
+
+
 def test_a_mail_that_fails_is_tried_again(env: dict[str, Any]) -> None:
     log = Log()
     traffic(log, {"alpha": 200})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import socket
 import subprocess
 from collections import Counter
@@ -16,11 +17,13 @@ from typing import Any
 from mailops.guard.limits import Limits
 from mailops.tenants.figures import (
     _COMPLAINT_TYPES,
+    _POOL_TRANSPORT,
     Counts,
     Figures,
     LogFigures,
     _rows,
     add_store,
+    provider_of,
     rate,
 )
 from mailops.tenants.model import Tenants
@@ -28,6 +31,9 @@ from mailops.tenants.model import Tenants
 METRICS = ("complaint", "bounce")
 LEVEL_NAMES = ("ok", "warning", "pause")
 TOP = 5
+# A provider that is no transport class is "other" in the per-address deferral rates,
+# so that the series stay a handful per address whatever domains a tenant mails.
+OTHER = "other"
 
 
 # ---------------------------------------------------------------------- measure
@@ -44,6 +50,52 @@ class Measure:
     addresses: dict[tuple[str, str], Counts] = field(default_factory=dict)
     complaint_domains: dict[str, Counter[str]] = field(default_factory=dict)
     bounce_domains: dict[str, Counter[str]] = field(default_factory=dict)
+    # (tenant, address, provider class or OTHER) -> [recipients sent, deferred]
+    address_providers: dict[tuple[str, str, str], list[int]] = field(default_factory=dict)
+
+
+class _AddressLog(LogFigures):
+    """The tenants' figures of one host's log, also counting each sending address's
+    recipients sent and deferred per receiving provider (for its deferral rates)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.known = frozenset(self.classes.values())
+        self.provider_sets: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+    def _address(
+        self,
+        buf: bytes,
+        m: re.Match[bytes],
+        tenant: str,
+        recipient: bytes,
+        addr: bytes,
+        status: bytes,
+        line: bytes,
+    ) -> None:
+        super()._address(buf, m, tenant, recipient, addr, status, line)
+        from mailops.report.tally import Distinct
+
+        p = _POOL_TRANSPORT.match(m.group("cmd") or b"")
+        if p is None:
+            return
+        rest = m.start("rest")
+        host = buf[buf.rfind(b" ", m.start(), rest - 1) + 1 : rest - 1]
+        dom = addr[addr.rfind(b"@") + 1 :]
+        provider = self.of_domain.get(dom) or provider_of(
+            dom.decode("utf-8", "replace"), self.classes
+        )
+        k = (tenant, (host + b"/" + p.group(1)).decode("utf-8", "replace"),
+             provider if provider in self.known else OTHER)  # fmt: skip
+        sets = self.provider_sets.get(k)
+        if sets is None:
+            sets = self.provider_sets[k] = (Distinct(), Distinct())
+        sets[0].add(recipient)
+        if status == b"deferred":
+            sets[1].add(recipient)
+
+    def provider_counts(self) -> dict[tuple[str, str, str], tuple[int, int]]:
+        return {k: (len(s), len(d)) for k, (s, d) in self.provider_sets.items()}
 
 
 def measure(
@@ -62,13 +114,18 @@ def measure(
     logs: list[LogFigures] = []
     where: dict[str, dict[str, str]] = {}  # tenant -> recipient -> sending address
     for group in groups:
-        log = LogFigures(tenants, classes, None, syslog_name, window=window, per_address=True)
+        log = _AddressLog(tenants, classes, None, syslog_name, window=window, per_address=True)
         log.feed_paths(group)
         log.add_to(figures)
         log.messages.clear()
         for k, c in log.address_counts().items():
             if k[0] in figures:
                 out.addresses.setdefault(k, Counts()).add(c)
+        for pk, (sent, deferred) in log.provider_counts().items():
+            if pk[0] in figures:
+                row = out.address_providers.setdefault(pk, [0, 0])
+                row[0] += sent
+                row[1] += deferred
         for tenant, recipients in log.recipient_address.items():
             where.setdefault(tenant, {}).update(recipients)
         for tenant, bounced in log.bounced_to.items():
@@ -420,6 +477,15 @@ def prometheus(
             ({"tenant": n, "provider": p}, rate(c.deferred, c.sent))
             for n in sorted(m.tenants)
             for p, c in sorted(m.tenants[n].providers.items())
+        ],
+    )
+    lines += family(
+        "mailops_guard_address_deferral_rate",
+        "Recipients deferred at least once / recipients sent, per tenant, sending address "
+        f"and receiving provider class ({OTHER!r}: any other domain), in the guard's window.",
+        [
+            ({"tenant": k[0], "address": k[1], "provider": k[2]}, rate(deferred, sent))
+            for k, (sent, deferred) in sorted(m.address_providers.items())
         ],
     )
     lines += family(
