@@ -31,6 +31,8 @@ TOOLS: tuple[str, ...] = (
     "report",
     "tenants",
     "guard",
+    "dmarc",
+    "tlsrpt",
     "ses",
     "warmup",
 )
