@@ -211,3 +211,36 @@ def test_fuzz_stored_or_ignored_never_a_traceback(data: bytes, sender: str | Non
         with Store.open(url(cfg)) as s:
             for row in s.rows("unsubscribes") + s.rows("suppressions"):
                 assert all("\n" not in str(v) and "\r" not in str(v) for v in row.values())
+
+
+def test_unsubscribe_plus_token_names_the_recipient_and_the_tenant(
+    tenant_cfg: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The mailto of the one-click header: the token decides, not the sender."""
+    from mailops.unsub.token import Sealer
+
+    key = "p" * 48
+    keys = tenant_cfg.parent / "keys"
+    keys.write_text(key + "\n")
+    tenant_cfg.write_text(
+        tenant_cfg.read_text() + f'\n[unsubscribe]\nkey_file = "{keys}"\nmax_age_days = 30\n'
+    )
+    good = Sealer([key], 86400).make("beta", "reader@example.com")
+    # Postfix may hand the local part over in another case: the token does not mind.
+    argv = [
+        "--sender",
+        "Other@Example.com",
+        "--recipient",
+        f"unsubscribe+{good.upper()}@company.test",
+    ]
+    assert run(tenant_cfg, request(), monkeypatch, *argv) == exitcodes.OK
+    assert run(tenant_cfg, request(), monkeypatch, *argv) == exitcodes.OK  # replay: one row
+    assert scopes(tenant_cfg) == [
+        ("suppressions", "beta", "reader@example.com"),
+        ("unsubscribes", "beta", "reader@example.com"),
+    ]
+    forged = Sealer(["q" * 48], 86400).make("alpha", "victim@example.com")
+    argv = ["--sender", "x@example.com", "--recipient", f"unsubscribe+{forged}@company.test"]
+    assert run(tenant_cfg, request(), monkeypatch, *argv) == exitcodes.OK
+    assert "forged or altered" in capsys.readouterr().err
+    assert len(scopes(tenant_cfg)) == 2

@@ -19,6 +19,11 @@ $ORIGINAL_RECIPIENT (local(8) sets it for a command in aliases), else the first 
 address; an extension that is not a tenant of ``[tenants]``, or none, gives a global
 unsubscribe (tenant '', or ``[store] tenant``).  ``--tenant`` names the tenant instead.
 
+One-click tokens: a request to ``unsubscribe+TOKEN@<domain>`` (the mailto of the
+List-Unsubscribe header the bulk nodes add, docs/unsubscribe.md) unsubscribes the
+token's recipient from the token's tenant, whoever sent it; a token that is forged,
+altered or expired is logged and nothing is recorded.
+
 Exit status as ``bounces ingest``: 0 when recorded or deliberately ignored, 75 when the
 store or the settings are broken (Postfix keeps the message and retries).
 
@@ -49,8 +54,11 @@ from mailops.pipeio import (
 from mailops.store import open_from_config, store_settings
 from mailops.store.text import normalize_address, valid_address
 from mailops.tenants.model import Tenants, load_tenants
+from mailops.unsub.token import TokenError, load_sealer
 
 TOOL = "unsubscribe"
+# A token is longer than any tenant name (21 characters at most).
+TOKEN_MIN_CHARS = 32
 
 
 def tenant_of_recipient(recipient: str, tenants: Tenants) -> str:
@@ -60,6 +68,16 @@ def tenant_of_recipient(recipient: str, tenants: Tenants) -> str:
     name = extension.split("+", 1)[0]
     if at and plus and tenants.get(name) is not None:
         return name
+    return ""
+
+
+def token_of_recipient(recipient: str, tenants: Tenants) -> str:
+    """TOKEN of ``unsubscribe+TOKEN@domain`` (the one-click header's mailto), else ''."""
+    local = recipient.strip().strip("<>").rpartition("@")[0]
+    _, plus, extension = local.partition("+")
+    extension = extension.split("+", 1)[0]
+    if plus and len(extension) >= TOKEN_MIN_CHARS and tenants.get(extension.lower()) is None:
+        return extension
     return ""
 
 
@@ -90,11 +108,22 @@ def unsubscribe(
     if why:
         log(TOOL, f"ignored: {why} ({source} {address or '<>'})")
         return exitcodes.OK
+    token = token_of_recipient(recipient or header_address(msg, "To"), tenants)
+    if token:
+        # unsubscribe+TOKEN@: the token says who and from which tenant, whoever sends.
+        try:
+            claim = load_sealer(values["key_file"], values["max_age_days"]).open(token)
+        except TokenError as exc:
+            log(TOOL, f"ignored: {exc} (request from {address or '<>'})")
+            return exitcodes.OK
+        address, tenant, source = claim.address, claim.tenant, "token"
     if not valid_address(address):
         log(TOOL, f"ignored: {source} {address!r} is not an address that can be suppressed")
         return exitcodes.OK
     message_id = header(msg, "Message-ID")
-    if message_id:
+    if token:
+        material = f"token\x00{token.lower()}"
+    elif message_id:
         material = f"mid\x00{message_id}\x00{address}"
     else:
         material = f"raw\x00{raw.sha256}\x00{address}"
@@ -145,3 +174,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--tenant", metavar="T", help="the tenant (default: from the recipient)")
     parser.set_defaults(func=cmd_unsubscribe)
+    # The one-click parts (the milter, tokens by hand) live in mailops.unsub.
+    from mailops.unsub import cli as unsub_cli
+
+    unsub_cli.register(subparsers)
