@@ -297,6 +297,16 @@ SCHEMA: dict[str, dict[str, Setting]] = {
     },
     "unsubscribe": {
         "max_message_bytes": MESSAGE_BYTES,
+        # One-click unsubscribe (mailops.unsub, docs/unsubscribe.md): the token keys
+        # (one a line, the first signs), how long a token is honoured, the link's base
+        # and the mailto domain, what marks transactional mail, the milter's socket.
+        "key_file": Setting("/etc/mailops/unsubscribe.keys", nonempty=True),
+        "max_age_days": Setting(180.0, low=1),
+        "url_base": Setting(""),
+        "mailto_domain": Setting(""),
+        "transactional_header": Setting("X-Mailops-Transactional", one_line=True),
+        "transactional_logins": Setting([]),
+        "milter_socket": Setting("/var/spool/postfix/mailops-unsub/milter.sock", nonempty=True),
     },
     "autoreply": {
         "text": Setting(
