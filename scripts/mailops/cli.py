@@ -34,6 +34,7 @@ TOOLS: tuple[str, ...] = (
     "dmarc",
     "tlsrpt",
     "ses",
+    "throttle",
     "warmup",
 )
 
