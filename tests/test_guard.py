@@ -178,17 +178,19 @@ def test_crossing_pauses_and_mails_once_then_again_after_a_drop(env: dict[str, A
     assert run_guard(env, path, cfg, "--min-delivered", "100") == 0
     assert len(mails(env)) == 1 and paused(env["url"])["alpha"][0] is False
 
-    # more good mail: 2 / 2200 < 0.1%, recorded silently
-    traffic(log, {"alpha": 2000}, start=200)
+    # more good mail: 2 / 3000 is under 80% of the warning level, recorded silently
+    traffic(log, {"alpha": 2800}, start=200)
     log.write(path)
     assert run_guard(env, path, cfg, "--min-delivered", "100") == 0
     assert len(mails(env)) == 1
-    # and a new crossing (warning level: 3 / 2200 >= 0.1%) mails again, without a pause
+    with Store.open(env["url"]) as s:
+        assert s.guard_levels()[("alpha", "complaint")] == 0
+    # and a new crossing (warning level: 3 / 3000 >= 0.1%) mails again, without a pause
     add_complaint(env["url"], "alpha", "u300@gmail.test", NOW - 60)
     assert run_guard(env, path, cfg, "--min-delivered", "100") == 0
     sent = mails(env)
     assert len(sent) == 2
-    assert "alpha: warning: complaint rate 0.14%" in sent[1][1]
+    assert "alpha: warning: complaint rate 0.10%" in sent[1][1]
     assert paused(env["url"])["alpha"][0] is False
 
     # forget: the same rate is a new crossing again
@@ -197,6 +199,43 @@ def test_crossing_pauses_and_mails_once_then_again_after_a_drop(env: dict[str, A
     assert cli.main(["--config", str(cfg), "guard", "forget", "alpha"]) == 0
     assert run_guard(env, path, cfg, "--min-delivered", "100") == 0
     assert len(mails(env)) == 3
+
+
+def test_a_rate_that_wobbles_at_a_level_mails_once(env: dict[str, Any]) -> None:
+    """Deliveries take the rate just under the warning level, a complaint just over,
+    run after run: one mail, until the rate has fallen well under the level."""
+    log = Log()
+    traffic(log, {"alpha": 1000})
+    path = log.write(env["tmp"] / "mail.log")
+    cfg = settings(env["tmp"], env["url"])
+    add_complaint(env["url"], "alpha", "u0@gmail.test", NOW - 600)  # 1 / 1000: warning
+    assert run_guard(env, path, cfg) == 0
+    assert len(mails(env)) == 1
+    delivered, complaints = 1000, 1
+    for _ in range(3):
+        traffic(log, {"alpha": 100}, start=delivered)  # just under 0.1%: not a fall yet
+        delivered += 100
+        log.write(path)
+        assert run_guard(env, path, cfg) == 0
+        add_complaint(env["url"], "alpha", f"w{delivered}@gmail.test", NOW - 60)
+        complaints += 1
+        traffic(log, {"alpha": 1000 * complaints - delivered}, start=delivered)  # back at 0.1%
+        delivered = 1000 * complaints
+        log.write(path)
+        assert run_guard(env, path, cfg) == 0
+    assert len(mails(env)) == 1
+    with Store.open(env["url"]) as s:
+        assert s.guard_levels()[("alpha", "complaint")] == 1
+    # 4 / 5100 is under 80% of 0.1%: the fall is recorded; the next rise mails again
+    traffic(log, {"alpha": 1100}, start=delivered)
+    log.write(path)
+    assert run_guard(env, path, cfg) == 0
+    with Store.open(env["url"]) as s:
+        assert s.guard_levels()[("alpha", "complaint")] == 0
+    for i in range(2):
+        add_complaint(env["url"], "alpha", f"z{i}@gmail.test", NOW - 60)
+    assert run_guard(env, path, cfg) == 0
+    assert len(mails(env)) == 2
 
 
 def test_below_the_minimum_volume_nothing_happens(env: dict[str, Any]) -> None:

@@ -40,7 +40,9 @@ What it does
     the tenant's ``contact`` naming every crossing, the figures, the top complaining
     and bouncing recipient domains and how to resume; at the pause level the tenant is
     paused first (``mailops tenants pause``'s hold).  A rate that falls is recorded
-    silently, so the next rise mails again.  The guard never resumes a tenant.  When
+    silently, so the next rise mails again; a level is left only once the rate is under
+    80% of its threshold (mailops.guard.core.CLEAR), so that a rate hovering at a
+    threshold does not mail on every other run.  The guard never resumes a tenant.  When
     some node's lines could not be fetched nothing is judged (missing deliveries would
     inflate the rates): the metrics say ``mailops_guard_complete 0``.
 

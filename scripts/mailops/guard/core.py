@@ -29,6 +29,10 @@ from mailops.tenants.figures import (
 from mailops.tenants.model import Tenants
 
 METRICS = ("complaint", "bounce")
+# A recorded level is left when the rate falls under this share of its threshold (a
+# rate recorded at the 0.5 % pause level stays there down to 0.4 %): no new alert for
+# a rate that wobbles around a threshold.
+CLEAR = 0.8
 LEVEL_NAMES = ("ok", "warning", "pause")
 TOP = 5
 # A provider that is no transport class is "other" in the per-address deferral rates,
@@ -249,21 +253,38 @@ class Crossing:
     before: int
 
 
+def settled(r: Reading, before: int) -> int:
+    """The level to record for ``r`` when ``before`` was recorded: its own level when it
+    rose or stayed; when it fell, a level is left only once the rate is under ``CLEAR``
+    times that level's threshold.  A rate that hovers at a threshold (one more delivery
+    takes it under, one more complaint over) would otherwise cross it again and again,
+    one mail each time."""
+    if r.level >= before:
+        return r.level
+    v = r.part / r.whole if r.whole else 0.0
+    thresholds = (0.0, *r.limits.levels(r.metric))
+    level = before
+    while level > r.level and v < CLEAR * thresholds[level]:
+        level -= 1
+    return level
+
+
 def judge(
     rs: Sequence[Reading], levels: Mapping[tuple[str, str], int]
-) -> tuple[list[Crossing], list[Reading]]:
-    """(the readings that rose to a higher level than last recorded, the readings whose
-    level changed at all).  A reading below its minimum volume is not judged: its
-    recorded level stays."""
+) -> tuple[list[Crossing], list[tuple[Reading, int]]]:
+    """(the readings that rose to a higher level than last recorded, each reading whose
+    level to record changed with that level: see ``settled``).  A reading below its
+    minimum volume is not judged: its recorded level stays."""
     crossings: list[Crossing] = []
-    changed: list[Reading] = []
+    changed: list[tuple[Reading, int]] = []
     for r in rs:
         if not r.judged:
             continue
         before = levels.get((r.tenant, r.key), 0)
-        if r.level != before:
-            changed.append(r)
-        if r.level > before:
+        after = settled(r, before)
+        if after != before:
+            changed.append((r, after))
+        if after > before:
             crossings.append(Crossing(r, before))
     return crossings, changed
 
@@ -357,7 +378,8 @@ def alert_text(
             f"    mailops tenants resume {tenant}",
             "",
             "(on the monitor).  The guard never resumes a tenant by itself, and does not",
-            "pause it again until the rate has gone below the pause level and crossed again.",
+            f"pause it again until the rate has fallen under {CLEAR:.0%} of the pause level",
+            "and crossed it again.",
         ]
     elif was_paused and pause:
         lines += [

@@ -173,9 +173,9 @@ def act(
             failed.add(name)
             code = exitcodes.TEMPFAIL
     if not args.dry_run:
-        for r in changed:
+        for r, level in changed:
             if r.tenant not in failed:
-                store.set_guard_level(r.tenant, r.key, r.level, r.value)
+                store.set_guard_level(r.tenant, r.key, level, r.value)
     return code
 
 
