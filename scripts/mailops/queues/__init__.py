@@ -122,6 +122,11 @@ def cmd_local(args: argparse.Namespace) -> int:
     except local_mod.QueueError as exc:
         print(f"mailops queues: {exc}", file=sys.stderr)
         return exitcodes.NOINPUT
+    from mailops.throttle.export import node_section
+
+    throttle = node_section()  # the node's back-off steps (docs/throttle.md), if any
+    if throttle is not None:
+        report["throttle"] = throttle
     if fmt == "json":
         print(json.dumps(report, indent=None, separators=(",", ":")))
     elif fmt == "prometheus":

@@ -84,6 +84,7 @@ class HostReport(TypedDict, total=False):
     destinations: Destinations
     warnings: list[str]
     error: str
+    throttle: list[dict[str, Any]]  # mailops throttle's transports (bulk nodes only)
 
 
 class QueueError(Exception):

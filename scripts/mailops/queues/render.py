@@ -129,6 +129,10 @@ def prometheus(reports: Mapping[str, HostReport], generated_ts: float) -> str:
         '(counted in a sample of the defer logs when sampled="true").',
         dest,
     )
+    from mailops.throttle.export import families
+
+    for name, kind, help_text, samples in families(reports):  # docs/throttle.md
+        lines += family(name, help_text, samples, kind)
     lines += family(
         "mailops_queue_generated_timestamp_seconds",
         "Unix time at which these figures were produced.",
