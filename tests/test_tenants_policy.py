@@ -22,6 +22,7 @@ import pytest
 from mailops.store.text import normalize_address
 from mailops.tenants import policy
 from mailops.tenants.sync import SuppressionRow, write_snapshot, write_state
+from tests.support.policyd import PolicyDaemon
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = time.time()
@@ -422,3 +423,37 @@ def test_tens_of_thousands_of_suppressions_stay_fast(setup: dict[str, Any]) -> N
 )
 def test_the_recipient_is_keyed_as_the_store_keys_it(text: str) -> None:
     assert policy.normalize(text) == normalize_address(text)
+
+
+# --------------------------------------------------------------------------- the daemon
+
+
+def test_the_daemon_answers_many_smtpds_at_once_as_the_spawned_process_does(
+    setup: dict[str, Any],
+) -> None:
+    """One process per node (``--listen``): connections interleave, each gets its own
+    answers in order, and the answers are those of the process smtpd used to spawn."""
+    daemon = PolicyDaemon(setup["conf"], setup["tmp"] / "policy.sock")
+    try:
+        clients = [daemon.client() for _ in range(50)]
+        for i, client in enumerate(clients):
+            client.send(rcpt("alpha", "bye@gmail.test"))
+            client.send(rcpt("beta", f"user{i}@outlook.test"))
+            client.send(eom("alpha"))
+        for client in clients:
+            assert client.read_answer() == "550 5.7.1 recipient unsubscribed from alpha"
+            assert client.read_answer() == "FILTER pool_beta_1_microsoft:"
+            assert client.read_answer() == "HOLD tenant alpha is paused"
+        # A request split across writes is answered once it is whole.
+        client = clients[0]
+        text = "".join(f"{k}={v}\n" for k, v in rcpt("beta", "gone@gmail.test").items()) + "\n"
+        for piece in (text[:7], text[7:100], text[100:]):
+            client.conn.sendall(piece.encode())
+            time.sleep(0.01)
+        assert client.read_answer().startswith("550 5.7.1 recipient is suppressed: it bounced")
+        for client in clients:
+            client.close()
+    finally:
+        assert daemon.stop() == 0, daemon.log.read_text()
+    # Stopped: the socket is gone, so smtpd's connect fails and it answers its 451.
+    assert not (setup["tmp"] / "policy.sock").exists()

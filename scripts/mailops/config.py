@@ -502,9 +502,16 @@ def _tenants_problems(raw: Any) -> list[str]:
 
 # Tables whose keys are names the inventory chooses (tenants, provider classes): each
 # has its own check, run by ``config check`` and by the tools that read the table.
+def _warmup_problems(raw: Any) -> list[str]:
+    from mailops.warmup.schedule import problems as warmup_problems  # it imports this module
+
+    return warmup_problems(raw)
+
+
 DYNAMIC_TABLES: dict[str, Callable[[Any], list[str]]] = {
     "tenants": _tenants_problems,
     "transport_classes": transport_class_problems,
+    "warmup": _warmup_problems,
 }
 
 

@@ -50,13 +50,21 @@ running the service by hand).
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import errno
 import hashlib
 import json
 import os
+import pwd
+import signal
+import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +74,8 @@ from urllib.parse import quote
 from mailops import config, exitcodes
 from mailops.config import ConfigError
 from mailops.tenants.model import Tenant, Tenants, load_tenants
+from mailops.warmup import caps, schedule, state
+from mailops.warmup.schedule import WarmupSettings
 
 # The snapshot's layout; the sync writes it, the policy refuses any other.
 SNAPSHOT_FORMAT = "mailops-tenants-suppression 1"
@@ -104,10 +114,17 @@ class Watched(Generic[T]):
     """A file read again only when it changed; a file that cannot be read keeps the last
     good value (``value`` is None until one was read)."""
 
-    def __init__(self, path: Path, load: Callable[[Path], T], warn: Callable[[str], None]):
+    def __init__(
+        self,
+        path: Path,
+        load: Callable[[Path], T],
+        warn: Callable[[str], None],
+        missing: T | None = None,
+    ):
         self.path = path
         self._load = load
         self._warn = warn
+        self._missing = missing  # the value of a file that does not exist, if it may not
         self._sig: tuple[int, ...] | None = None
         self._bad_sig: tuple[int, ...] | None = None
         self.value: T | None = None
@@ -120,6 +137,9 @@ class Watched(Generic[T]):
         else:
             sig = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         if sig == self._sig or sig == self._bad_sig:
+            return self.value
+        if sig == (-1, errno.ENOENT) and self._missing is not None:
+            self._sig, self._bad_sig, self.value = sig, None, self._missing
             return self.value
         try:
             if sig[0] == -1:
@@ -149,6 +169,7 @@ class Settings:
     snapshot: Path
     postlog: str
     syslog_name: str
+    warmup: WarmupSettings
 
 
 def transport_classes(data: Mapping[str, Any]) -> dict[str, str]:
@@ -171,6 +192,7 @@ def read_settings(path: Path) -> Settings:
         snapshot=Path(sync["snapshot"]),
         postlog=policy["postlog"],
         syslog_name=policy["syslog_name"],
+        warmup=schedule.read(data),
     )
 
 
@@ -254,12 +276,29 @@ def _open_snapshot(path: Path) -> Snapshot:
 class Policy:
     """Answers one request at a time; the files are watched for changes."""
 
-    def __init__(self, config_path: Path, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        count: bool = False,
+        echo: bool = False,
+    ) -> None:
         self.clock = clock
-        self._warned: set[str] = set()
+        self._warned: dict[str, float] = {}
+        self._echo = echo  # warnings to stderr too (the daemon's log)
         self.settings = Watched(config_path, read_settings, self.warn)
         self._state: Watched[dict[str, Any]] | None = None
         self._snapshot: Watched[Snapshot] | None = None
+        # Warm-up caps: only the daemon counts (one counter per node); a spawned or
+        # hand-run process answers without caps.
+        self._count = count
+        self.counter: caps.Counter | None = None
+        self._starts: Watched[dict[str, dict[str, Any]]] | None = None
+        self._first_seen_failed: set[str] = set()
+        # The transport each message (smtpd's ``instance``) took: every recipient of one
+        # message leaves from one address, so each is counted against that address.
+        self._picked: OrderedDict[str, str] = OrderedDict()
         # Until the settings are read: their defaults (stderr is smtpd's socket).
         self._postlog = str(config.SCHEMA["tenants_policy"]["postlog"].default)
         self._syslog_name = str(config.SCHEMA["tenants_policy"]["syslog_name"].default)
@@ -268,20 +307,22 @@ class Policy:
     # ------------------------------------------------------------- logging
 
     def warn(self, text: str) -> None:
-        """One warning line in the mail log, once per process for the same text.
+        """One warning line in the mail log, once an hour for the same text.
 
         ``postlog`` writes it; where it cannot (Debian's postlog is not set-gid, so with
         ``maillog_file`` only root reaches postlogd), the warning waits for the next
         answer that would be ``DUNNO`` and goes out as ``WARN text`` instead: smtpd
         logs it with the client, sender and recipient, and carries on as for DUNNO.
         """
-        if text in self._warned:
+        when = time.monotonic()
+        if when - self._warned.get(text, -3600.0) < 3600:
             return
-        self._warned.add(text)
         if len(self._warned) > 1000:
             self._warned.clear()
-        if not self._postlog:
+        self._warned[text] = when
+        if self._echo or not self._postlog:
             print(f"mailops tenants policy: warning: {text}", file=sys.stderr, flush=True)
+        if not self._postlog:
             return
         # Never let logging break the protocol (stderr is smtpd's socket).
         try:
@@ -337,7 +378,13 @@ class Policy:
             return "DEFER_IF_PERMIT 4.3.5 tenant state not known yet; try again later"
         stage = request.get("protocol_state", "").upper()
         if stage == "RCPT":
-            return self._rcpt(settings, tenant, snapshot, request.get("recipient", ""))
+            return self._rcpt(
+                settings,
+                tenant,
+                snapshot,
+                request.get("recipient", ""),
+                request.get("instance", ""),
+            )
         if stage == "END-OF-MESSAGE":
             state = states.get(tenant.name)
             if isinstance(state, dict) and state.get("paused") is True:
@@ -351,7 +398,9 @@ class Policy:
                 return f"HOLD tenant {tenant.name} is paused"
         return "DUNNO"
 
-    def _rcpt(self, settings: Settings, tenant: Tenant, snapshot: Snapshot, rcpt: str) -> str:
+    def _rcpt(
+        self, settings: Settings, tenant: Tenant, snapshot: Snapshot, rcpt: str, instance: str = ""
+    ) -> str:
         address = normalize(rcpt)
         if not address:
             return "DUNNO"  # the null recipient is smtpd's business
@@ -371,10 +420,73 @@ class Policy:
                 f"DEFER_IF_PERMIT 4.3.5 tenant {tenant.name} has no sending address on"
                 " this node; try another node"
             )
-        base = tenant.transports[stable_index(address, len(tenant.transports))]
+        base = self._picked.get(instance) if instance else None
+        if base is None or base not in tenant.transports:
+            base = tenant.transports[stable_index(address, len(tenant.transports))]
         domain = address.rpartition("@")[2]
         klass = settings.classes.get(domain)
+        if self._count:
+            over = self._warmup(settings, base, klass or schedule.OTHER)
+            if over is not None:
+                return over
+        if instance:
+            self._picked[instance] = base
+            self._picked.move_to_end(instance)
+            if len(self._picked) > 4096:
+                self._picked.popitem(last=False)
         return f"FILTER {base}_{klass}:" if klass else f"FILTER {base}:"
+
+    # ------------------------------------------------------------- warm-up
+
+    def _warmup(self, settings: Settings, base: str, provider: str) -> str | None:
+        """The 4xx for one more recipient over the address's cap today, or None (and the
+        recipient counted)."""
+        warm = settings.warmup
+        address = warm.transports.get(base)
+        if address is None:
+            return None
+        when = self.clock()
+        today = schedule.day_of(when)
+        key = today.isoformat()
+        if self.counter is None or self.counter.path != warm.counts:
+            self.counter = caps.Counter.load(warm.counts, key, self.warn)
+        self.counter.roll(key)
+        if self._starts is None or self._starts.path != warm.starts:
+            self._starts = Watched(warm.starts, state.read_starts, self.warn, missing={})
+        starts = self._starts.get() or {}
+        entry = starts.get(address)
+        cap, day, _ = caps.today_cap(warm, address, entry, today)
+        if entry is None and address in warm.planned:
+            self._record_first_seen(warm, address, key)
+        if cap is not None and self.counter.used(address, provider) >= cap:
+            return caps.reply(address, provider, cap, day)
+        self.counter.add(address, provider)
+        return None
+
+    def _record_first_seen(self, warm: WarmupSettings, address: str, day: str) -> None:
+        if address in self._first_seen_failed:
+            return
+
+        def first(entries: dict[str, dict[str, Any]]) -> bool:
+            if address in entries:
+                return False
+            entries[address] = {"day1": day, "by": "first-seen"}
+            return True
+
+        try:
+            state.change_starts(warm.starts, first)
+        except (OSError, ValueError) as exc:
+            self._first_seen_failed.add(address)
+            self.warn(f"{warm.starts}: cannot record day 1 of {address} ({_describe(exc)})")
+
+    def flush(self, *, force: bool = False) -> None:
+        """Write the warm-up counts when they changed (``force``: also when not)."""
+        if self.counter is None:
+            return
+        try:
+            self.counter.flush(self.clock(), force=force)
+        except OSError as exc:
+            self.warn(f"{self.counter.path}: cannot write the warm-up counts ({_describe(exc)})")
 
     def close(self) -> None:
         if self._snapshot is not None and self._snapshot.value is not None:
@@ -391,6 +503,15 @@ def _safe(text: str) -> str:
     return "".join(c if c.isprintable() and c != " " else "?" for c in text)[:320]
 
 
+def respond(policy: Policy, request: Mapping[str, str]) -> str:
+    """The action for one request; a bug defers, never kills the connection."""
+    try:
+        return policy.with_warning(policy.answer(request))
+    except Exception as exc:
+        policy.warn(f"internal error: {type(exc).__name__}: {_describe(exc)}")
+        return "DEFER_IF_PERMIT 4.3.0 tenant policy error; try again later"
+
+
 def serve(policy: Policy, stdin: BinaryIO, stdout: BinaryIO) -> int:
     """Answer requests until end of file; the number answered."""
     answered = 0
@@ -405,19 +526,191 @@ def serve(policy: Policy, stdin: BinaryIO, stdout: BinaryIO) -> int:
             if eq:
                 request[name] = value
             continue
-        try:
-            action = policy.with_warning(policy.answer(request))
-        except Exception as exc:  # a bug must not kill the connection: defer, say why
-            policy.warn(f"internal error: {type(exc).__name__}: {_describe(exc)}")
-            action = "DEFER_IF_PERMIT 4.3.0 tenant policy error; try again later"
+        action = respond(policy, request)
         stdout.write(f"action={action}\n\n".encode())
         stdout.flush()
         answered += 1
         request = {}
 
 
+# --------------------------------------------------------------------------- the daemon
+
+# A connection whose unanswered request grows past this is closed (smtpd's requests are
+# a few hundred bytes).
+MAX_REQUEST = 1 << 20
+
+
+class _Connection(asyncio.Protocol):
+    """One smtpd's connection: requests end with an empty line; each is answered at
+    once, in order (the work is in memory, so nothing waits)."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        out: list[bytes] = []
+        start = 0
+        while True:
+            end = buffer.find(b"\n\n", start)
+            if end < 0:
+                break
+            request: dict[str, str] = {}
+            for line in buffer[start:end].decode("utf-8", "replace").split("\n"):
+                name, eq, value = line.rstrip("\r").partition("=")
+                if eq:
+                    request[name] = value
+            start = end + 2
+            out.append(f"action={respond(self.policy, request)}\n\n".encode())
+        if start:
+            del buffer[:start]
+        assert self.transport is not None
+        if out:
+            self.transport.write(b"".join(out))
+        if len(buffer) > MAX_REQUEST:
+            self.transport.close()
+
+
+def listen(path: Path, owner: str, mode: int) -> socket.socket:
+    """A listening unix socket at ``path`` (a stale one replaced), ``owner``'s (user, and
+    that user's group) with ``mode``: smtpd, chrooted or not, connects as that user."""
+    try:
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o077)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    if owner:
+        pw = pwd.getpwnam(owner)
+        os.chown(path, pw.pw_uid, pw.pw_gid)
+    path.chmod(mode)
+    sock.listen(1024)
+    return sock
+
+
+def drop_privileges(user: str) -> None:
+    """Become ``user`` (from root); nothing to do for anyone else."""
+    if not user or os.getuid() != 0:
+        return
+    pw = pwd.getpwnam(user)
+    os.setgroups([])
+    os.setgid(pw.pw_gid)
+    os.setuid(pw.pw_uid)
+
+
+async def _serve_socket(
+    policy: Policy, sock: socket.socket, flush_every: Callable[[], float]
+) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: policy.flush(force=True))
+    server = await loop.create_unix_server(lambda: _Connection(policy), sock=sock)
+
+    async def flusher() -> None:
+        while True:
+            await asyncio.sleep(flush_every())
+            policy.flush()
+
+    task = asyncio.create_task(flusher())
+    try:
+        await stop.wait()
+    finally:
+        task.cancel()
+        server.close()
+        policy.flush()
+
+
+def daemon(policy: Policy, sock: socket.socket) -> None:
+    """Serve every smtpd on ``sock`` until SIGTERM; the counts are written on the way out."""
+
+    def every() -> float:
+        settings = policy.settings.get()
+        return settings.warmup.flush_every if settings is not None else 2.0
+
+    asyncio.run(_serve_socket(policy, sock, every))
+
+
+def supervise(argv: list[str], sock: socket.socket, path: Path) -> int:
+    """Run the daemon as a child on ``sock`` and start it again when it dies (for hosts
+    without systemd: the lab's containers); SIGTERM stops the child, then this."""
+    stopping = False
+    child: subprocess.Popen[bytes] | None = None
+
+    def on_term(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    backoff = 1.0
+    try:
+        while not stopping:
+            started = time.monotonic()
+            child = subprocess.Popen([*argv, "--fd", str(sock.fileno())], pass_fds=(sock.fileno(),))
+            code = child.wait()
+            if stopping:
+                break
+            if time.monotonic() - started > 60:
+                backoff = 1.0
+            print(
+                f"mailops tenants policy: the daemon ended (status {code});"
+                f" starting it again in {backoff:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+        return exitcodes.OK
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
 def run(args: argparse.Namespace) -> int:
     path, _ = config.config_path(args.config)
+    if args.fd is not None:
+        sock = socket.socket(fileno=args.fd)
+        drop_privileges(args.user)
+        policy = Policy(path, clock=schedule.now, count=True, echo=True)
+        try:
+            daemon(policy, sock)
+        finally:
+            policy.close()
+        return exitcodes.OK
+    if args.listen:
+        where = Path(args.listen)
+        sock = listen(where, args.socket_owner, int(args.socket_mode, 8))
+        if args.supervise:
+            argv = [sys.executable, "-m", "mailops"]
+            if args.config:
+                argv += ["--config", args.config]
+            argv += ["tenants", "policy", "--user", args.user]
+            return supervise(argv, sock, where)
+        drop_privileges(args.user)
+        policy = Policy(path, clock=schedule.now, count=True, echo=True)
+        try:
+            daemon(policy, sock)
+        finally:
+            policy.close()
+            with contextlib.suppress(OSError):
+                where.unlink()
+        return exitcodes.OK
     policy = Policy(path)
     try:
         serve(policy, sys.stdin.buffer, sys.stdout.buffer)
@@ -431,7 +724,33 @@ def run(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "policy",
-        help="Postfix policy service for tenant mail (run by master.cf spawn)",
+        help="Postfix policy service for tenant mail: the bulk node's daemon (--listen),"
+        " or one conversation on stdin/stdout",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
+    p.add_argument(
+        "--listen",
+        metavar="SOCKET",
+        help="serve every smtpd on this unix socket (the daemon); without it, one"
+        " conversation on stdin and stdout, with no warm-up caps",
+    )
+    p.add_argument(
+        "--socket-owner",
+        default="postfix",
+        metavar="USER",
+        help="the socket's owner, user and group (default: postfix); '' leaves it",
+    )
+    p.add_argument("--socket-mode", default="0660", metavar="OCTAL", help="default: 0660")
+    p.add_argument(
+        "--user",
+        default="",
+        metavar="USER",
+        help="run as this user once the socket is made (when started as root)",
+    )
+    p.add_argument(
+        "--supervise",
+        action="store_true",
+        help="keep the daemon running: start it again when it dies (hosts without systemd)",
+    )
+    p.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
