@@ -7,13 +7,16 @@ broken one thing at a time: a PTR deleted, an address dropped from SPF, a DKIM k
 replaced, a sending address listed in a DNSBL.  Each time exactly the matching check
 must fail, with a message that names the record and the fix.  The MX host is an SMTP
 server in this process on 127.0.0.10 (the fixture's MX address) with STARTTLS and a
-certificate from a throwaway CA; the MTA-STS policy is served over HTTP on loopback.
+certificate from a throwaway CA; the MTA-STS policies are served over HTTPS on the
+fixture's monitor address (127.0.0.50, where the plan points mta-sts.<domain>), with a
+certificate for the mta-sts names from the same CA, as `mailops dns mta-sts` prints them.
 
 Needs /usr/sbin/nsd (Debian package nsd) and the openssl CLI.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import ipaddress
 import json
@@ -41,6 +44,8 @@ NSD = Path("/usr/sbin/nsd")
 DOMAIN = "dnscheck.test"
 REVERSE = "0.0.127.in-addr.arpa"
 MX_ADDRESS = "127.0.0.10"
+POLICY_ADDRESS = "127.0.0.50"  # the fixture's monitor: mta-sts.<domain> A
+POLICY_URL = f"https://mta-sts.{DOMAIN}/.well-known/mta-sts.txt"
 SENDING = ["127.0.0.10", "127.0.0.21", "127.0.0.22"]
 
 NO_NSD = "needs /usr/sbin/nsd (Debian package nsd) to serve the test zones"
@@ -193,6 +198,8 @@ class Pki:
     ca: Path
     cert: Path
     key: Path
+    sts_cert: Path = Path()
+    sts_key: Path = Path()
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +263,25 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         "-extfile",
         str(d / "ext"),
     )
-    return Pki(ca=d / "ca.crt", cert=d / "mx.crt", key=d / "mx.key")
+    # The policy host's certificate: one for both names it serves (the mail domain's and
+    # tenant1's, whose MX is the company's), made by the same CA.
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", str(d / "sts.key"), "-out", str(d / "sts.csr"),
+            "-subj", f"/CN=mta-sts.{DOMAIN}")  # fmt: skip
+    (d / "sts-ext").write_text(
+        f"subjectAltName=DNS:mta-sts.{DOMAIN},DNS:mta-sts.{TENANT1}\n"
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+    )
+    openssl("x509", "-req", "-in", str(d / "sts.csr"), "-CA", str(d / "ca.crt"),
+            "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-out", str(d / "sts.crt"),
+            "-days", "2", "-extfile", str(d / "sts-ext"))  # fmt: skip
+    return Pki(
+        ca=d / "ca.crt",
+        cert=d / "mx.crt",
+        key=d / "mx.key",
+        sts_cert=d / "sts.crt",
+        sts_key=d / "sts.key",
+    )
 
 
 class SmtpHandler(socketserver.StreamRequestHandler):
@@ -329,6 +354,52 @@ def serve_policy(body: bytes) -> tuple[http.server.ThreadingHTTPServer, str]:
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
+class PolicyServer(http.server.ThreadingHTTPServer):
+    """HTTPS on the monitor's address: each mta-sts.<domain> host's policy, by Host."""
+
+    def __init__(self, pki: Pki, policies: dict[str, bytes]) -> None:
+        self.policies = policies
+        self.requests: list[str] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                host = (self.headers.get("Host") or "").rsplit(":", 1)[0]
+                server.requests.append(f"{host}{self.path}")
+                body = server.policies.get(host)
+                if self.path != "/.well-known/mta-sts.txt" or body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        super().__init__((POLICY_ADDRESS, 0), Handler)
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(pki.sts_cert, pki.sts_key)
+        self.socket = tls.wrap_socket(self.socket, server_side=True)
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+
+@contextlib.contextmanager
+def policy_server(pki: Pki, policies: dict[str, bytes]) -> Iterator[PolicyServer]:
+    server = PolicyServer(pki, policies)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 # --- the planned zones ------------------------------------------------------------
 
 
@@ -337,6 +408,8 @@ class Planned:
     playbooks: Path  # --playbook-dir: keys at ../secrets/dkim (the fixture's templates)
     zones: dict[str, str]  # every planned zone -> its records (a master-file fragment)
     policy: bytes
+    policies: dict[str, bytes]  # mta-sts.<domain> -> its policy (`mailops dns mta-sts`)
+    ids: dict[str, str]  # domain -> the policy's id
 
     @property
     def forward(self) -> str:
@@ -379,7 +452,14 @@ def plan_zones(playbooks: Path, *extra: str) -> Planned:
         origin, _, body = block.partition("\n")
         zones[origin.rstrip(".")] = body
     assert set(zones) == {DOMAIN, REVERSE, TENANT1, TENANT2}, zones
-    return Planned(playbooks, zones, policy.read_bytes())
+    code, out, err = run_mailops_captured(
+        ["dns", "mta-sts", "--inventory", str(FIXTURE), "--playbook-dir", str(playbooks)]
+    )
+    assert code == 0, err
+    served = json.loads(out)
+    policies = {m["host"]: m["policy"].encode() for m in served}
+    ids = {m["domain"]: m["id"] for m in served}
+    return Planned(playbooks, zones, policy.read_bytes(), policies, ids)
 
 
 @pytest.fixture(scope="module")
@@ -402,11 +482,10 @@ def planned(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Planned:
 
 
 @pytest.fixture(scope="module")
-def policy_url(planned: Planned) -> Iterator[str]:
-    server, url = serve_policy(planned.policy)
-    yield url
-    server.shutdown()
-    server.server_close()
+def policy_host(planned: Planned, pki: Pki) -> Iterator[int]:
+    """The planned policies over HTTPS at the monitor's address; yields the port."""
+    with policy_server(pki, planned.policies) as server:
+        yield server.port
 
 
 def check(
@@ -417,6 +496,7 @@ def check(
     pki: Pki,
     *extra: str,
     policy_url: str | None = None,
+    https_port: int | None = None,
     domain: str = DOMAIN,
 ) -> tuple[int, list[dict[str, str]], str]:
     argv = [
@@ -441,6 +521,8 @@ def check(
     ]
     if policy_url:
         argv += ["--mta-sts-url-base", policy_url]
+    if https_port:
+        argv += ["--https-port", str(https_port)]
     code, out, err = run_mailops(argv + list(extra), capsys)
     if code == exitcodes.USAGE:
         return code, [], err
@@ -465,10 +547,10 @@ def test_planned_zones_pass_every_check(
     planned: Planned,
     smtp: SmtpServer,
     pki: Pki,
-    policy_url: str,
+    policy_host: int,
 ) -> None:
     ns = nsd({DOMAIN: planned.forward, REVERSE: planned.reverse, "dnsbl.test": DNSBL_OK})
-    code, rows, err = check(capsys, ns, planned, smtp, pki, policy_url=policy_url)
+    code, rows, err = check(capsys, ns, planned, smtp, pki, https_port=policy_host)
     assert code == 0, err
     assert by_status(rows, "fail") == [] and by_status(rows, "warn") == [], rows
     checks = {(r["check"], r["subject"]) for r in rows}
@@ -494,12 +576,13 @@ def test_planned_zones_pass_every_check(
     )
 
 
-def test_text_output_and_policy_not_fetched(
+def test_text_output(
     capsys: pytest.CaptureFixture[str],
     nsd: Callable[[dict[str, str]], Nsd],
     planned: Planned,
     smtp: SmtpServer,
     pki: Pki,
+    policy_host: int,
 ) -> None:
     ns = nsd({DOMAIN: planned.forward, REVERSE: planned.reverse, "dnsbl.test": DNSBL_OK})
     code, out, _ = run_mailops(
@@ -515,6 +598,8 @@ def test_text_output_and_policy_not_fetched(
             str(planned.playbooks),
             "--smtp-port",
             str(smtp.server_address[1]),
+            "--https-port",
+            str(policy_host),
             "--cafile",
             str(pki.ca),
             "--timeout",
@@ -523,9 +608,72 @@ def test_text_output_and_policy_not_fetched(
         capsys,
     )
     assert code == 0
-    assert "WARN  mta-sts-policy" in out and "policy not fetched" in out
-    assert "fix: pass --mta-sts-url-base" in out
-    assert out.rstrip().endswith("1 warn, 0 fail")
+    assert f"PASS  mta-sts-policy  https://mta-sts.{DOMAIN}/.well-known/mta-sts.txt: " in out
+    assert out.rstrip().endswith(" pass, 0 warn, 0 fail")
+
+
+def test_policy_fetched_from_the_address_the_dns_gives(
+    capsys: pytest.CaptureFixture[str],
+    nsd: Callable[[dict[str, str]], Nsd],
+    planned: Planned,
+    smtp: SmtpServer,
+    pki: Pki,
+) -> None:
+    """Without --mta-sts-url-base the check does what a sender does: mta-sts.<domain>'s
+    address from the DNS checked, HTTPS with that name; a host that is not published,
+    not answering, or with a certificate for another name fails the policy check only."""
+    ns = nsd({DOMAIN: planned.forward, REVERSE: planned.reverse, "dnsbl.test": DNSBL_OK})
+    with policy_server(pki, planned.policies) as server:
+        code, rows, _ = check(capsys, ns, planned, smtp, pki, https_port=server.port)
+        assert code == 0 and by_status(rows, "fail") == [], rows
+        assert server.requests == [f"mta-sts.{DOMAIN}/.well-known/mta-sts.txt"]
+        # the name not published: nothing to connect to
+        unpublished = "\n".join(
+            ln for ln in planned.forward.splitlines() if not ln.startswith("mta-sts ")
+        )
+        assert unpublished != planned.forward
+        ns2 = nsd({DOMAIN: unpublished + "\n", REVERSE: planned.reverse, "dnsbl.test": DNSBL_OK})
+        code, rows, _ = check(capsys, ns2, planned, smtp, pki, https_port=server.port)
+        assert code == exitcodes.FAIL
+        assert by_status(rows, "fail") == [("mta-sts-policy", POLICY_URL)]
+        assert (
+            f"mta-sts.{DOMAIN} has no address"
+            in the_row(rows, "mta-sts-policy", POLICY_URL)["evidence"]
+        )
+    # nobody answers there
+    code, rows, _ = check(capsys, ns, planned, smtp, pki, https_port=free_port())
+    assert by_status(rows, "fail") == [("mta-sts-policy", POLICY_URL)]
+    # a certificate the CA did not issue for that name (the MX's, for mx1.<domain>)
+    wrong = Pki(pki.ca, pki.cert, pki.key, sts_cert=pki.cert, sts_key=pki.key)
+    with policy_server(wrong, planned.policies) as server:
+        code, rows, _ = check(capsys, ns, planned, smtp, pki, https_port=server.port)
+    assert by_status(rows, "fail") == [("mta-sts-policy", POLICY_URL)]
+    evidence = the_row(rows, "mta-sts-policy", POLICY_URL)["evidence"]
+    assert f"certificate not valid for mta-sts.{DOMAIN}" in evidence, evidence
+
+
+def test_record_id_that_does_not_name_the_served_policy(
+    capsys: pytest.CaptureFixture[str],
+    nsd: Callable[[dict[str, str]], Nsd],
+    planned: Planned,
+    smtp: SmtpServer,
+    pki: Pki,
+    policy_host: int,
+) -> None:
+    """The policy is the planned one but the record kept an old id: senders that cached
+    the old policy would never fetch this one."""
+    pid = planned.ids[DOMAIN]
+    stale = planned.forward.replace(f"id={pid}", "id=20240101000000")
+    assert stale != planned.forward
+    ns = nsd({DOMAIN: stale, REVERSE: planned.reverse, "dnsbl.test": DNSBL_OK})
+    code, rows, _ = check(capsys, ns, planned, smtp, pki, https_port=policy_host)
+    assert code == exitcodes.FAIL
+    assert sorted(by_status(rows, "fail")) == [
+        ("mta-sts", f"_mta-sts.{DOMAIN}"),
+        ("mta-sts-policy", POLICY_URL),
+    ]
+    evidence = the_row(rows, "mta-sts-policy", POLICY_URL)["evidence"]
+    assert evidence == f"the served policy's id is {pid}, the record says 20240101000000"
 
 
 # --- one thing broken at a time -----------------------------------------------------
@@ -537,14 +685,14 @@ def test_missing_ptr_fails_fcrdns_only(
     planned: Planned,
     smtp: SmtpServer,
     pki: Pki,
-    policy_url: str,
+    policy_host: int,
 ) -> None:
     reverse = "".join(
         line for line in planned.reverse.splitlines(keepends=True) if not line.startswith("21 ")
     )
     assert reverse != planned.reverse
     ns = nsd({DOMAIN: planned.forward, REVERSE: reverse, "dnsbl.test": DNSBL_OK})
-    code, rows, _ = check(capsys, ns, planned, smtp, pki, policy_url=policy_url)
+    code, rows, _ = check(capsys, ns, planned, smtp, pki, https_port=policy_host)
     assert code == exitcodes.FAIL
     assert by_status(rows, "fail") == [("fcrdns", "127.0.0.21")]
     r = the_row(rows, "fcrdns", "127.0.0.21")
@@ -558,11 +706,11 @@ def test_ptr_that_does_not_resolve_back(
     planned: Planned,
     smtp: SmtpServer,
     pki: Pki,
-    policy_url: str,
+    policy_host: int,
 ) -> None:
     reverse = planned.reverse.replace(f"mail2.{DOMAIN}.", f"elsewhere.{DOMAIN}.")
     ns = nsd({DOMAIN: planned.forward, REVERSE: reverse, "dnsbl.test": DNSBL_OK})
-    code, rows, _ = check(capsys, ns, planned, smtp, pki, policy_url=policy_url)
+    code, rows, _ = check(capsys, ns, planned, smtp, pki, https_port=policy_host)
     assert code == exitcodes.FAIL
     assert by_status(rows, "fail") == [("fcrdns", "127.0.0.22")]
     assert "does not resolve back" in the_row(rows, "fcrdns", "127.0.0.22")["evidence"]
@@ -574,12 +722,12 @@ def test_spf_missing_an_address_fails_coverage_only(
     planned: Planned,
     smtp: SmtpServer,
     pki: Pki,
-    policy_url: str,
+    policy_host: int,
 ) -> None:
     forward = planned.forward.replace(" ip4:127.0.0.22", "")
     assert forward != planned.forward
     ns = nsd({DOMAIN: forward, REVERSE: planned.reverse, "dnsbl.test": DNSBL_OK})
-    code, rows, _ = check(capsys, ns, planned, smtp, pki, policy_url=policy_url)
+    code, rows, _ = check(capsys, ns, planned, smtp, pki, https_port=policy_host)
     assert code == exitcodes.FAIL
     assert by_status(rows, "fail") == [("spf-coverage", "127.0.0.22")]
     r = the_row(rows, "spf-coverage", "127.0.0.22")
@@ -593,13 +741,13 @@ def test_spf_over_ten_lookups_live(
     planned: Planned,
     smtp: SmtpServer,
     pki: Pki,
-    policy_url: str,
+    policy_host: int,
 ) -> None:
     forward = planned.forward.replace(" -all", f" include:_s1.{DOMAIN} -all", 1)
     forward += f'_s1 300 IN TXT "v=spf1 include:_s2.{DOMAIN} a mx a mx -all"\n'
     forward += '_s2 300 IN TXT "v=spf1 a mx a mx a mx ?all"\n'
     ns = nsd({DOMAIN: forward, REVERSE: planned.reverse, "dnsbl.test": DNSBL_OK})
-    code, rows, _ = check(capsys, ns, planned, smtp, pki, policy_url=policy_url)
+    code, rows, _ = check(capsys, ns, planned, smtp, pki, https_port=policy_host)
     assert code == exitcodes.FAIL
     assert by_status(rows, "fail") == [("spf-lookups", DOMAIN)]
     assert the_row(rows, "spf-lookups", DOMAIN)["evidence"].startswith("12 lookups")
@@ -611,14 +759,14 @@ def test_dkim_key_mismatch_fails_dkim_only(
     planned: Planned,
     smtp: SmtpServer,
     pki: Pki,
-    policy_url: str,
+    policy_host: int,
     tmp_path: Path,
 ) -> None:
     other = tmp_path / "other-keys"
     make_key(other / DOMAIN, "mail")
     published = plan_zones(planned.playbooks, "--dkim-keys", str(other))
     ns = nsd({DOMAIN: published.forward, REVERSE: published.reverse, "dnsbl.test": DNSBL_OK})
-    code, rows, _ = check(capsys, ns, planned, smtp, pki, policy_url=policy_url)
+    code, rows, _ = check(capsys, ns, planned, smtp, pki, https_port=policy_host)
     assert code == exitcodes.FAIL
     assert by_status(rows, "fail") == [("dkim", f"mail._domainkey.{DOMAIN}")]
     r = the_row(rows, "dkim", f"mail._domainkey.{DOMAIN}")
@@ -632,7 +780,7 @@ def test_dnsbl_listing_fails_and_blocked_answer_warns(
     planned: Planned,
     smtp: SmtpServer,
     pki: Pki,
-    policy_url: str,
+    policy_host: int,
 ) -> None:
     listed = DNSBL_OK + '22.0.0.127 IN A 127.0.0.2\n22.0.0.127 IN TXT "spam trap hits"\n'
     blocked = "* IN A 127.255.255.254\n"
@@ -653,7 +801,7 @@ def test_dnsbl_listing_fails_and_blocked_answer_warns(
         "--dnsbl",
         "dnsbl.test",
         "blocked.test",
-        policy_url=policy_url,
+        https_port=policy_host,
     )
     assert code == exitcodes.FAIL
     assert by_status(rows, "fail") == [("dnsbl", "127.0.0.22 in dnsbl.test")]
@@ -672,11 +820,11 @@ def test_blocked_answer_for_one_address_is_not_a_listing(
     planned: Planned,
     smtp: SmtpServer,
     pki: Pki,
-    policy_url: str,
+    policy_host: int,
 ) -> None:
     zone = DNSBL_OK + "21.0.0.127 IN A 127.255.255.254\n"
     ns = nsd({DOMAIN: planned.forward, REVERSE: planned.reverse, "dnsbl.test": zone})
-    code, rows, _ = check(capsys, ns, planned, smtp, pki, policy_url=policy_url)
+    code, rows, _ = check(capsys, ns, planned, smtp, pki, https_port=policy_host)
     assert code == 0
     assert by_status(rows, "warn") == [("dnsbl", "127.0.0.21 in dnsbl.test")]
     assert "not a listing" in the_row(rows, "dnsbl", "127.0.0.21 in dnsbl.test")["evidence"]
@@ -687,7 +835,7 @@ def test_untrusted_certificate_fails_starttls_only(
     nsd: Callable[[dict[str, str]], Nsd],
     planned: Planned,
     smtp: SmtpServer,
-    policy_url: str,
+    policy_host: int,
     tmp_path: Path,
 ) -> None:
     ns = nsd({DOMAIN: planned.forward, REVERSE: planned.reverse, "dnsbl.test": DNSBL_OK})
@@ -711,12 +859,14 @@ def test_untrusted_certificate_fails_starttls_only(
         "/CN=unrelated",
     )
     code, rows, _ = check(
-        capsys, ns, planned, smtp, Pki(empty_ca / "ca.crt", Path(), Path()), policy_url=policy_url
+        capsys, ns, planned, smtp, Pki(empty_ca / "ca.crt", Path(), Path()), https_port=policy_host
     )
     assert code == exitcodes.FAIL
-    (failed,) = by_status(rows, "fail")
-    assert failed[0] == "mx-starttls"
+    # The MX's certificate, and the policy host's, which comes from the same CA.
+    policy, failed = sorted(by_status(rows, "fail"))
+    assert failed[0] == "mx-starttls" and policy == ("mta-sts-policy", POLICY_URL)
     assert "certificate not valid for mx1.dnscheck.test" in the_row(rows, *failed)["evidence"]
+    assert f"not valid for mta-sts.{DOMAIN}" in the_row(rows, *policy)["evidence"]
 
 
 def test_policy_that_differs_from_the_plan(
@@ -757,6 +907,7 @@ def test_without_inventory_guesses_and_says_so(
     planned: Planned,
     smtp: SmtpServer,
     pki: Pki,
+    policy_host: int,
 ) -> None:
     ns = nsd({DOMAIN: planned.forward, REVERSE: planned.reverse})
     code, out, _ = run_mailops(
@@ -773,6 +924,8 @@ def test_without_inventory_guesses_and_says_so(
             str(pki.ca),
             "--timeout",
             "2",
+            "--https-port",
+            str(policy_host),
             "--sending-ip",
             "127.0.0.21",
             "--dkim-keys",
@@ -785,14 +938,16 @@ def test_without_inventory_guesses_and_says_so(
     assert ("fcrdns", "127.0.0.21") in by_status(rows, "pass")
     assert ("dkim", f"mail._domainkey.{DOMAIN}") in by_status(rows, "pass")
     assert ("dnsbl", DOMAIN) in by_status(rows, "warn")  # none configured
+    assert ("mta-sts-policy", POLICY_URL) in by_status(rows, "pass")  # found through DNS
 
 
 # --- tenant domains (issue 20) -------------------------------------------------------
 
 
 def tenant_checks(domain: str, pool: list[str], smtp_subject: str | None) -> set[tuple[str, str]]:
-    """Every row a tenant domain's check has: no MTA-STS or TLS-RPT (its inbound mail is
-    its own), its pool's addresses for FCrDNS, SPF and DNSBL."""
+    """Every row a tenant domain's check has: its pool's addresses for FCrDNS, SPF and
+    DNSBL; MTA-STS and TLS-RPT only when its MX is the company's (the cluster receives
+    its mail), else none (its inbound mail is its own)."""
     out = {
         ("mx", domain),
         ("spf-pool", domain),
@@ -806,6 +961,11 @@ def tenant_checks(domain: str, pool: list[str], smtp_subject: str | None) -> set
     out |= {("dnsbl", f"{a} in dnsbl.test") for a in pool}
     if smtp_subject:
         out |= {("mx-smtp", smtp_subject), ("mx-starttls", smtp_subject)}
+        out |= {
+            ("mta-sts", f"_mta-sts.{domain}"),
+            ("mta-sts-policy", f"https://mta-sts.{domain}/.well-known/mta-sts.txt"),
+            ("tls-rpt", f"_smtp._tls.{domain}"),
+        }
     return out
 
 
@@ -815,9 +975,10 @@ def test_tenant_domains_pass(
     planned: Planned,
     smtp: SmtpServer,
     pki: Pki,
+    policy_host: int,
 ) -> None:
     ns = nsd(planned.served())
-    code, rows, err = check(capsys, ns, planned, smtp, pki, domain=TENANT1)
+    code, rows, err = check(capsys, ns, planned, smtp, pki, domain=TENANT1, https_port=policy_host)
     assert code == 0, err
     assert by_status(rows, "fail") == [] and by_status(rows, "warn") == [], rows
     smtp_subject = f"mx1.{DOMAIN} [{MX_ADDRESS}]:{smtp.server_address[1]}"
@@ -850,12 +1011,13 @@ def test_tenant_spf_one_term_too_many_fails_spf_pool_only(
     planned: Planned,
     smtp: SmtpServer,
     pki: Pki,
+    policy_host: int,
 ) -> None:
     """Each still passes for the pool's addresses; each lets other addresses send too."""
     zone = planned.zones[TENANT1].replace(" -all", f" {term} -all")
     assert zone != planned.zones[TENANT1]
     ns = nsd(planned.served({TENANT1: zone}))
-    code, rows, _ = check(capsys, ns, planned, smtp, pki, domain=TENANT1)
+    code, rows, _ = check(capsys, ns, planned, smtp, pki, domain=TENANT1, https_port=policy_host)
     assert code == exitcodes.FAIL
     assert by_status(rows, "fail") == [("spf-pool", TENANT1)]
     r = the_row(rows, "spf-pool", TENANT1)
@@ -871,11 +1033,12 @@ def test_tenant_spf_missing_a_pool_address(
     planned: Planned,
     smtp: SmtpServer,
     pki: Pki,
+    policy_host: int,
 ) -> None:
     zone = planned.zones[TENANT1].replace(" ip4:127.0.0.122", "")
     assert zone != planned.zones[TENANT1]
     ns = nsd(planned.served({TENANT1: zone}))
-    code, rows, _ = check(capsys, ns, planned, smtp, pki, domain=TENANT1)
+    code, rows, _ = check(capsys, ns, planned, smtp, pki, domain=TENANT1, https_port=policy_host)
     assert code == exitcodes.FAIL
     assert sorted(by_status(rows, "fail")) == [
         ("spf-coverage", "127.0.0.122"),
@@ -890,6 +1053,7 @@ def test_tenant_pool_address_without_ptr_and_listed(
     planned: Planned,
     smtp: SmtpServer,
     pki: Pki,
+    policy_host: int,
 ) -> None:
     reverse = "".join(
         line for line in planned.reverse.splitlines(keepends=True) if not line.startswith("131 ")
@@ -905,7 +1069,7 @@ def test_tenant_pool_address_without_ptr_and_listed(
     ]
     assert "mail1-two1.dnscheck.test" in the_row(rows, "fcrdns", "127.0.0.131")["fix"]
     # the company's own check does not look at the pools
-    code, rows, _ = check(capsys, ns, planned, smtp, pki)
+    code, rows, _ = check(capsys, ns, planned, smtp, pki, https_port=policy_host)
     assert code == 0 and not any("127.0.0.131" in r["subject"] for r in rows)
 
 
@@ -929,14 +1093,14 @@ def test_check_every_planned_domain(
     planned: Planned,
     smtp: SmtpServer,
     pki: Pki,
-    policy_url: str,
+    policy_host: int,
 ) -> None:
     """No DOMAIN: the mail domain, then each tenant domain, one result each."""
     broken = planned.zones[TENANT2].replace(" -all", " ip4:127.0.0.99 -all")
     ns = nsd(planned.served({TENANT2: broken}))
     argv = ["dns", "check", "--json", "--nameserver", ns.address, "--inventory", str(FIXTURE)]
     argv += ["--playbook-dir", str(planned.playbooks), "--smtp-port", str(smtp.server_address[1])]
-    argv += ["--cafile", str(pki.ca), "--timeout", "2", "--mta-sts-url-base", policy_url]
+    argv += ["--cafile", str(pki.ca), "--timeout", "2", "--https-port", str(policy_host)]
     code, out, err = run_mailops(argv, capsys)
     assert code == exitcodes.FAIL, err
     got = json.loads(out)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import pytest
 import yaml
 
 from mailops import exitcodes
-from mailops.dns import dkim, inventory, records, spf
+from mailops.dns import dkim, inventory, plan, records, spf
 from mailops.dns.plan import reverse_zone
 from tests.support.dns import (
     FIXTURE,
@@ -812,3 +813,148 @@ def test_docs_show_the_production_plan(
     )
     assert code == 0, err
     assert shown == out
+
+
+# --- MTA-STS: one policy text, its id, and where it is served ---------------------
+
+
+def _sts_settings(**changes: Any) -> inventory.Settings:
+    """A small cluster as plain Settings (no Ansible): one MX, one bulk node, a monitor."""
+    hosts = [
+        inventory.Host("mx1", "mx1.example.com", "192.0.2.10", None, frozenset({"mail_mx"})),
+        inventory.Host("mail1", "mail1.example.com", "192.0.2.21", None, frozenset({"mail_bulk"})),
+        inventory.Host(
+            "monitor", "monitor.example.com", "192.0.2.50", "2001:db8::50",
+            frozenset({"mail_monitor"}),
+        ),
+    ]  # fmt: skip
+    base: dict[str, Any] = {
+        "domain": "example.com",
+        "hosts": hosts,
+        "mta_sts_mode": "testing",
+        "tlsrpt_rua": ["mailto:tlsrpt@example.com"],
+    }
+    return inventory.Settings(**{**base, **changes})
+
+
+def _sts(s: inventory.Settings) -> tuple[str, str, str]:
+    """(policy, id, the _mta-sts record's text) of the mail domain."""
+    p = plan.build(s, [])
+    (txt,) = [r for r in p.records if r.name == "_mta-sts.example.com"]
+    assert p.mta_sts_policy is not None and p.mta_sts_id is not None
+    return p.mta_sts_policy, p.mta_sts_id, records.unquote_txt(txt.values[0])
+
+
+def _other_mx(s: inventory.Settings) -> inventory.Settings:
+    extra = inventory.Host("mx2", "mx2.example.com", "192.0.2.11", None, frozenset({"mail_mx"}))
+    return _sts_settings(hosts=[*s.hosts, extra])
+
+
+def _more_bulk(s: inventory.Settings) -> inventory.Settings:
+    extra = inventory.Host(
+        "mail2", "mail2.example.com", "192.0.2.22", None, frozenset({"mail_bulk"})
+    )
+    return _sts_settings(hosts=[*s.hosts, extra])
+
+
+Change = Callable[[inventory.Settings], inventory.Settings]
+POLICY_CHANGES: dict[str, Change] = {
+    "mode enforce": lambda s: _sts_settings(mta_sts_mode="enforce"),
+    "mode none": lambda s: _sts_settings(mta_sts_mode="none"),
+    "max_age": lambda s: _sts_settings(mta_sts_max_age=86400),
+    "another MX host": _other_mx,
+}
+OTHER_CHANGES: dict[str, Change] = {
+    "another bulk node": _more_bulk,
+    "an SPF include": lambda s: _sts_settings(spf_includes=["_spf.example.net"]),
+    "DMARC p=reject": lambda s: _sts_settings(dmarc=inventory.Dmarc(p="reject")),
+    "TTL": lambda s: _sts_settings(ttl=60),
+    "TLS-RPT address": lambda s: _sts_settings(tlsrpt_rua=["mailto:tls@example.net"]),
+}
+
+
+@pytest.mark.parametrize("change", sorted(POLICY_CHANGES))
+def test_mta_sts_id_changes_with_the_policy(change: str) -> None:
+    base = _sts_settings()
+    policy, pid, _ = _sts(base)
+    new_policy, new_pid, new_txt = _sts(POLICY_CHANGES[change](base))
+    assert new_policy != policy
+    assert new_pid != pid and new_txt == f"v=STSv1; id={new_pid}"
+    assert new_pid == plan.policy_id(new_policy)  # the id names exactly this text
+
+
+@pytest.mark.parametrize("change", sorted(OTHER_CHANGES))
+def test_mta_sts_id_stays_when_the_policy_does(change: str) -> None:
+    """Senders refetch the policy when the id changes: a change elsewhere must not
+    make every sender fetch the same policy again."""
+    base = _sts_settings()
+    assert _sts(OTHER_CHANGES[change](base)) == _sts(base)
+
+
+def test_mta_sts_host_points_at_the_monitor() -> None:
+    p = plan.build(_sts_settings(), [])
+    host = {r.type: r.values for r in p.records if r.name == "mta-sts.example.com"}
+    assert host == {"A": ("192.0.2.50",), "AAAA": ("2001:db8::50",)}
+    assert [m.as_json() for m in p.mta_sts] == [
+        {
+            "domain": "example.com",
+            "host": "mta-sts.example.com",
+            "policy": (
+                "version: STSv1\r\nmode: testing\r\nmx: mx1.example.com\r\nmax_age: 604800\r\n"
+            ),
+            "id": p.mta_sts_id,
+        }
+    ]
+    # another host named to serve it; none at all: no name planned, and a note says so
+    p = plan.build(_sts_settings(mta_sts_server="mail1"), [])
+    assert [r.values for r in p.records if r.name == "mta-sts.example.com"] == [("192.0.2.21",)]
+    s = _sts_settings()
+    s.hosts = [h for h in s.hosts if h.name != "monitor"]
+    p = plan.build(s, [])
+    assert not any(r.name == "mta-sts.example.com" for r in p.records)
+    assert any("no host in mail_monitor" in n for n in p.notes)
+    # off: no policy, no record, nothing to serve
+    p = plan.build(_sts_settings(mta_sts_mode="off"), [])
+    assert p.mta_sts == [] and not any("mta-sts" in r.name for r in p.records)
+
+
+def test_tenant_domain_with_the_company_mx_gets_the_same_policy() -> None:
+    """The cluster receives mail for a tenant domain whose MX is the company's: it gets
+    MTA-STS (the same text, so the same id) and TLS-RPT; a tenant whose MX is its own
+    gets neither."""
+    mine = inventory.TenantDns("t1", ("t1.example",), "default", (), inventory.Dmarc(),
+                               mx=((10, "mx1.example.com"),))  # fmt: skip
+    own = inventory.TenantDns("t2", ("t2.example",), "default", (), inventory.Dmarc(),
+                              mx=((10, "mx.t2.example"),))  # fmt: skip
+    p = plan.build(_sts_settings(tenants=[mine, own]), [])
+    assert [m.domain for m in p.mta_sts] == ["example.com", "t1.example"]
+    assert p.mta_sts[1].policy == p.mta_sts_policy and p.mta_sts[1].id == p.mta_sts_id
+    t1 = {(r.name, r.type): r for r in p.records if r.zone == "t1.example"}
+    assert records.unquote_txt(t1[("_mta-sts.t1.example", "TXT")].values[0]) == (
+        f"v=STSv1; id={p.mta_sts_id}"
+    )
+    assert t1[("mta-sts.t1.example", "A")].values == ("192.0.2.50",)
+    assert records.unquote_txt(t1[("_smtp._tls.t1.example", "TXT")].values[0]) == (
+        "v=TLSRPTv1; rua=mailto:tlsrpt@example.com"
+    )
+    assert not any("t2.example" in r.name and "sts" in r.name for r in p.records)
+    assert not any(r.name == "_smtp._tls.t2.example" for r in p.records)
+
+
+def test_mta_sts_command_serves_what_the_records_name(capsys: pytest.CaptureFixture[str]) -> None:
+    """`mailops dns mta-sts` (what the mta_sts role serves) and the plan's records agree."""
+    code, out, err = run_mailops(["dns", "mta-sts", "--inventory", str(FIXTURE)], capsys)
+    assert code == 0, err
+    served = json.loads(out)
+    code, out, err = run_mailops(plan_argv(FIXTURE, "--format", "json"), capsys)
+    assert code == 0, err
+    txt = {
+        r["name"]: records.unquote_txt(r["values"][0])
+        for r in json.loads(out)
+        if r["name"].startswith("_mta-sts.")
+    }
+    assert {f"_mta-sts.{m['domain']}": f"v=STSv1; id={m['id']}" for m in served} == txt
+    assert [m["domain"] for m in served] == ["dnscheck.test", "tenant1.test"]
+    for m in served:
+        assert m["id"] == hashlib.sha256(m["policy"].encode()).hexdigest()[:20]
+        assert "mode: enforce\r\n" in m["policy"]

@@ -4,10 +4,11 @@ Usage::
 
     mailops dns plan  --inventory PATH [--format zone|json|route53] [--zone ZONE]
                       [--dkim-keys DIR] [--playbook-dir DIR] [--mta-sts-policy-out FILE]
+    mailops dns mta-sts --inventory PATH [--dkim-keys DIR] [--playbook-dir DIR]
     mailops dns check [DOMAIN] [--nameserver IP[:PORT]] [--json] [--inventory PATH]
                       [--dkim-keys DIR] [--sending-ip IP ...] [--dnsbl ZONE ...]
-                      [--mta-sts-url-base URL] [--cafile FILE] [--timeout S]
-                      [--smtp-timeout S] [--smtp-port PORT]
+                      [--mta-sts-url-base URL] [--https-port PORT] [--cafile FILE]
+                      [--timeout S] [--smtp-timeout S] [--smtp-port PORT]
 
 ``plan`` reads the inventory through ``ansible-inventory --list`` and prints the MX,
 A/AAAA, cluster round-robin, PTR, SPF, DKIM, DMARC, MTA-STS and TLS-RPT records, and
@@ -15,7 +16,10 @@ for every tenant domain (``mail_tenants``) its SPF (exactly its pool's addresses
 DKIM and DMARC, with A and PTR for every pool address (see docs/dns.md for the
 variables).  ``--zone`` keeps only the records of one zone (the mail domain, a tenant
 domain or a reverse zone), with owner names relative to it, ready to follow that zone's
-SOA and NS records.  ``check`` resolves the live records with dnspython and prints one
+SOA and NS records.  ``mta-sts`` prints, as JSON, every MTA-STS policy to serve
+(``[{domain, host, policy, id}]``: the mail domain's, and each tenant domain's whose MX
+is the company's), made by the same code as the ``_mta-sts`` records' ids; the mta_sts
+role serves them.  ``check`` resolves the live records with dnspython and prints one
 row per check (pass, warn or fail) with the evidence and the fix; without a DOMAIN it
 checks every domain the inventory plans (the mail domain, then each tenant domain).
 
@@ -35,7 +39,8 @@ Settings (table ``[dns]`` of the mailops settings file; flags override them)::
     nameserver = ""           # IP[:PORT]; "" = the system's resolvers
     sending_ips = []          # when there is no inventory
     dnsbls = []               # zones, when there is no inventory (or to override it)
-    mta_sts_url_base = ""     # e.g. "https://mta-sts.example.com": fetch the policy
+    mta_sts_url_base = ""     # e.g. "http://127.0.0.1:8080": fetch the policy there
+                              # ("" = https://mta-sts.<domain>, its address from the DNS checked)
     cafile = ""               # extra CA for the MX certificates and the policy server
     timeout = 5.0             # seconds per DNS query
     smtp_timeout = 5.0        # seconds per SMTP connection
@@ -160,6 +165,29 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return exitcodes.OK
 
 
+def cmd_mta_sts(args: argparse.Namespace) -> int:
+    """The policies to serve, as JSON: what the mta_sts role writes for nginx."""
+    from mailops.dns import dkim, inventory, plan
+
+    s = settings(args)
+    if not s["inventory"]:
+        _err("mta-sts", "no inventory (--inventory PATH or [dns] inventory)")
+        return exitcodes.USAGE
+    try:
+        _, p, _ = _inventory_plan(s)
+    except inventory.InventoryError as exc:
+        _err("mta-sts", str(exc))
+        return exitcodes.CONFIG
+    except dkim.KeyError_ as exc:
+        _err("mta-sts", str(exc))
+        return exitcodes.NOINPUT
+    except plan.PlanError as exc:
+        _err("mta-sts", str(exc))
+        return exitcodes.DATAERR
+    print(json.dumps([m.as_json() for m in p.mta_sts], indent=1))
+    return exitcodes.OK
+
+
 def _inventory_plan(s: dict[str, Any]) -> tuple[Any, Any, dict[str, list[str]]]:
     """Settings, plan and per-domain key notes of the inventory the check compares with."""
     from mailops.dns import inventory, plan
@@ -208,6 +236,11 @@ def _expect(
             e.keys = tp.keys
             e.spf_exact = [a for a, _ in tp.sending]
             e.spf_planned = tp.spf_record
+            if tp.mta_sts is not None:
+                e.mta_sts_policy = tp.mta_sts.policy
+                e.mta_sts_id = tp.mta_sts.id
+                e.mta_sts_planned = True
+            e.tlsrpt_planned = tp.tlsrpt
         else:
             planned_domains = ", ".join([st.domain, *st.tenant_domains])
             raise inventory.InventoryError(
@@ -262,6 +295,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         smtp_timeout=float(s["smtp_timeout"]),
         cafile=s["cafile"] or None,
         mta_sts_url_base=s["mta_sts_url_base"] or None,
+        https_port=args.https_port or 443,
     )
     results: list[dict[str, Any]] = []
     worst = exitcodes.OK
@@ -339,6 +373,17 @@ def register(subparsers: Any) -> None:
     )
     pp.set_defaults(func=cmd_plan)
 
+    mp = sub.add_parser("mta-sts", help="print the MTA-STS policies to serve, as JSON")
+    mp.add_argument("--inventory", metavar="PATH", help="Ansible inventory (file or directory)")
+    mp.add_argument("--dkim-keys", dest="dkim_keys", metavar="DIR", help=argparse.SUPPRESS)
+    mp.add_argument(
+        "--playbook-dir",
+        dest="playbook_dir",
+        metavar="DIR",
+        help="what {{ playbook_dir }} means in the inventory",
+    )
+    mp.set_defaults(func=cmd_mta_sts)
+
     cp = sub.add_parser("check", help="check the live records, one row per check")
     cp.add_argument(
         "domain",
@@ -372,6 +417,13 @@ def register(subparsers: Any) -> None:
         dest="mta_sts_url_base",
         metavar="URL",
         help="fetch the MTA-STS policy from URL/.well-known/mta-sts.txt",
+    )
+    cp.add_argument(
+        "--https-port",
+        dest="https_port",
+        type=int,
+        metavar="PORT",
+        help="HTTPS port of the MTA-STS policy hosts (443; other values for tests)",
     )
     cp.add_argument("--cafile", metavar="FILE", help="extra CA certificates to trust")
     cp.add_argument("--timeout", type=_seconds, metavar="S", help="seconds per DNS query")

@@ -9,6 +9,7 @@ otherwise from the flags; without them the checks that need them say so (warn).
 from __future__ import annotations
 
 import hashlib
+import http.client
 import ipaddress
 import re
 import socket
@@ -20,7 +21,7 @@ from typing import Literal, TypedDict
 
 from mailops.dns import spf
 from mailops.dns.dkim import DkimKey, decode_p, parse_tags
-from mailops.dns.plan import reverse_name
+from mailops.dns.plan import policy_id, reverse_name
 from mailops.dns.resolve import Answer, Dns
 
 Status = Literal["pass", "warn", "fail"]
@@ -51,8 +52,8 @@ class Expect:
     mta_sts_id: str | None = None
     mta_sts_planned: bool | None = None  # None: no plan to compare with
     tlsrpt_planned: bool | None = None
-    # A tenant domain: its mail is the tenant's, sent from its pool only.  No MTA-STS or
-    # TLS-RPT (inbound mail is the tenant's), an MX only if planned (mx_names).
+    # A tenant domain: its mail is the tenant's, sent from its pool only.  An MX only if
+    # planned (mx_names); MTA-STS and TLS-RPT only when that MX is the company's.
     tenant: str | None = None
     pool: str = ""
     spf_exact: list[str] | None = None  # the addresses SPF must list, and nothing else
@@ -64,7 +65,8 @@ class Options:
     smtp_port: int = 25
     smtp_timeout: float = 5.0
     cafile: str | None = None
-    mta_sts_url_base: str | None = None
+    mta_sts_url_base: str | None = None  # None: https://mta-sts.<domain>, resolved here
+    https_port: int = 443  # of the policy host (other values for tests)
     helo: str = "mailops-dns-check.invalid"
 
 
@@ -764,6 +766,59 @@ def fetch_policy(base: str, timeout: float, cafile: str | None) -> str:
     return data.decode("utf-8", "replace")
 
 
+class _PinnedHTTPS(http.client.HTTPSConnection):
+    """HTTPS to a given address with the policy host's name in SNI, in the certificate
+    check and in Host: the name resolved through the checked name servers, not the
+    system's (which may not know the domain yet, or the lab's names)."""
+
+    def __init__(self, host: str, address: str, port: int, timeout: float, cafile: str | None):
+        super().__init__(
+            host, port, timeout=timeout, context=ssl.create_default_context(cafile=cafile)
+        )
+        self._address = address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
+
+
+def fetch_policy_at(host: str, address: str, port: int, timeout: float, cafile: str | None) -> str:
+    """GET https://host/.well-known/mta-sts.txt from ``address`` (RFC 8461 3.3: HTTPS,
+    a certificate valid for host, status 200, no redirect followed)."""
+    where = f"https://{host}/.well-known/mta-sts.txt ({address} port {port})"
+    conn = _PinnedHTTPS(host, address, port, timeout, cafile)
+    try:
+        conn.request("GET", "/.well-known/mta-sts.txt", headers={"User-Agent": "mailops"})
+        resp = conn.getresponse()
+        if resp.status != 200:
+            raise OSError(f"{where}: HTTP {resp.status}")
+        data: bytes = resp.read(65537)
+    except ssl.SSLCertVerificationError as exc:
+        raise OSError(f"{where}: certificate not valid for {host}: {exc.verify_message}") from None
+    except (ssl.SSLError, http.client.HTTPException) as exc:
+        raise OSError(f"{where}: {exc}") from None
+    except OSError as exc:
+        raise OSError(f"{where}: {exc.strerror or exc}") from None
+    finally:
+        conn.close()
+    if len(data) > 65536:
+        raise OSError(f"{where}: policy larger than 64 KiB")
+    return data.decode("utf-8", "replace")
+
+
+def _fetch(d: Dns, host: str, o: Options) -> str:
+    """The policy of ``host``: from --mta-sts-url-base, else from the host's address in
+    the checked DNS (what a sending MTA does)."""
+    if o.mta_sts_url_base:
+        return fetch_policy(o.mta_sts_url_base, o.smtp_timeout, o.cafile)
+    answers = [d.query(host, rtype) for rtype in ("A", "AAAA")]
+    addresses = [v for a in answers for v in a.values]
+    if not addresses:
+        errors = "; ".join(a.error for a in answers if a.error)
+        raise OSError(f"{host} has no address{': ' + errors if errors else ''}")
+    return fetch_policy_at(host, addresses[0], o.https_port, o.smtp_timeout, o.cafile)
+
+
 def check_mta_sts(d: Dns, e: Expect, o: Options, mx_names: list[str]) -> list[Row]:
     D = e.domain
     name = f"_mta-sts.{D}"
@@ -810,19 +865,8 @@ def check_mta_sts(d: Dns, e: Expect, o: Options, mx_names: list[str]) -> list[Ro
     else:
         rows.append(row("mta-sts", "pass", name, text))
     policy_name = f"https://mta-sts.{D}/.well-known/mta-sts.txt"
-    if not o.mta_sts_url_base:
-        rows.append(
-            row(
-                "mta-sts-policy",
-                "warn",
-                policy_name,
-                "policy not fetched",
-                f"pass --mta-sts-url-base https://mta-sts.{D} to fetch it",
-            )
-        )
-        return rows
     try:
-        body = fetch_policy(o.mta_sts_url_base, o.smtp_timeout, o.cafile)
+        body = _fetch(d, f"mta-sts.{D}", o)
         fields, patterns = parse_policy(body)
     except (OSError, ValueError) as exc:
         rows.append(
@@ -831,7 +875,8 @@ def check_mta_sts(d: Dns, e: Expect, o: Options, mx_names: list[str]) -> list[Ro
                 "fail",
                 policy_name,
                 str(exc),
-                "serve the policy from `mailops dns plan --mta-sts-policy-out`",
+                f"serve the policy (`mailops dns mta-sts`, the mta_sts role) at mta-sts.{D} "
+                "with a certificate for that name, and publish its address (`mailops dns plan`)",
             )
         )
         return rows
@@ -849,6 +894,10 @@ def check_mta_sts(d: Dns, e: Expect, o: Options, mx_names: list[str]) -> list[Ro
         "\r\n", "\n"
     ):
         problems.append("served policy differs from the planned one")
+    elif e.mta_sts_policy is not None and policy_id(body) != pid:
+        # Planned ids are the policy's hash: a record that does not name the served
+        # text means senders that cached an older policy keep it.
+        problems.append(f"the served policy's id is {policy_id(body)}, the record says {pid}")
     if problems:
         rows.append(
             row(
@@ -856,7 +905,7 @@ def check_mta_sts(d: Dns, e: Expect, o: Options, mx_names: list[str]) -> list[Ro
                 "fail",
                 policy_name,
                 "; ".join(problems),
-                "serve the policy from `mailops dns plan --mta-sts-policy-out`",
+                "serve the policy that `mailops dns mta-sts` prints (the mta_sts role)",
             )
         )
     else:
@@ -1027,8 +1076,9 @@ def run(d: Dns, e: Expect, o: Options) -> list[Row]:
     rows += check_spf(d, e)
     rows += check_dkim(d, e)
     rows += check_dmarc(d, e)
-    if not e.tenant:
+    if not e.tenant or e.mta_sts_planned:  # a tenant domain whose MX is the company's
         rows += check_mta_sts(d, e, o, mx_names)
+    if not e.tenant or e.tlsrpt_planned:
         rows += check_tlsrpt(d, e)
     if not e.dnsbls:
         rows.append(

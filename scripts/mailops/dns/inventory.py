@@ -22,6 +22,7 @@ from typing import Any
 
 MX_GROUP = "mail_mx"
 BULK_GROUP = "mail_bulk"
+MONITOR_GROUP = "mail_monitor"  # its nginx serves the MTA-STS policies
 SENDING_GROUPS = (MX_GROUP, BULK_GROUP)
 
 _REF = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
@@ -258,6 +259,7 @@ class Settings:
     dmarc: Dmarc = field(default_factory=Dmarc)
     mta_sts_mode: str = "testing"
     mta_sts_max_age: int = 604800
+    mta_sts_server: str | None = None  # inventory name of the host serving the policy
     tlsrpt_rua: list[str] = field(default_factory=list)
     ttl: int = 3600
     dnsbls: list[str] = field(default_factory=list)
@@ -270,6 +272,15 @@ class Settings:
     @property
     def mx_hosts(self) -> list[Host]:
         return self.in_group(MX_GROUP)
+
+    @property
+    def policy_server(self) -> Host | None:
+        """The host that serves https://mta-sts.<domain>/ (dns_mta_sts_server, else the
+        first host of mail_monitor); None when there is none."""
+        if self.mta_sts_server:
+            return next((h for h in self.hosts if h.name == self.mta_sts_server), None)
+        monitors = sorted(self.in_group(MONITOR_GROUP), key=lambda h: h.name)
+        return monitors[0] if monitors else None
 
     @property
     def bulk_hosts(self) -> list[Host]:
@@ -607,6 +618,11 @@ def settings(inv: Inventory, dkim_keys: str | None = None) -> Settings:
         raise InventoryError(
             f"dns_mta_sts_mode: {mode!r} must be one of {', '.join(MTA_STS_MODES)}"
         )
+    server = get("dns_mta_sts_server", None)
+    if server not in (None, "") and not any(h.name == server for h in hosts):
+        raise InventoryError(
+            f"dns_mta_sts_server: {server!r} is not a host of the inventory with a public address"
+        )
     cluster = get("dns_cluster_name", "mail")
     cluster_name = "" if cluster in (None, "", False) else str(cluster)
     keys_dir: Path | None = None
@@ -633,6 +649,7 @@ def settings(inv: Inventory, dkim_keys: str | None = None) -> Settings:
         mta_sts_max_age=_int(
             get("dns_mta_sts_max_age", 604800), "dns_mta_sts_max_age", 1, 31557600
         ),
+        mta_sts_server=str(server) if server else None,
         tlsrpt_rua=list(
             _uris(
                 get("dns_tlsrpt_rua", f"mailto:tlsrpt@{domain}"),

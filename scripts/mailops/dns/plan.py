@@ -10,14 +10,20 @@ What is planned, for mail_domain D (variables in docs/dns.md):
 - SPF on D: ``ip4:``/``ip6:`` for every sending address (mail_mx and mail_bulk), the
   ``dns_spf_includes``, then ``dns_spf_all``; at most 10 lookups;
 - DKIM TXT for every selector in force (from the opendkim key directory);
-- ``_dmarc.D``, ``_mta-sts.D`` (id from the policy text) and ``_smtp._tls.D``;
+- ``_dmarc.D``, ``_mta-sts.D`` (id from the policy text), ``mta-sts.D`` (A/AAAA of the
+  host whose nginx serves the policy: the monitor) and ``_smtp._tls.D``;
 - for every pool address of a bulk host (``mail_pool_addresses``): ``A``/``AAAA`` of its
   name and its ``PTR`` (forward-confirmed reverse DNS);
 - for every tenant domain T (``mail_tenants``), a zone of its own: SPF listing exactly
   the addresses of the tenant's pool (nothing else, not even the company's includes),
   DKIM for its selectors in force, ``_dmarc.T`` (the company's policy unless the tenant
   says otherwise), ``T._report._dmarc.<report domain>`` where the reports go to a
-  planned zone of another domain (RFC 7489 7.1), and an MX only when asked (``mx``).
+  planned zone of another domain (RFC 7489 7.1), and an MX only when asked (``mx``);
+  when that MX is the company's, the cluster receives the domain's mail, and the domain
+  gets MTA-STS (the same policy text, so the same id) and TLS-RPT as D does.
+
+The policy text and its id come from one function (``mta_sts``): what nginx serves
+(`mailops dns mta-sts`, the mta_sts role) and what the TXT record says cannot drift.
 """
 
 from __future__ import annotations
@@ -43,6 +49,20 @@ class PlanError(Exception):
     """The inventory implies a record that must not be published; the message says why."""
 
 
+@dataclass(frozen=True)
+class MtaSts:
+    """One domain's MTA-STS: the policy served at https://<host>/.well-known/mta-sts.txt
+    and the id its ``_mta-sts`` record carries (derived from the policy text)."""
+
+    domain: str
+    host: str  # mta-sts.<domain>
+    policy: str
+    id: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"domain": self.domain, "host": self.host, "policy": self.policy, "id": self.id}
+
+
 @dataclass
 class TenantPlan:
     """What was planned for one tenant domain (what `dns check` expects of it)."""
@@ -54,6 +74,8 @@ class TenantPlan:
     keys: list[DkimKey]
     sending: list[tuple[str, str]]  # the pool's (address, name), in address order
     mx_names: list[str]  # planned MX hosts; [] for none
+    mta_sts: MtaSts | None = None  # only when the company's MX takes the domain's mail
+    tlsrpt: bool = False  # _smtp._tls planned (with mta_sts)
 
 
 @dataclass
@@ -71,6 +93,17 @@ class Plan:
     def tenant(self, domain: str) -> TenantPlan | None:
         d = domain.lower().rstrip(".")
         return next((t for t in self.tenants if t.domain == d), None)
+
+    @property
+    def mta_sts(self) -> list[MtaSts]:
+        """Every policy to serve: the mail domain's, then the tenant domains' own."""
+        out = []
+        if self.mta_sts_policy is not None and self.mta_sts_id is not None:
+            out.append(
+                MtaSts(self.domain, f"mta-sts.{self.domain}", self.mta_sts_policy, self.mta_sts_id)
+            )
+        out += [t.mta_sts for t in self.tenants if t.mta_sts is not None]
+        return out
 
 
 def reverse_name(address: str) -> str:
@@ -154,6 +187,57 @@ def mta_sts_policy(mode: str, mx_names: list[str], max_age: int) -> str:
 def policy_id(policy: str) -> str:
     """A policy id that changes whenever the policy does (RFC 8461 3.1: 1-32 alphanumerics)."""
     return hashlib.sha256(policy.encode("utf-8")).hexdigest()[:20]
+
+
+def mta_sts(domain: str, mode: str, mx_names: list[str], max_age: int) -> MtaSts:
+    """The policy of one domain and its id, made together so that they cannot drift."""
+    policy = mta_sts_policy(mode, mx_names, max_age)
+    return MtaSts(domain, f"mta-sts.{domain}", policy, policy_id(policy))
+
+
+def mta_sts_records(
+    s: Settings, m: MtaSts, zone: str, tlsrpt: bool
+) -> tuple[list[Record], list[str]]:
+    """``_mta-sts`` TXT, the policy host's A/AAAA (the serving host's addresses) and,
+    when asked, ``_smtp._tls`` TXT of one domain."""
+    ttl = s.ttl
+    recs = [
+        Record(
+            f"_mta-sts.{m.domain}",
+            "TXT",
+            ttl,
+            (txt_value(f"v=STSv1; id={m.id}"),),
+            zone,
+            comment="MTA-STS",
+        )
+    ]
+    notes: list[str] = []
+    server = s.policy_server
+    if server is None:
+        notes.append(
+            f"no host in mail_monitor (nor dns_mta_sts_server): {m.host} is not planned; "
+            "serve the policy elsewhere and publish that name"
+        )
+    else:
+        for rtype, addr in (("A", server.ipv4), ("AAAA", server.ipv6)):
+            if addr:
+                recs.append(
+                    Record(
+                        m.host, rtype, ttl, (addr,), zone, comment=f"MTA-STS policy, {server.name}"
+                    )
+                )
+    if tlsrpt and s.tlsrpt_rua:
+        recs.append(
+            Record(
+                f"_smtp._tls.{m.domain}",
+                "TXT",
+                ttl,
+                (txt_value("v=TLSRPTv1; rua=" + ",".join(s.tlsrpt_rua)),),
+                zone,
+                comment="TLS-RPT",
+            )
+        )
+    return recs, notes
 
 
 def zone_apexes(s: Settings) -> list[str]:
@@ -321,18 +405,11 @@ def build(
     if s.mta_sts_mode != "off":
         if not mx:
             raise PlanError("dns_mta_sts_mode is set but no host is in mail_mx")
-        policy = mta_sts_policy(s.mta_sts_mode, [h.fqdn for h in mx], s.mta_sts_max_age)
-        pid = policy_id(policy)
-        records.append(
-            Record(
-                f"_mta-sts.{D}",
-                "TXT",
-                ttl,
-                (txt_value(f"v=STSv1; id={pid}"),),
-                D,
-                comment="MTA-STS",
-            )
-        )
+        m = mta_sts(D, s.mta_sts_mode, [h.fqdn for h in mx], s.mta_sts_max_age)
+        policy, pid = m.policy, m.id
+        recs, mnotes = mta_sts_records(s, m, D, tlsrpt=False)
+        records += recs
+        notes += mnotes
     if s.tlsrpt_rua:
         records.append(
             Record(
@@ -392,6 +469,15 @@ def build_tenant(
     auth, auth_notes = report_authorisations(td, t.dmarc, apexes, ttl)
     recs += auth
     notes += auth_notes
+    # The cluster receives this domain's mail when its MX is the company's: then senders
+    # get the same promise of TLS to it, and report their failures, as for the mail domain.
+    company_mx = {h.fqdn for h in s.mx_hosts}
+    m = None
+    if t.mx and s.mta_sts_mode != "off" and all(n in company_mx for _, n in t.mx):
+        m = mta_sts(td, s.mta_sts_mode, [n for _, n in t.mx], s.mta_sts_max_age)
+        mrecs, mnotes = mta_sts_records(s, m, zone, tlsrpt=True)
+        recs += mrecs
+        notes += mnotes
     plan = TenantPlan(
         tenant=t.name,
         domain=td,
@@ -400,5 +486,7 @@ def build_tenant(
         keys=list(keys),
         sending=[(p.address, p.name) for p in s.pool(t.pool)],
         mx_names=[n for _, n in t.mx],
+        mta_sts=m,
+        tlsrpt=m is not None and bool(s.tlsrpt_rua),
     )
     return plan, recs, notes
