@@ -11,7 +11,9 @@ Elastic IP on an instance silently replaces the first one in DescribeInstances. 
 associates the address with the private IP named (a secondary one included), reports
 it as the address's ``PrivateIpAddress``, leaves the primary's association alone, and
 disassociates an address whose private IP is unassigned.  ``model_secondary_ips`` makes
-moto do that, and nothing else; every other call is moto's.
+moto do that, and nothing else; every other call is moto's.  ``model_ses_simulator``
+likewise makes SES's mailbox simulator notify as SES does (its docstring says how moto
+differs).
 """
 
 from __future__ import annotations
@@ -149,6 +151,113 @@ def model_secondary_ips() -> None:
     ]
     for cls, name, value in patches:
         setattr(cls, name, value)
+
+
+def model_ses_simulator() -> None:
+    """Teach moto's SES the mailbox simulator's notifications (module doc of tests/
+    test_ses_events.py says what the tests need from them).
+
+    moto 5.2 answers a message to an address containing "bounce", "complaint" or
+    "success" with one canned notification copied from AWS's documentation: its
+    ``notificationType`` is the literal "Bounce, Complaint, or Delivery.", its
+    recipients are recipient1@example.com and recipient2@example.com whatever was sent,
+    every feedbackId and mail.messageId is the same constant, and the SNS Message is an
+    object instead of a JSON string.  SES's simulator (bounce@, complaint@, success@ and
+    suppressionlist@simulator.amazonses.com) reports on the address itself, with the
+    type named, fresh ids, mail.messageId equal to the MessageId SendEmail returned, and
+    the notification as a JSON string in the SNS Message.  This makes moto do that, for
+    the identity notification topics set with SetIdentityNotificationTopic; nothing else.
+    """
+    import datetime
+    import json
+    import threading
+    from email.utils import getaddresses, parseaddr
+
+    from moto.ses import models as ses_models
+    from moto.sns.models import sns_backends
+
+    pending = threading.local()  # the id the message being sent will get
+    from moto.ses.utils import get_random_message_id as make_id
+
+    def message_id() -> str:
+        mid = getattr(pending, "id", None)
+        pending.id = None
+        return mid or make_id()
+
+    kinds = {
+        "success": "Delivery",
+        "bounce": "Bounce",
+        "complaint": "Complaint",
+        "suppressionlist": "Bounce",
+    }
+
+    def feedback(self: Any, source: str, destinations: Any) -> None:
+        sender = parseaddr(str(source))[1]
+        if isinstance(destinations, dict):
+            listed = [a for key in ("ToAddresses", "CcAddresses", "BccAddresses")
+                      for a in destinations.get(key, [])]  # fmt: skip
+        else:
+            listed = list(destinations)
+        addresses = [a for _, a in getaddresses(listed) if a]
+        topics = self.sns_topics.get(sender) or self.sns_topics.get(sender.rpartition("@")[2])
+        mid = make_id()
+        pending.id = mid
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        for address in addresses:
+            local, _, host = address.lower().partition("@")
+            kind = kinds.get(local.split("+")[0]) if host == "simulator.amazonses.com" else None
+            topic = (topics or {}).get(kind) if kind else None
+            if not topic:
+                continue
+            note: dict[str, Any] = {
+                "notificationType": kind,
+                "mail": {
+                    "timestamp": now,
+                    "messageId": mid,
+                    "source": sender,
+                    "sendingAccountId": self.account_id,
+                    "destination": addresses,
+                    "headersTruncated": False,
+                    "commonHeaders": {"from": [sender], "to": addresses},
+                },
+            }
+            if kind == "Bounce":
+                listed_before = local.startswith("suppressionlist")
+                note["bounce"] = {
+                    "bounceType": "Permanent",
+                    "bounceSubType": "OnAccountSuppressionList" if listed_before else "General",
+                    "bouncedRecipients": [
+                        {
+                            "emailAddress": address,
+                            "action": "failed",
+                            "status": "5.1.1",
+                            "diagnosticCode": "smtp; 550 5.1.1 user unknown",
+                        }
+                    ],
+                    "timestamp": now,
+                    "feedbackId": make_id(),
+                    "reportingMTA": "dns; a8-1.smtp-out.amazonses.com",
+                }
+            elif kind == "Complaint":
+                note["complaint"] = {
+                    "complainedRecipients": [{"emailAddress": address}],
+                    "timestamp": now,
+                    "feedbackId": make_id(),
+                    "complaintFeedbackType": "abuse",
+                    "userAgent": "Amazon SES Mailbox Simulator",
+                }
+            else:
+                note["delivery"] = {
+                    "timestamp": now,
+                    "processingTimeMillis": 1,
+                    "recipients": [address],
+                    "smtpResponse": "250 2.6.0 Message received",
+                    "reportingMTA": "a8-1.smtp-out.amazonses.com",
+                }
+            sns_backends[self.account_id][self.region_name].publish(json.dumps(note), arn=topic)
+
+    ses_models.SESBackend.__process_sns_feedback__ = feedback  # type: ignore[method-assign]
+    ses_models.get_random_message_id = message_id  # type: ignore[attr-defined]
 
 
 RECAP = re.compile(
@@ -304,4 +413,5 @@ if __name__ == "__main__":
     from moto.server import main
 
     model_secondary_ips()
+    model_ses_simulator()
     main(sys.argv[1:])

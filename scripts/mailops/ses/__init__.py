@@ -17,6 +17,7 @@ from typing import Any
 # subcommand -> module (each has register(subparsers))
 SUBCOMMANDS: dict[str, str] = {
     "smtp-password": "mailops.ses.smtp_password",
+    "events": "mailops.ses.events",
 }
 
 
