@@ -43,6 +43,7 @@ def render(**overrides: Any) -> dict[str, str]:
         "opendkim__nameservers": ["192.0.2.53", "2001:db8::53"],
         "opendkim__resolver_nodefault_zones": [],
         "opendkim__tenant_from_check": False,
+        "opendkim__oversign_headers": DEFAULTS["opendkim__oversign_headers"],
         **overrides,
     }
     text = env.from_string(TEMPLATE.read_text()).render(**values)
@@ -108,3 +109,9 @@ def test_the_tenant_from_check_only_where_asked() -> None:
     assert "FinalPolicyScript" not in render()
     conf = render(opendkim__tenant_from_check=True)
     assert conf["FinalPolicyScript"] == "/etc/opendkim/tenant-from.lua"
+
+
+def test_the_unsubscribe_headers_are_always_signed() -> None:
+    """The milter adds them before OpenDKIM signs: they must be in h= (oversigned)."""
+    signed = render()["OversignHeaders"].split(",")
+    assert {"From", "List-Unsubscribe", "List-Unsubscribe-Post"} <= set(signed)
