@@ -408,7 +408,7 @@ def test_figures_name_the_sources_outside_the_plan(
         'mailops_dmarc_outside_messages{domain="company.test",source="203.0.113.77",'
         'result="fail",window="24h"} 3' in prom
     )
-    fail = f'mailops_dmarc_messages{{domain="company.test",result="fail",window="24h"}} '
+    fail = 'mailops_dmarc_messages{domain="company.test",result="fail",window="24h"} '
     assert fail + str(company["failed"]) in prom.splitlines()
 
 
