@@ -4,6 +4,7 @@ Usage (cron on the bulk nodes, every minute, as root)::
 
     mailops throttle run [--settings FILE] [--dry-run] [-v]
     mailops throttle status [--settings FILE] [--json]
+    mailops throttle check-settings FILE|-    (the role's preflight, on the controller)
 
 Each run reads the mail log lines written since the last run (saslblock's follower:
 rotation, truncation and gzip handled), counts per transport the deferrals whose reply
@@ -281,6 +282,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run(settings, dry_run=args.dry_run, verbose=args.verbose)
 
 
+def cmd_check_settings(args: argparse.Namespace) -> int:
+    """Exit 0 when the settings are good; 78 with every word of the fault otherwise."""
+    try:
+        if args.file == "-":
+            data = json.loads(sys.stdin.read())
+        else:
+            data = json.loads(Path(args.file).read_bytes())
+        settings = parse_settings(data)
+    except (OSError, ValueError) as exc:  # SettingsError is a ValueError
+        _warn(str(exc))
+        return exitcodes.CONFIG
+    for t in settings.transports:
+        ladder = settings.ladder(t)
+        print(f"{t.name}: " + "; ".join(r.describe() for r in ladder))
+    return exitcodes.OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(Path(args.settings))
@@ -321,3 +339,6 @@ def register(sub: Any) -> None:
     p_status.add_argument("--settings", default=DEFAULT_SETTINGS, metavar="FILE")
     p_status.add_argument("--json", action="store_true")
     p_status.set_defaults(func=cmd_status)
+    p_check = tsub.add_parser("check-settings", help="validate a settings file (- for stdin)")
+    p_check.add_argument("file", metavar="FILE")
+    p_check.set_defaults(func=cmd_check_settings)

@@ -168,6 +168,13 @@ def parse_settings(data: Any) -> Settings:
             raise SettingsError(f"{here}.class: {klass!r} is not a provider class name")
         base = Rung(_int(raw, "concurrency", here, 0, 1), seconds(raw.get("rate_delay"), here))
         transports.append(Transport(name, klass, base))
+    classes = {t.klass for t in transports}
+    unknown = sorted(k for k in steps if k != "default" and k not in classes)
+    if transports and unknown:
+        raise SettingsError(
+            f"{where}.steps: {', '.join(unknown)} is not the class of any transport "
+            f"(classes here: {', '.join(sorted(classes))})"
+        )
     return Settings(log, state, params, tuple(transports), steps)
 
 
@@ -260,7 +267,8 @@ def decide(st: TransportState, seen: Seen, top: int, now: float, p: Params) -> D
     st.delivered_since_change += seen.delivered
     old = min(st.step, top)
     new, why = old, ""
-    if seen.signals >= p.min_signals and old < top and now - st.changed_at >= p.hold_seconds:
+    held = st.changed_at > 0 and now - st.changed_at < p.hold_seconds
+    if seen.signals >= p.min_signals and old < top and not held:
         new = old + 1
         why = f"{seen.signals} throttle replies ({seen.sample})"
     elif (
