@@ -316,8 +316,8 @@ BAD: list[tuple[str, list[str] | None, str]] = [
         "[reprot]\ntop = 5",
         None,
         "[reprot]: unknown table; expected one of: [autoreply], [bounces], [dns], [mailops], "
-        "[queues], [report], [saslblock], [store], [suppression], [tenants], [tenants_policy], "
-        "[tenants_sync], [transport_classes], [unsubscribe]",
+        "[queues], [report], [reports], [saslblock], [store], [suppression], [tenants], "
+        "[tenants_policy], [tenants_sync], [transport_classes], [unsubscribe]",
     ),
     (
         "[tenants_sync]\nevery = 0.5",
