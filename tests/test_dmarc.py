@@ -418,3 +418,33 @@ def test_planned_networks() -> None:
     assert not figures.is_planned("198.51.100.11", planned)
     assert figures.is_planned("2001:db8:1::5", planned)
     assert not figures.is_planned("not-an-ip", planned)
+
+
+@pytest.mark.parametrize("fmt", ["text", "html"])
+def test_the_daily_report_names_the_outside_sources(
+    fmt: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = write_cfg(tmp_path)
+    for src in CORPUS:
+        assert pipe(cfg, R.wrap(src.read_bytes(), "eml_zip", src.name), "dmarc", monkeypatch) == 0
+    log = tmp_path / "mail.log"
+    log.write_text("")
+    capsys.readouterr()
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    argv = ["--config", str(cfg), "report", "--log", str(log), "--day", today, "--format", fmt]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "203.0.113.77" in out and "192.0.2.131" in out
+    assert "198.51.100.21" not in out  # a planned address is not named
+    if fmt == "text":
+        section = out.split("DMARC and TLS Reports Received", 1)[1]
+        line = next(x for x in section.splitlines() if x.strip().startswith("company.test "))
+        with Store.open(f"sqlite:///{tmp_path}/db.sqlite") as s:
+            rows = [r for r in s.dmarc_records() if r["policy_domain"] == "company.test"]
+        passed = sum(r["messages"] for r in rows if "pass" in (r["dkim"], r["spf"]))
+        failed = sum(r["messages"] for r in rows) - passed
+        assert line.split()[-2:] == [str(passed), str(failed)]
+    # another day's report has none of today's reports
+    argv[argv.index(today)] = "2020-01-01"
+    assert cli.main(argv) == 0
+    assert "203.0.113.77" not in capsys.readouterr().out

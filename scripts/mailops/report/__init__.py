@@ -178,6 +178,9 @@ def run(args: argparse.Namespace) -> int:
         return exitcodes.NOINPUT
     if part is not None:
         rep["tenants"] = part
+    reports_part = _reports(args, day)
+    if reports_part is not None:
+        rep["dmarc"] = reports_part
     from mailops.report import render
 
     if not mail:
@@ -206,6 +209,18 @@ def _tenants(
     from mailops.report import tenants
 
     return tenants.section(data, groups, day, syslog_name)
+
+
+def _reports(args: argparse.Namespace, day: Any) -> dict[str, Any] | None:
+    """The DMARC and TLS-RPT section (mailops.dmarc.figures), when the settings (or
+    ``--tenants-config``) say ``[reports] in_report = true``; None otherwise."""
+    source = getattr(args, "tenants_config", None) or getattr(args, "config", None)
+    data = config.load(source)
+    if not data.get("reports"):
+        return None
+    from mailops.dmarc import figures
+
+    return figures.section(data, day)
 
 
 def _mail_from(s: dict[str, Any]) -> str:

@@ -107,6 +107,11 @@ def as_text(rep: dict[str, Any]) -> str:
 
         _section(out, "Tenants (per recipient; rates in %)")
         out += [" " + line for line in tenants.text_lines(rep["tenants"])]
+    if rep.get("dmarc"):
+        from mailops.dmarc.figures import text_lines as reports_lines
+
+        _section(out, "DMARC and TLS Reports Received")
+        out += [" " + line for line in reports_lines(rep["dmarc"])]
     _section(out, "Sources")
     for s in rep["sources"]:
         out.append(f" {s['lines']:>9}  {s['path']}")
@@ -218,6 +223,7 @@ def as_html(rep: dict[str, Any], hourly_src: str, domains_src: str) -> str:
             {0},
         ),
         *_tenants_html(rep),
+        *_reports_html(rep),
         "<h3>SASL authentication failures</h3>",
         f"<p>{rep['sasl']['failures']:,} failures "
         f"({rep['sasl']['server_faults']:,} authentication server faults not counted)</p>",
@@ -252,6 +258,21 @@ def _tenants_html(rep: dict[str, Any]) -> list[str]:
             f"<p>{html.escape('The store could not be read: ' + part['store_error'])}; "
             "no complaints, unsubscribes, asynchronous bounces or pause states here.</p>"
         )
+    return out
+
+
+def _reports_html(rep: dict[str, Any]) -> list[str]:
+    """The DMARC and TLS-RPT tables (mailops.dmarc.figures), when the report has them."""
+    part = rep.get("dmarc")
+    if not part:
+        return []
+    from mailops.dmarc.figures import html_tables
+
+    out = ["<h3>DMARC and TLS reports received</h3>"]
+    for title, headers, rows, numeric in html_tables(part):
+        out.append(f"<h4>{html.escape(title)}</h4>")
+        if headers:
+            out.append(_table(headers, rows, numeric))
     return out
 
 
