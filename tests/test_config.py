@@ -481,7 +481,7 @@ def _role_context(host: dict[str, Any] | None = None) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("template", "tables"),
     [
-        ("roles/mailops/templates/mailops.toml.j2", 5),
+        ("roles/mailops/templates/mailops.toml.j2", 6),
         ("roles/queue_monitor/templates/queue-monitor.toml.j2", 1),
     ],
 )
