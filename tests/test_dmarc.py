@@ -448,3 +448,19 @@ def test_the_daily_report_names_the_outside_sources(
     argv[argv.index(today)] = "2020-01-01"
     assert cli.main(argv) == 0
     assert "203.0.113.77" not in capsys.readouterr().out
+
+
+def test_stored_lists_what_the_pipes_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = write_cfg(tmp_path)
+    src = next(p for p in CORPUS if p.name.startswith("yahoo")).read_bytes()
+    assert pipe(cfg, R.wrap(src, "eml_gzip"), "dmarc", monkeypatch) == 0
+    capsys.readouterr()
+    assert cli.main(["--config", str(cfg), "dmarc", "stored", "--hours", "1"]) == 0
+    rows = parsed(capsys.readouterr().out)
+    assert [(r["kind"], r["org_name"], r["record"], r["messages"]) for r in rows] == [
+        ("dmarc", "Yahoo", 0, 260),
+        ("dmarc", "Yahoo", 1, 243),
+        ("dmarc", "Yahoo", 2, 1),
+    ]

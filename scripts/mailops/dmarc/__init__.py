@@ -9,6 +9,8 @@ Usage::
                           [--output FILE]    per domain: passed/failed, sources outside
                                              the plan, TLS failures by type
     mailops dmarc quarantine [--show ID]     report mails kept for a person
+    mailops dmarc stored [--hours N]         the stored DMARC records and TLS-RPT
+                                             policies received lately, as JSON lines
 
 ``parse --json`` writes one line per record: file, org_name, report_id, policy_domain,
 begin, end (epoch seconds), source_ip, count, disposition, dkim, spf (policy-evaluated),
@@ -103,6 +105,24 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return exitcodes.OK
 
 
+def cmd_stored(args: argparse.Namespace) -> int:
+    from mailops.store import StoreError, open_from_config
+
+    data = config.load(args.config)
+    since = int(time.time() - args.hours * 3600)
+    try:
+        with open_from_config(data) as store:
+            dmarc = store.dmarc_records(since=since)
+            tls = store.tlsrpt_policies(since=since)
+    except StoreError as exc:
+        print(f"mailops dmarc stored: {exc}", file=sys.stderr)
+        return exitcodes.TEMPFAIL
+    for kind, rows in (("dmarc", dmarc), ("tlsrpt", tls)):
+        for row in rows:
+            print(json.dumps({"kind": kind, **{k: v for k, v in row.items() if k != "id"}}))
+    return exitcodes.OK
+
+
 def _hours(text: str) -> float:
     try:
         value = float(text)
@@ -138,3 +158,6 @@ def register(subparsers: Any) -> None:
     q = sub.add_parser("quarantine", help="list report mails kept for a person, or print one")
     q.add_argument("--show", type=int, metavar="ID", help="print kept mail ID as it arrived")
     q.set_defaults(func=cmd_quarantine)
+    st = sub.add_parser("stored", help="stored records and policies received lately (JSON lines)")
+    st.add_argument("--hours", type=_hours, default=24.0, help="received in the last N hours (24)")
+    st.set_defaults(func=cmd_stored)
