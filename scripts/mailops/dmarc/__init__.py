@@ -101,7 +101,8 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
         return exitcodes.OK
     for q in kept:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(q["received_at"])))
-        print(f"#{q['id']}  {when}  {q['kind']}  {q['sender'] or '-'}  {q['error']}")
+        subject = q["subject"] or "(no subject)"
+        print(f"#{q['id']}  {when}  {q['kind']}  {q['sender'] or '-'}  {subject}: {q['error']}")
     return exitcodes.OK
 
 
