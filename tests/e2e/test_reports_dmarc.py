@@ -156,9 +156,7 @@ def test_reports_are_stored_once_and_the_outside_source_is_named(evidence: list[
         2,
         {"certificate-expired": 2},
     )
-    assert (
-        wait_for("the pipe delivered", lambda: delivered_to_pipe(first, "mailops_dmarc"), 30) >= 0
-    )
+    wait_for("the pipe delivered", lambda: delivered_to_pipe(first, "mailops_dmarc"), 30)
 
     # The same report mailed again is counted once.
     again = send(f"dmarc2-{run}", dmarc_mail, "dmarcreport@outlook.test", f"dmarc@{DOMAIN}")
