@@ -12,8 +12,8 @@ associates the address with the private IP named (a secondary one included), rep
 it as the address's ``PrivateIpAddress``, leaves the primary's association alone, and
 disassociates an address whose private IP is unassigned.  ``model_secondary_ips`` makes
 moto do that, and nothing else; every other call is moto's.  ``model_ses_simulator``
-likewise makes SES's mailbox simulator notify as SES does (its docstring says how moto
-differs).
+likewise makes SES's mailbox simulator notify as SES does, and ``model_ses_settings``
+fills four gaps playbooks/ses.yml meets (their docstrings say how moto differs).
 """
 
 from __future__ import annotations
@@ -260,6 +260,67 @@ def model_ses_simulator() -> None:
     ses_models.get_random_message_id = message_id  # type: ignore[attr-defined]
 
 
+def model_ses_settings() -> None:
+    """Fill four gaps of moto (SES v1, IAM) that playbooks/ses.yml runs into.
+
+    - GetIdentityNotificationAttributes answers without the BounceTopic, ComplaintTopic
+      and DeliveryTopic that SetIdentityNotificationTopic set, so community.aws's
+      ses_identity sets them again on every run; SES returns them.
+    - DeleteConfigurationSet keeps the set's event destination names registered (a new
+      set cannot reuse them) and fails with a server error for an unknown set; SES
+      deletes the destinations with the set and answers ConfigurationSetDoesNotExist.
+    - DescribeConfigurationSet lists a null event destination for a set that has none;
+      SES lists none.
+    - IAM's ListServiceSpecificCredentials is not implemented (amazon.aws.iam_user calls
+      it before deleting a user); moto has no such credentials, so the true answer is
+      an empty list, checking that the user exists as IAM does.
+    """
+    from moto.core.responses import ActionResult
+    from moto.iam.responses import IamResponse
+    from moto.ses.exceptions import ConfigurationSetDoesNotExist
+    from moto.ses.models import SESBackend
+    from moto.ses.responses import EmailResponse
+
+    attributes = SESBackend.get_identity_notification_attributes
+
+    def get_identity_notification_attributes(self: Any, identities: list[str]) -> Any:
+        out = attributes(self, identities)
+        for identity, found in out.items():
+            topics = self.sns_topics.get(identity, {})
+            for kind in ("Bounce", "Complaint", "Delivery"):
+                if topics.get(kind):
+                    found[f"{kind}Topic"] = topics[kind]
+        return out
+
+    def delete_configuration_set(self: Any, configuration_set_name: str) -> None:
+        if configuration_set_name not in self.config_sets:
+            raise ConfigurationSetDoesNotExist(
+                f"Configuration set <{configuration_set_name}> does not exist."
+            )
+        self.config_sets.pop(configuration_set_name)
+        destination = self.config_set_event_destination.pop(configuration_set_name, None)
+        if destination:
+            self.event_destinations.pop(destination.get("Name"), None)
+
+    describe = EmailResponse.describe_configuration_set
+
+    def describe_configuration_set(self: Any) -> Any:
+        result = describe(self)
+        found = result.result if hasattr(result, "result") else None
+        if isinstance(found, dict):
+            found["EventDestinations"] = [d for d in found.get("EventDestinations", []) if d]
+        return result
+
+    def list_service_specific_credentials(self: Any) -> Any:
+        self.backend.get_user(self._get_param("UserName"))  # NoSuchEntity when missing
+        return ActionResult({"ServiceSpecificCredentials": []})
+
+    IamResponse.list_service_specific_credentials = list_service_specific_credentials  # type: ignore[attr-defined]
+    SESBackend.get_identity_notification_attributes = get_identity_notification_attributes  # type: ignore[method-assign]
+    SESBackend.delete_configuration_set = delete_configuration_set  # type: ignore[method-assign]
+    EmailResponse.describe_configuration_set = describe_configuration_set  # type: ignore[method-assign]
+
+
 RECAP = re.compile(
     r"^localhost\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)\s+skipped=(\d+)",
     re.MULTILINE,
@@ -414,4 +475,5 @@ if __name__ == "__main__":
 
     model_secondary_ips()
     model_ses_simulator()
+    model_ses_settings()
     main(sys.argv[1:])
