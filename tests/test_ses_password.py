@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import importlib.util
 import io
 import random
 import string
@@ -20,6 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mailops import exitcodes
 from mailops.ses import smtp_password as sp
@@ -40,6 +42,7 @@ REGIONS = [
 ]
 # What secret access keys are made of (base64 without padding), plus a few others.
 ALPHABET = string.ascii_letters + string.digits + "+/"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def aws_reference(secret: str, region: str) -> str:
@@ -112,7 +115,7 @@ def run_cli(stdin: str, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
         check=False,
-        env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent / "scripts")},
+        env={"PYTHONPATH": str(ROOT / "scripts")},
     )
 
 
@@ -136,3 +139,40 @@ def test_cli_refuses_a_bad_region_before_reading_the_secret() -> None:
     proc = run_cli("whatever-secret-value\n", "--region", "nowhere")
     assert proc.returncode == 2
     assert "whatever-secret-value" not in proc.stdout + proc.stderr
+
+
+def _vars_file_names() -> dict[str, str]:
+    """The credential files playbooks/ses.yml writes, by variable, from its vars file."""
+    data = yaml.safe_load((ROOT / "playbooks" / "vars" / "ses.yml").read_text())
+    return {k: Path(v).name for k, v in data.items() if k.endswith("_file")}
+
+
+def test_the_lab_secrets_check_finds_the_ses_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tools/lab.py's secrets check (make test: no generated secret in the converge's
+    --diff/-vvv output) looks for every secret file under .lab/secrets.  The SES files,
+    named as playbooks/ses.yml writes them (ses_smtp_credentials_dir under .lab/secrets
+    in the lab), must be among what it looks for; the key id (the SMTP user name,
+    printed in Postfix's maps) must not be."""
+    spec = importlib.util.spec_from_file_location("lab_for_ses_test", ROOT / "tools" / "lab.py")
+    assert spec and spec.loader
+    lab = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, lab)  # its dataclasses look it up there
+    spec.loader.exec_module(lab)
+    monkeypatch.setattr(lab, "STATE", tmp_path)
+    names = _vars_file_names()
+    where = tmp_path / "secrets" / "ses"
+    where.mkdir(parents=True)
+    secret = "".join(random.Random(3).choice(ALPHABET) for _ in range(40))
+    password = sp.smtp_password(secret, "eu-west-1")
+    (where / names["ses__secret_file"]).write_text(secret + "\n")
+    (where / names["ses__password_file"]).write_text(password + "\n")
+    (where / names["ses__key_id_file"]).write_text("AKIAEXAMPLEKEYID0001\n")
+    found = lab.secret_strings()
+    assert sorted(v for values in found.values() for v in values) == sorted([secret, password])
+    log = tmp_path / "converge.log"
+    log.write_text(f"ok: [mail1] => sasl_passwd AKIAEXAMPLEKEYID0001:{password}\n")
+    searched, leaks = lab.leaked_secrets([log])
+    assert searched == 2
+    assert leaks == [f"secrets/ses/{names['ses__password_file']} in converge.log"]
