@@ -615,11 +615,12 @@ def test_the_state_reaches_prometheus_through_the_queue_report(tmp_path: Path) -
     assert gmail["step"] == 1 and gmail["concurrency"] == 5 and gmail["rate_delay_seconds"] == 1
     report = {"mail1": {"queues": {}, "throttle": section}, "mx1": {"queues": {}}}
     text = render.prometheus(report, 1_000_000.0)  # type: ignore[arg-type]
-    assert 'mailops_throttle_step{host="mail1",transport="gmail"} 1' in text
-    assert 'mailops_throttle_step{host="mail1",transport="microsoft"} 0' in text
-    assert 'mailops_throttle_top_step{host="mail1",transport="gmail"} 4' in text
+    assert 'mailops_throttle_step{host="mail1",transport="gmail"} 1\n' in text
+    assert 'mailops_throttle_step{host="mail1",transport="microsoft"} 0\n' in text
+    assert 'mailops_throttle_top_step{host="mail1",transport="gmail"} 4\n' in text
     assert (
-        'mailops_throttle_signals_total{host="mail1",transport="gmail",provider="gmail"} 4' in text
+        'mailops_throttle_signals_total{host="mail1",transport="gmail",provider="gmail"} 4\n'
+        in text
     )
     assert "# TYPE mailops_throttle_signals_total counter" in text
     assert 'host="mx1",transport' not in text

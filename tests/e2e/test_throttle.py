@@ -88,13 +88,17 @@ def test_a_throttling_gmail_backs_mail1_off_and_every_message_arrives(
         evidence.append(f"stepped down after {time.monotonic() - began:.0f} s: {conc}/{delay}")
         lines = log_from(start)
         assert re.search(r" 421 4\.7\.28 .*status=deferred|status=deferred .* 421 4\.7\.28", lines)
-        change = re.search(
+        pattern = re.compile(
             rf"mailops/throttle\[\d+\]: transport {TRANSPORT}: step 0 -> 1 of \d+,"
             rf" concurrency {base_conc} -> {conc}, rate_delay \S+ -> \S+: (\d+) throttle"
-            r" replies \(gmail-4\.7\.28: 421 4\.7\.28",
-            lines,
+            r" replies \(gmail-4\.7\.28: 421 4\.7\.28"
         )
-        assert change, "no log line of the change: " + lines[-2000:]
+        # the run logs each change once the reload is done, a few seconds after postconf
+        change = wait_for_value(
+            "the throttle's log line of the change", lambda: pattern.search(log_from(start)),
+            lambda m: m is not None, timeout=30,
+        )  # fmt: skip
+        assert change is not None
         evidence.append(change[0][change[0].index("transport") :][:160])
     finally:
         sh("inbox", "lab-throttle off")

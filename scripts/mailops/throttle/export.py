@@ -100,9 +100,7 @@ def families(reports: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str, s
     out: list[tuple[str, str, str, list[Sample]]] = []
     for name, kind, help_text, key in FAMILIES:
         samples: list[Sample] = [
-            ({"host": h, "transport": str(r["transport"])}, float(r[key]))
-            for h, r in rows
-            if key in r
+            ({"host": h, "transport": str(r["transport"])}, r[key]) for h, r in rows if key in r
         ]
         out.append((name, kind, help_text, samples))
     signals: list[Sample] = []
@@ -117,4 +115,4 @@ def _items(value: Any) -> Iterable[tuple[str, float]]:
     if isinstance(value, dict):
         for k, v in value.items():
             if isinstance(v, int | float) and not isinstance(v, bool):
-                yield str(k), float(v)
+                yield str(k), v
