@@ -26,6 +26,7 @@ from plugins.filter.toml import to_toml
 
 from mailops import cli, config, exitcodes
 from mailops.tenants.model import load_tenants
+from mailops.warmup import schedule
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "mailops: configuration error: "
@@ -317,7 +318,7 @@ BAD: list[tuple[str, list[str] | None, str]] = [
         None,
         "[reprot]: unknown table; expected one of: [autoreply], [bounces], [dns], [mailops], "
         "[queues], [report], [reports], [saslblock], [store], [suppression], [tenants], "
-        "[tenants_policy], [tenants_sync], [transport_classes], [unsubscribe]",
+        "[tenants_policy], [tenants_sync], [transport_classes], [unsubscribe], [warmup]",
     ),
     (
         "[tenants_sync]\nevery = 0.5",
@@ -464,6 +465,9 @@ def _role_context(host: dict[str, Any] | None = None) -> dict[str, Any]:
         i[key_name]: i[value_name] for i in items
     }
     env.filters["mail_pool_transports"] = mail_pool_transports
+    env.filters["combine"] = lambda first, *more: {
+        k: v for d in (first, *more) for k, v in d.items()
+    }
     wanted = [k for k in context if k.startswith(("mailops__", "postfix__", "mail_domain"))]
     for _ in range(6):  # variables refer to variables: a few rounds make them plain
         for key in wanted:
@@ -554,6 +558,7 @@ def _render_toml(context: dict[str, Any]) -> dict[str, Any]:
     env: NativeEnvironment = context.pop("_env")
     merged = dict(context["mailops__base_config"])
     merged.update(context["mailops__tenants_config"])
+    merged.update(context["mailops__warmup_config"])
     context["mailops__combined_config"] = merged
     text = str(env.from_string((ROOT / "roles/mailops/templates/mailops.toml.j2").read_text())
                .render(context))  # fmt: skip
@@ -580,6 +585,13 @@ def test_the_role_writes_each_hosts_tenants_with_its_own_transports(tmp_path: Pa
     jobs = {j["name"]: j for j in bulk["mailops__combined_cron_jobs"]}
     assert jobs["tenants-sync"]["state"] == "present"
     assert jobs["tenants-sync"]["job"] == "/opt/mailops/bin/mailops tenants sync --every 20"
+    # Warm-up: this node's pool transports and their addresses; nothing warms up here.
+    assert data["warmup"]["transports"] == {
+        "pool_alpha_1": "198.51.100.121",
+        "pool_beta_1": "198.51.100.131",
+    }
+    assert data["warmup"]["addresses"] == {}
+    assert data["warmup"]["counts"] == "/var/lib/mailops/warmup-counts.json"
     # The settings file as the policy service reads it.
     conf = tmp_path / "mailops.toml"
     conf.write_text(to_toml(data))
@@ -596,15 +608,13 @@ def test_the_role_writes_each_hosts_tenants_with_its_own_transports(tmp_path: Pa
     assert [t.transports for t in load_tenants(data)] == [(), ()]
     assert "tenants_sync" not in data
     assert data["transport_classes"]["gmail"] == ["gmail.com", "googlemail.com", "gmail.test"]
-    assert mx["mailops__tenants_mastercf"] and mx["mailops__postfix__dependent_mastercf"] == [
-        p for p in mx["mailops__postfix__dependent_mastercf"] if p["service"] != "mailops-tenants"
-    ]
+    assert "warmup" not in data  # only the bulk nodes count and cap
 
 
 # The tenants' policy service with its own timeout and a 4xx when it fails (checked
 # with Postfix 3.7.11's smtpd: a missing service answers the 451).
 POLICY = (
-    "check_policy_service { unix:private/mailops-tenants, timeout=20s,"
+    "check_policy_service { unix:private/mailops-tenants, timeout=10s,"
     " { default_action = 451 4.3.5 tenant policy service unavailable } }"
 )
 
@@ -627,10 +637,34 @@ def test_the_bulk_nodes_restrictions_put_tenant_mail_before_the_map() -> None:
         "reject",
     ]
     assert merged["smtpd_end_of_data_restrictions"] == [POLICY]
-    services = {s["service"]: s for s in bulk["mailops__postfix__dependent_mastercf"]}
-    assert services["mailops-tenants"]["command"] == "spawn"
-    assert services["mailops-tenants"]["args"] == [
-        "user=mailops argv=/opt/mailops/bin/mailops tenants policy"
-    ]
-    limits = [e for e in bulk["mailops__postfix__dependent_maincf"] if e["name"].endswith("_limit")]
-    assert limits == [{"name": "mailops-tenants_time_limit", "value": 3600}]
+    # One daemon per node (tasks/tenant_policy.yml) on that socket: no spawn service,
+    # so no policy process per smtpd.
+    services = {s["service"] for s in bulk["mailops__postfix__dependent_mastercf"]}
+    assert "mailops-tenants" not in services
+    assert bulk["mailops__tenants_policy_socket"] == "/var/spool/postfix/private/mailops-tenants"
+    assert bulk["mailops__tenants_policy_command"] == (
+        "/opt/mailops/bin/mailops tenants policy --listen"
+        " /var/spool/postfix/private/mailops-tenants --socket-owner postfix --user mailops"
+    )
+
+
+def test_the_bulk_nodes_warm_up_the_addresses_the_inventory_names(tmp_path: Path) -> None:
+    """mail_warmup: every address of a listed pool, and listed addresses, with their own
+    keys over the pool's over the curve's."""
+    host = _lab_host("mail1", ["mail_bulk"])
+    host["mail_warmup"] = {
+        "curve": {"start": 100},
+        "pools": {"alpha": {"factor": 2}},
+        "addresses": {"198.51.100.121": {"start": 20}, "198.51.100.131": {}},
+    }
+    data = _render_toml(_role_context(host))
+    assert config.problems(data) == []
+    assert data["warmup"]["curve"] == {"start": 100}
+    assert data["warmup"]["addresses"] == {
+        "198.51.100.121": {"factor": 2, "start": 20},
+        "198.51.100.131": {},
+    }
+    warm = schedule.read(data)
+    assert warm.curve_for("198.51.100.121") == schedule.Curve(start=20, factor=2.0)
+    assert warm.curve_for("198.51.100.131") == schedule.Curve(start=100)
+    assert warm.transports["pool_beta_1"] == "198.51.100.131"
