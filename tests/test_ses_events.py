@@ -25,7 +25,7 @@ import pytest
 from mailops import exitcodes
 from mailops.ses import events as ev
 from mailops.store import Store
-from mailops.tenants.model import Tenants
+from mailops.tenants.model import Tenants, load_tenants
 from tests.motoserver import MotoServer, clean_env, client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -246,14 +246,24 @@ def test_not_spam_feedback_is_stored_but_suppresses_nothing(store: Store) -> Non
     assert len(store.rows("complaints")) == 1
 
 
-def test_scope_and_tenant(store: Store) -> None:
+def test_scope_of_the_suppression(store: Store) -> None:
     put(store, bounce("gone@example.net"), scope="alpha")
     assert [(r["tenant"], r["address"]) for r in store.rows("suppressions")] == [
         ("alpha", "gone@example.net")
     ]
-    notice = ev.parse_body(json.dumps(bounce("x@example.net")))
-    assert notice is not None
-    assert ev.tenant_of(notice, Tenants({}), "") == ""
+
+
+def test_rows_carry_the_tenant_of_the_sender() -> None:
+    tenants = load_tenants({"tenants": {"alpha": {"domains": ["alpha.test"]}}})
+    ours = ev.parse_body(json.dumps(bounce("x@example.net")))  # source news@alpha.test
+    other = bounce("x@example.net")
+    other["mail"]["source"] = "news@beta.test"
+    other["mail"]["commonHeaders"]["from"] = ["news@beta.test"]
+    theirs = ev.parse_body(json.dumps(other))
+    assert ours is not None and theirs is not None
+    assert ev.tenant_of(ours, tenants, "") == "alpha"
+    assert ev.tenant_of(theirs, tenants, "") == ""
+    assert ev.tenant_of(theirs, tenants, "scope") == "scope"
 
 
 # --------------------------------------------------------------------------- moto
@@ -448,3 +458,18 @@ def test_a_store_outage_deletes_nothing(moto: MotoServer, tmp_path: Path) -> Non
     assert proc.returncode == 0, proc.stderr
     assert pipe.depth(pipe.queue_url) == 0
     assert ("bounce@simulator.amazonses.com", "bounce") in table_counts(cfg, tmp_path)["suppressed"]
+
+
+def test_without_once_a_pass_is_one_receive(moto: MotoServer, tmp_path: Path) -> None:
+    """The long-poll loop writes its metrics after every batch: a pass must end."""
+    pipe = Pipeline(moto)
+    for n in range(13):
+        pipe.sns.publish(
+            TopicArn=pipe.topic, Message=json.dumps(delay(f"d{n}@example.net", f"m{n}"))
+        )
+    with Store.open(f"sqlite:///{tmp_path}/mailops.db") as s:
+        first = ev.run_pass(pipe.sqs, pipe.queue_url, s, Tenants({}), once=False, wait=0)
+        second = ev.run_pass(pipe.sqs, pipe.queue_url, s, Tenants({}), once=False, wait=0)
+        assert (first.deleted, second.deleted) == (10, 3)
+        assert s.ses_event_counts() == {"DeliveryDelay": 13}
+    assert pipe.depth(pipe.queue_url) == 0

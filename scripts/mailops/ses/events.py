@@ -32,7 +32,8 @@ logged with its reason and its receive count.  When the store cannot be reached 
 is deleted and the command exits 75 (EX_TEMPFAIL: the next run retries).
 
 ``--once`` reads until the queue has nothing new to give (or ``--max-messages``), then
-exits; without it the command long-polls for ever (run it under a supervisor).
+exits; without it the command long-polls for ever, one receive per pass (run it under a
+supervisor; it exits 75 at the first failure).
 
 Metrics (``--metrics-file``, Prometheus text for the monitor's /metrics, written after
 every pass): events stored by type (from the store), bodies left unparsed, the age of
@@ -276,12 +277,13 @@ def _messages(
 ) -> Iterator[dict[str, Any]]:
     """Messages from the queue, batch by batch.  With ``once``: until a receive brings
     nothing new (an empty answer, or only bodies already found unparseable in this
-    pass), or ``limit`` messages."""
+    pass), or ``limit`` messages.  Without: one receive (one long poll), so that the
+    loop around it writes its metrics after every batch."""
     got = 0
-    while not once or got < limit:
+    while got < limit:
         answer = sqs.receive_message(
             QueueUrl=queue_url,
-            MaxNumberOfMessages=max(1, min(10, limit - got)) if once else 10,
+            MaxNumberOfMessages=max(1, min(10, limit - got)),
             WaitTimeSeconds=wait,
             MessageSystemAttributeNames=["SentTimestamp", "ApproximateReceiveCount"],
         )
@@ -291,6 +293,8 @@ def _messages(
         for message in batch:
             got += 1
             yield message
+        if not once:
+            return
 
 
 def run_pass(
@@ -463,7 +467,11 @@ def events(args: argparse.Namespace) -> int:
     tenants = load_tenants(data)
     from botocore.exceptions import BotoCoreError, ClientError
 
-    sqs = sqs_client(args.queue_url, args.endpoint_url, args.region)
+    try:
+        sqs = sqs_client(args.queue_url, args.endpoint_url, args.region)
+    except BotoCoreError as exc:  # no region, say
+        _log(TOOL, f"SQS: {clean(str(exc), 300)}", error=True)
+        return exitcodes.TEMPFAIL
     wait = args.wait_seconds if args.wait_seconds is not None else (1 if args.once else 20)
     status = exitcodes.OK
     while True:
@@ -539,7 +547,7 @@ def register(sub: Any) -> None:
         type=int,
         default=1000,
         metavar="N",
-        help="with --once: stop after N messages (default 1000)",
+        help="stop a pass after N messages (default 1000)",
     )
     parser.add_argument(
         "--wait-seconds",
