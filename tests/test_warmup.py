@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import pytest
 from mailops import config
 from mailops.tenants.policy import stable_index
 from mailops.tenants.sync import write_snapshot, write_state
-from mailops.warmup import schedule, state
+from mailops.warmup import caps, schedule, state
 from mailops.warmup.schedule import Curve
 from tests.support.policyd import ROOT, PolicyDaemon, rcpt
 
@@ -245,6 +246,7 @@ def test_an_operator_starts_and_stops_an_address_warm_up(
     assert deferred(send(daemon, "alpha", "gmail.test", 10, "c")) == 0
     starts = state.read_starts(setup["tmp"] / "warmup-starts.json")
     assert starts["198.51.100.121"] == {"stopped": True, "by": "operator"}
+    assert "198.51.100.131" not in starts  # steady anyway: as if never started
 
 
 def test_every_recipient_of_one_message_counts_against_the_address_it_leaves_from(
@@ -277,3 +279,58 @@ def test_every_recipient_of_one_message_counts_against_the_address_it_leaves_fro
     for i in range(8):
         expected[addresses[stable_index(f"u{i}@example.org", 2)]] += 1
     assert {a: counts[a]["other"] for a in addresses} == expected
+
+
+# --------------------------------------------------------------------------- Route53
+
+
+def test_the_cluster_names_weight_follows_the_curve_from_the_inventorys_day1(
+    tmp_path: Path,
+) -> None:
+    """mail3 warms up from day1 2026-12-07 with the default curve: its weight in the
+    weighted cluster name is its steady weight (its dns_weight, else 100) times the day's
+    cap over steady, at least 1; past the curve, the steady weight."""
+    inv = tmp_path / "inv"
+    shutil.copytree(ROOT / "tests/data/dns/weighted", inv)
+    (inv / "group_vars/all/warmup.yml").write_text(
+        "mail_warmup:\n"
+        "  curve: {start: 5000, factor: 2, steady: 50000}\n"
+        "  addresses:\n"
+        '    "192.0.2.22": {day1: "2026-12-07"}\n'
+        '    "198.51.100.23": {day1: "2026-12-07", start: 25000}\n'
+    )
+
+    def weights(now: str) -> dict[str, int]:
+        out = mailops(
+            {"conf": tmp_path / "none.toml"},
+            "dns", "plan", "--inventory", str(inv), "--format", "json",
+            "--dkim-keys", str(tmp_path),
+            now=now,
+        )  # fmt: skip
+        recs = json.loads(out)
+        return {
+            r["set_id"]: r["weight"]
+            for r in recs
+            if r["name"] == "bulk.example.com" and r["type"] == "A"
+        }
+
+    (tmp_path / "none.toml").write_text("")
+    # Day 1: mail2 100 * 5000/50000 = 10; mail3 10 * 25000/50000 = 5.
+    assert weights("2026-12-07T12:00") == {"mail1": 100, "mail2": 10, "mail3": 5, "mail4": 0}
+    # Day 3: 20000 -> 40; mail3 is past its curve (50000): its own weight again.
+    assert weights("2026-12-09T12:00") == {"mail1": 100, "mail2": 40, "mail3": 10, "mail4": 0}
+    assert weights("2026-12-20T12:00") == {"mail1": 100, "mail2": 100, "mail3": 10, "mail4": 0}
+
+
+def test_a_day1_in_the_inventory_is_the_addresses_day_one() -> None:
+    warm = schedule.read(
+        {"warmup": {"addresses": {"198.51.100.121": {"day1": "2026-12-05", "start": 10}}}}
+    )
+    today = schedule.parse_day("2026-12-07")
+    assert caps.today_cap(warm, "198.51.100.121", None, today)[:2] == (22, 3)
+    # An operator's start wins over it.
+    entry = {"day1": "2026-12-07", "by": "operator"}
+    assert caps.today_cap(warm, "198.51.100.121", entry, today)[:2] == (10, 1)
+    assert config.problems({"warmup": {"addresses": {"198.51.100.1": {"day1": "soon"}}}}) == [
+        "[warmup.addresses.'198.51.100.1'] day1: expected a date (YYYY-MM-DD), got \"soon\""
+    ]

@@ -585,6 +585,9 @@ def settings(inv: Inventory, dkim_keys: str | None = None) -> Settings:
         else:
             fqdn = check_name(f"{name}.{domain}", f"{name}: inventory name")
         weight_raw = inv.var(name, "dns_weight")
+        weight = None if weight_raw is None else _int(weight_raw, f"{name}: dns_weight", 0, 255)
+        if "mail_bulk" in member.get(name, set()):
+            weight = _warmup_weight(weight, inv.var(name, "mail_warmup"), v4)
         hosts.append(
             Host(
                 name=name,
@@ -592,9 +595,7 @@ def settings(inv: Inventory, dkim_keys: str | None = None) -> Settings:
                 ipv4=v4,
                 ipv6=v6,
                 groups=frozenset(member.get(name, set())),
-                weight=None
-                if weight_raw is None
-                else _int(weight_raw, f"{name}: dns_weight", 0, 255),
+                weight=weight,
                 mx_priority=_int(
                     inv.var(name, "dns_mx_priority", 10), f"{name}: dns_mx_priority", 0, 65535
                 ),
@@ -663,3 +664,12 @@ def settings(inv: Inventory, dkim_keys: str | None = None) -> Settings:
         ],
         dkim_keys_dir=keys_dir,
     )
+
+
+def _warmup_weight(weight: int | None, warmup: Any, address: str | None) -> int | None:
+    """The host's weight in the cluster name while its address warms up (docs/warmup.md):
+    it follows the curve from the ``day1`` the inventory names for the address."""
+    from mailops.dns.plan import DEFAULT_WEIGHT  # plan imports this module
+    from mailops.warmup import schedule
+
+    return schedule.dns_weight(weight, warmup, address, schedule.now(), DEFAULT_WEIGHT)

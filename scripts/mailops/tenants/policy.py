@@ -456,7 +456,7 @@ class Policy:
         starts = self._starts.get() or {}
         entry = starts.get(address)
         cap, day, _ = caps.today_cap(warm, address, entry, today)
-        if entry is None and address in warm.planned:
+        if entry is None and address in warm.planned and address not in warm.planned_day1:
             self._record_first_seen(warm, address, key)
         if cap is not None and self.counter.used(address, provider) >= cap:
             return caps.reply(address, provider, cap, day)

@@ -85,7 +85,9 @@ def today_cap(
         return curve.cap(day), day, curve
     if address in settings.planned:
         curve = settings.planned[address]
-        return curve.cap(1), 1, curve
+        named = settings.planned_day1.get(address)
+        day = 1 if named is None else day_number(named, today)
+        return curve.cap(day), day, curve
     return None, 0, None
 
 

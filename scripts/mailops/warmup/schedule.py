@@ -35,7 +35,7 @@ import os
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -85,12 +85,16 @@ class Curve:
 DEFAULT_CURVE = Curve()
 
 
-def curve_problems(where: str, raw: Any) -> list[str]:
+def curve_problems(where: str, raw: Any, *, day1: bool = False) -> list[str]:
+    """Problems of a table of curve keys (``day1``: an address's may name its day 1)."""
     if not isinstance(raw, Mapping):
         return [f"{where}: expected a table of start, factor, steady, got {show(raw)}"]
     found: list[str] = []
     for key, value in raw.items():
-        if key == "start" or key == "steady":
+        if key == "day1" and day1:
+            if not isinstance(value, str | dt.date) or not _is_day(value):
+                found.append(f"{where} day1: expected a date (YYYY-MM-DD), got {show(value)}")
+        elif key == "start" or key == "steady":
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 found.append(f"{where} {key}: expected an integer >= 1, got {show(value)}")
         elif key == "factor":
@@ -103,6 +107,16 @@ def curve_problems(where: str, raw: Any) -> list[str]:
         else:
             found.append(f"{where}: unknown key {key!r}; expected start, factor, steady")
     return found
+
+
+def _is_day(value: Any) -> bool:
+    if isinstance(value, dt.date):
+        return True
+    try:
+        dt.date.fromisoformat(str(value))
+    except ValueError:
+        return False
+    return True
 
 
 def make_curve(raw: Mapping[str, Any], base: Curve = DEFAULT_CURVE) -> Curve:
@@ -156,7 +170,7 @@ def problems(raw: Any) -> list[str]:
             if not _address(address):
                 found.append(f"[warmup] addresses: {address!r} is not an IP address")
             else:
-                found.extend(curve_problems(f"[warmup.addresses.{address!r}]", body))
+                found.extend(curve_problems(f"[warmup.addresses.{address!r}]", body, day1=True))
     return found
 
 
@@ -168,6 +182,7 @@ class WarmupSettings:
     curve: Curve
     transports: Mapping[str, str]  # pool transport (base name) -> its address
     planned: Mapping[str, Curve]  # addresses the inventory warms up -> their curve
+    planned_day1: Mapping[str, dt.date] = field(default_factory=dict)  # day 1 it names
 
     def curve_for(self, address: str, override: Mapping[str, Any] | None = None) -> Curve:
         base = self.planned.get(address, self.curve)
@@ -191,7 +206,39 @@ def read(data: Mapping[str, Any]) -> WarmupSettings:
             str(ipaddress.ip_address(a)): make_curve(body, curve)
             for a, body in raw.get("addresses", {}).items()
         },
+        planned_day1={
+            str(ipaddress.ip_address(a)): _day(body["day1"])
+            for a, body in raw.get("addresses", {}).items()
+            if "day1" in body
+        },
     )
+
+
+def _day(value: Any) -> dt.date:
+    return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value))
+
+
+def dns_weight(
+    weight: int | None, warmup: Any, address: str | None, when: float, steady_weight: int
+) -> int | None:
+    """A bulk host's Route53 weight in the cluster name, following the warm-up of its
+    address: on day d, the steady weight (its ``dns_weight``, else ``steady_weight``)
+    times day d's cap over the curve's ``steady``, at least 1.  An address the inventory
+    does not warm up with a ``day1`` (``mail_warmup.addresses.ADDRESS.day1``: the
+    controller cannot see the node's own record of it) keeps ``weight``."""
+    if not isinstance(warmup, Mapping) or not address:
+        return weight
+    if problems({k: v for k, v in warmup.items() if k in ("curve", "addresses")}):
+        return weight
+    entry = (warmup.get("addresses") or {}).get(address)
+    if not isinstance(entry, Mapping) or "day1" not in entry:
+        return weight
+    curve = make_curve(entry, make_curve(warmup.get("curve") or {}))
+    cap = curve.cap(day_number(_day(entry["day1"]), day_of(when)))
+    full = steady_weight if weight is None else weight
+    if cap is None:
+        return full
+    return max(1, min(full, round(full * cap / curve.steady)))
 
 
 # --------------------------------------------------------------------------- the clock
