@@ -17,7 +17,9 @@ import gzip
 import json
 import random
 import re
+import subprocess
 import time
+import tomllib
 from email.message import EmailMessage
 from email.policy import default as default_policy
 from email.utils import parsedate_to_datetime
@@ -25,7 +27,16 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.labhosts import inventory, letters, mail_domain, sh, swaks, wait_for
+from tests.e2e.labhosts import (
+    INVENTORY,
+    ROOT,
+    inventory,
+    letters,
+    mail_domain,
+    sh,
+    swaks,
+    wait_for,
+)
 from tests.support import reports as R
 
 HOSTS = inventory()
@@ -211,3 +222,22 @@ def test_a_report_that_cannot_be_read_is_kept_for_a_person(evidence: list[str]) 
     shown = sh("monitor", f"{MAILOPS} dmarc quarantine --show {line.split()[0][1:]}")
     assert shown.rc == 0 and f"broken {run}" in shown.out
     evidence.append(line[:160])
+
+
+def test_the_planned_sources_are_the_addresses_spf_publishes(evidence: list[str]) -> None:
+    """The role writes [reports] planned_sources from the inventory itself; they must be
+    exactly the addresses `mailops dns plan` publishes in the SPF of every domain."""
+    plan = subprocess.run(
+        [str(ROOT / ".venv/bin/mailops"), "--config", "/dev/null", "dns", "plan",
+         "--inventory", str(INVENTORY), "--format", "json"],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    spf: set[str] = set()
+    for record in json.loads(plan):
+        for value in record["values"]:
+            if record["type"] == "TXT" and "v=spf1" in value:
+                spf |= set(re.findall(r"\bip[46]:(\S+?)\"?(?=\s|$)", value))
+    settings = tomllib.loads(sh("monitor", "cat /etc/mailops/mailops.toml").out)
+    planned = set(settings["reports"]["planned_sources"])
+    assert spf and planned == spf, (sorted(planned), sorted(spf))
+    evidence.append(f"{len(planned)} planned addresses = SPF's")
