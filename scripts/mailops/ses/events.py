@@ -62,6 +62,7 @@ from mailops.bounceparse import _text
 from mailops.bounceparse.model import Report
 from mailops.bounceparse.ses import draft_of
 from mailops.pipeio import log as _log
+from mailops.queues.render import family, write_atomic
 from mailops.store import RawInfo, Store, StoreError, open_from_config, store_settings
 from mailops.store.text import clean, normalize_address, valid_address
 from mailops.tenants.model import Tenants, load_tenants
@@ -395,66 +396,45 @@ def queue_depths(sqs: Any, queue_url: str) -> tuple[int | None, int | None]:
     return visible, sum(int(dlq.get("Attributes", {}).get(name, 0)) for name in _DEPTH)
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:.3f}"
-
-
 def metrics(done: Pass, counts: dict[str, int] | None, *, ok: bool, now: float) -> str:
     """Prometheus text for the monitor's /metrics (starts with '# HELP ', as the
     collector's --prometheus-include wants)."""
-    lines: list[str] = []
-
-    def family(name: str, kind: str, text: str, samples: list[tuple[str, float]]) -> None:
-        lines.extend([f"# HELP {name} {text}", f"# TYPE {name} {kind}"])
-        lines.extend(f"{name}{labels} {_number(value)}" for labels, value in samples)
-
-    family(
-        "mailops_ses_events_total",
-        "counter",
-        "SES events stored from SQS, by type (from the store).",
-        [(f'{{type="{_label(k)}"}}', v) for k, v in sorted((counts or {}).items())],
-    )
-    family(
-        "mailops_ses_unparseable_messages",
-        "gauge",
-        "Bodies the last pass could not parse and left for the dead-letter queue.",
-        [("", done.unparseable)],
-    )
-    family(
-        "mailops_ses_oldest_message_age_seconds",
-        "gauge",
-        "Age of the oldest message the last pass received (0: none).",
-        [("", round(done.oldest_age, 1))],
-    )
     depths = [("main", done.queue_visible), ("dead-letter", done.dlq_visible)]
-    family(
-        "mailops_ses_queue_messages",
-        "gauge",
-        "Messages (visible or in flight) after the last pass, in the queue and its DLQ.",
-        [(f'{{queue="{q}"}}', v) for q, v in depths if v is not None],
-    )
-    family(
-        "mailops_ses_last_pass_success",
-        "gauge",
-        "1 when the last pass reached SQS and the store, 0 when it did not.",
-        [("", 1 if ok else 0)],
-    )
-    family(
-        "mailops_ses_last_pass_timestamp_seconds",
-        "gauge",
-        "When the last pass ended.",
-        [("", int(now))],
-    )
+    lines = [
+        *family(
+            "mailops_ses_events_total",
+            "SES events stored from SQS, by type (from the store).",
+            [({"type": k}, v) for k, v in sorted((counts or {}).items())],
+            kind="counter",
+        ),
+        *family(
+            "mailops_ses_unparseable_messages",
+            "Bodies the last pass could not parse and left for the dead-letter queue.",
+            [({}, done.unparseable)],
+        ),
+        *family(
+            "mailops_ses_oldest_message_age_seconds",
+            "Age of the oldest message the last pass received (0: none).",
+            [({}, round(done.oldest_age, 1))],
+        ),
+        *family(
+            "mailops_ses_queue_messages",
+            "Messages (visible or in flight) after the last pass, in the queue and its DLQ.",
+            [({"queue": q}, v) for q, v in depths if v is not None],
+        ),
+        *family(
+            "mailops_ses_last_pass_success",
+            "1 when the last pass reached SQS and the store, 0 when it did not.",
+            [({}, 1 if ok else 0)],
+        ),
+        *family(
+            "mailops_ses_last_pass_timestamp_seconds", "When the last pass ended.", [({}, int(now))]
+        ),
+    ]
     return "\n".join(lines) + "\n"
 
 
 def _write_metrics(path: str, text: str) -> None:
-    from mailops.queues.render import write_atomic
-
     try:
         write_atomic(path, text)
     except OSError as exc:
