@@ -391,7 +391,8 @@ class Store:
     def counts(self) -> dict[str, int]:
         """Rows per table (tables a partly migrated store lacks are left out)."""
         out: dict[str, int] = {}
-        for table in ("bounces", "complaints", "unsubscribes", "suppressions", "autoreplies"):
+        tables = ("bounces", "complaints", "unsubscribes", "suppressions", "autoreplies")
+        for table in (*tables, "ses_events"):
             try:
                 row = self._one(f"SELECT COUNT(*) FROM {table}")  # noqa: S608 - fixed names
             except StoreError:
