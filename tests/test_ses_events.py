@@ -27,6 +27,7 @@ from mailops.ses import events as ev
 from mailops.store import Store
 from mailops.tenants.model import Tenants, load_tenants
 from tests.motoserver import MotoServer, clean_env, client
+from tests.pgcluster import backend_url
 
 ROOT = Path(__file__).resolve().parent.parent
 REGION = "us-east-1"
@@ -165,9 +166,9 @@ def test_unparseable_bodies_say_why(body: str, reason: str) -> None:
 # --------------------------------------------------------------------------- the store
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with Store.open(f"sqlite:///{tmp_path}/mailops.db") as s:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    with Store.open(backend_url(request.param, tmp_path), timeout=5) as s:
         yield s
 
 
