@@ -21,6 +21,8 @@ from mailops.dmarc import aggregate, figures
 from mailops.dmarc.commands import read_reports
 from mailops.dmarc.unpack import UnpackError, documents, parse_xml
 from mailops.store.db import Store
+from mailops.tlsrpt.parse import parse as parse_tls
+from tests.pgcluster import backend_url
 from tests.support import reports as R
 
 DATA = Path(__file__).parent / "data" / "dmarc"
@@ -300,18 +302,24 @@ def test_a_mail_with_two_reports_gives_both() -> None:
 # --------------------------------------------------------------------------- the store
 
 
-def store_at(tmp_path: Path) -> Store:
-    return Store.open(f"sqlite:///{tmp_path}/s.db")
-
-
-def test_a_report_stored_twice_counts_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_report_stored_twice_counts_once(backend: str, tmp_path: Path) -> None:
     rep = one("google.com")
-    with store_at(tmp_path) as s:
+    with Store.open(backend_url(backend, tmp_path), timeout=5) as s:
         assert s.record_dmarc(rep, now=1000) == (4, 0)
         assert s.record_dmarc(rep, now=2000) == (0, 4)
         rows = s.dmarc_records()
         assert len(rows) == 4
         assert sum(r["messages"] for r in rows) == rep.messages
+        tls = parse_tls(next((DATA.parent / "tlsrpt").glob("microsoft*")).read_bytes())
+        assert s.record_tlsrpt(tls, now=1000) == (2, 0)
+        assert s.record_tlsrpt(tls, now=1000) == (0, 2)
+        assert [p["failures"] for p in s.tlsrpt_policies()] == [{}, {"starttls-not-supported": 4}]
+        mail = b"Subject: x\n\n\x00\xff binary"
+        assert s.quarantine_report("dmarc", mail, raw_sha256="f" * 64, raw_size=9, error="e")
+        assert not s.quarantine_report("dmarc", mail, raw_sha256="f" * 64, raw_size=9, error="e")
+        [kept] = s.quarantined_reports(with_message=True)
+        assert kept["message"] == mail and kept["subject"] == ""
 
 
 def write_cfg(tmp_path: Path, url: str | None = None, extra: str = "") -> Path:
