@@ -472,3 +472,17 @@ def test_stored_lists_what_the_pipes_stored(
         ("dmarc", "Yahoo", 1, 243),
         ("dmarc", "Yahoo", 2, 1),
     ]
+
+
+def test_store_status_counts_the_report_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = write_cfg(tmp_path)
+    assert pipe(cfg, R.wrap(CORPUS[0].read_bytes(), "eml_gzip"), "dmarc", monkeypatch) == 0
+    assert pipe(cfg, b"Subject: hi\n\nnothing\n", "dmarc", monkeypatch) == 0
+    capsys.readouterr()
+    assert cli.main(["--config", str(cfg), "store", "status"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    records = xml_sum(CORPUS[0].read_bytes())[0]
+    assert f"dmarc_records: {records}" in out
+    assert "tlsrpt_policies: 0" in out and "report_quarantine: 1" in out

@@ -392,7 +392,13 @@ class Store:
         """Rows per table (tables a partly migrated store lacks are left out)."""
         out: dict[str, int] = {}
         tables = ("bounces", "complaints", "unsubscribes", "suppressions", "autoreplies")
-        for table in (*tables, "ses_events"):
+        for table in (
+            *tables,
+            "dmarc_records",
+            "tlsrpt_policies",
+            "report_quarantine",
+            "ses_events",
+        ):
             try:
                 row = self._one(f"SELECT COUNT(*) FROM {table}")  # noqa: S608 - fixed names
             except StoreError:
