@@ -191,6 +191,10 @@ def prometheus(fig: Mapping[str, Any], now: float, hours: float) -> str:
     return "\n".join(out) + "\n"
 
 
+def _messages(n: int) -> str:
+    return "message" if n == 1 else "messages"
+
+
 def text_lines(fig: Mapping[str, Any]) -> list[str]:
     out: list[str] = []
     if fig.get("store_error"):
@@ -214,7 +218,8 @@ def text_lines(fig: Mapping[str, Any]) -> list[str]:
         )
         for o in d["outside"]:
             out.append(
-                f"  {o['source_ip']:<40} {o['messages']:>7} messages, {o['passed']} passed, "
+                f"  {o['source_ip']:<40} {o['messages']:>7} {_messages(o['messages'])}, "
+                f"{o['passed']} passed, "
                 f"{o['failed']} failed; reported by {', '.join(o['reporters'])}"
             )
     if fig["tlsrpt"]:

@@ -111,7 +111,7 @@ def as_text(rep: dict[str, Any]) -> str:
         from mailops.dmarc.figures import text_lines as reports_lines
 
         _section(out, "DMARC and TLS Reports Received")
-        out += [" " + line for line in reports_lines(rep["dmarc"])]
+        out += [" " + line if line else "" for line in reports_lines(rep["dmarc"])]
     _section(out, "Sources")
     for s in rep["sources"]:
         out.append(f" {s['lines']:>9}  {s['path']}")
