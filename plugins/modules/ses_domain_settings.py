@@ -130,11 +130,12 @@ def dkim(client: Any, identity: str, wanted: bool, check: bool) -> tuple[bool, l
     attrs = client.get_identity_dkim_attributes(Identities=[identity])["DkimAttributes"]
     current = attrs.get(identity, {})
     tokens = list(current.get("DkimTokens") or [])
-    changed = False
     if wanted and not tokens:
-        changed = True
+        # VerifyDomainDkim makes the tokens and turns signing on.
         if not check:
             tokens = list(client.verify_domain_dkim(Domain=identity)["DkimTokens"])
+        return True, tokens
+    changed = False
     if bool(current.get("DkimEnabled")) != wanted and (tokens or not wanted):
         changed = True
         if not check:
