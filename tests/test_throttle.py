@@ -626,3 +626,17 @@ def test_the_state_reaches_prometheus_through_the_queue_report(tmp_path: Path) -
     assert 'host="mx1",transport' not in text
     assert families({"mx1": {"queues": {}}}) == []
     assert node_section(str(tmp_path / "absent.json")) is None
+
+
+def test_a_step_change_is_logged_even_when_main_cf_already_says_it(tmp_path: Path) -> None:
+    s = parse_settings(settings_data(tmp_path, quiet_seconds=50))
+    fake = FakePostfix(baseline())
+    state = State()
+    t0 = 1_000_000.0
+    step_all(s, state, {"gmail": signals(3, t0)}, Postfix(fake), t0)
+    fake.values.update(baseline())  # a converge put the inventory back
+    fake.commands.clear()
+    out = step_all(s, state, {"gmail": delivered(2, t0 + 30)}, Postfix(fake), t0 + 60)
+    assert state.transports["gmail"].state.step == 0
+    assert not out.reloaded and [c[0] for c in fake.commands] == ["postconf", "postlog"]
+    assert fake.commands[1][5].startswith("transport gmail: step 1 -> 0 of 4, concurrency 10 -> 10")

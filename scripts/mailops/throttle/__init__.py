@@ -172,16 +172,23 @@ def step_all(
         entry = state.transports[t.name]
         assert entry.rung is not None
         values = wanted_values(t.name, entry.rung)
+        decision = decisions[t.name][0]
         if all(_same(current.get(k), v) for k, v in values.items()):
-            entry.applied_step = entry.state.step
+            # main.cf already says it (a converge put the inventory back just as the
+            # step went up to 0): nothing to set, but a step change is still logged
+            if decision.new != decision.old:
+                out.changes.append(Change(t.name, decision, current, values))
+            if not dry_run:
+                entry.applied_step = entry.state.step
             continue
         wanted.update(values)
-        out.changes.append(Change(t.name, decisions[t.name][0], current, values))
+        out.changes.append(Change(t.name, decision, current, values))
     if not out.changes or dry_run:
         return out
-    postfix.set(wanted)
-    postfix.reload()
-    out.reloaded = True
+    if wanted:
+        postfix.set(wanted)
+        postfix.reload()
+        out.reloaded = True
     for change in out.changes:
         entry = state.transports[change.transport]
         entry.applied_step = entry.state.step
