@@ -1,9 +1,13 @@
 """``mailops tenants policy``: the bulk nodes' Postfix policy service for tenant mail.
 
-Postfix's ``spawn`` service starts one of these per client connection (master.cf
-``mailops-tenants``) and talks the policy delegation protocol (SMTPD_POLICY_README) over
-stdin/stdout: ``name=value`` lines, an empty line ends a request, the answer is one
-``action=...`` line and an empty line; one request after another until end of file.
+One daemon per node (``--listen SOCKET``: the mailops role runs it under systemd, or
+under its own ``--supervise`` parent where there is no systemd) serves every smtpd on a
+unix socket in Postfix's private directory, many connections at once in one asyncio
+loop.  It speaks the policy delegation protocol (SMTPD_POLICY_README): ``name=value``
+lines, an empty line ends a request, the answer is one ``action=...`` line and an
+empty line; one request after another on each connection.  Without ``--listen`` it
+holds one such conversation on stdin/stdout (by hand, or under a ``spawn`` service),
+without warm-up caps: those need one counter per node.
 
 Only SASL-authenticated clients are tenants' applications; anything else gets ``DUNNO``
 (mail with no tenant meets the Postfix suppression map instead).  For a login:
@@ -21,7 +25,10 @@ Only SASL-authenticated clients are tenants' applications; anything else gets ``
   several providers the last recipient's transport carries the message (every
   recipient still goes to its own domain).  A tenant without transports on this host
   gets ``DEFER_IF_PERMIT`` (never the shared addresses: its SPF lists only its pool)
-  and a warning in the log; the client's MTA tries another node.
+  and a warning in the log; the client's MTA tries another node.  The daemon counts
+  each routed recipient against its address and provider (:mod:`mailops.warmup`): an
+  address in warm-up over today's cap gets ``450 4.7.1`` instead (docs/warmup.md).
+  Every recipient of one message (smtpd's ``instance``) takes the first one's address.
 * END-OF-MESSAGE: ``HOLD`` when the tenant is paused: the message is accepted and kept
   in the hold queue until ``mailops tenants sync`` releases it on resume.  A message
   with the null sender gets ``451`` instead: the sync finds held mail by its sender's
@@ -29,22 +36,19 @@ Only SASL-authenticated clients are tenants' applications; anything else gets ``
 * A login that is no tenant's: ``DEFER_IF_PERMIT``; no state file ever seen:
   ``DEFER_IF_PERMIT`` (a broken or missing file later: the last good one stays in use).
 
-No store access per request: everything comes from three local files, each re-read
-only when its inode, size or modification time changes (one ``stat`` each per request):
-the settings file (``[tenants]``, ``[transport_classes]``), the state file that
-``mailops tenants sync`` writes (who is paused) and its suppression snapshot.
+No store access per request: everything comes from local files, each re-read only
+when its inode, size or modification time changes (one ``stat`` each per request): the
+settings file (``[tenants]``, ``[transport_classes]``, ``[warmup]``), the state file
+that ``mailops tenants sync`` writes (who is paused), its suppression snapshot and the
+warm-up starts.
 
-Why the snapshot is SQLite and not JSON: a policy process lives as long as one smtpd's
-connection to it, and a node runs hundreds of smtpd processes.  A JSON list of tens of
-thousands of addresses would be parsed into every one of them (tens of milliseconds and
-megabytes each, again on every sync); the SQLite file is opened read-only and answers an
-indexed lookup in microseconds, its pages shared through the page cache.  The sync
-replaces it by rename, so an open connection keeps reading the complete old file until
-the next request reopens the new one (``immutable=1``: nobody writes a file in place).
+The snapshot is SQLite, opened read-only: an indexed lookup in microseconds, and a
+sync's new file (replaced by rename) is reopened at the next request while the old one
+stays complete (``immutable=1``: nobody writes a file in place).
 
-Under ``spawn`` the process's stderr is the socket to smtpd, so warnings go to the mail
-log through ``postlog`` (``[tenants_policy] postlog``; "" writes them to stderr, for
-running the service by hand).
+Warnings go to the mail log through ``postlog`` (``[tenants_policy] postlog``; "" writes
+them to stderr), or else as smtpd's ``WARN`` lines; the daemon also writes them to its
+own stderr (the journal, or the init script's log file).
 """
 
 from __future__ import annotations
