@@ -37,7 +37,8 @@ Only SASL-authenticated clients are tenants' applications; anything else gets ``
   ``DEFER_IF_PERMIT`` (a broken or missing file later: the last good one stays in use).
 
 No store access per request: everything comes from local files, each re-read only
-when its inode, size or modification time changes (one ``stat`` each per request): the
+when its inode, size or modification time changes (one ``stat`` each per request; the
+daemon's at most every :data:`RECHECK` seconds): the
 settings file (``[tenants]``, ``[transport_classes]``, ``[warmup]``), the state file
 that ``mailops tenants sync`` writes (who is paused), its suppression snapshot and the
 warm-up starts.
@@ -124,8 +125,13 @@ class Watched(Generic[T]):
         load: Callable[[Path], T],
         warn: Callable[[str], None],
         missing: T | None = None,
+        recheck: float = 0.0,
     ):
         self.path = path
+        # Seconds between two looks at the file (0: every call).  The daemon answers
+        # thousands of requests a second; a look every tenth of a second is enough.
+        self.recheck = recheck
+        self._looked = -1e18
         self._load = load
         self._warn = warn
         self._missing = missing  # the value of a file that does not exist, if it may not
@@ -134,6 +140,11 @@ class Watched(Generic[T]):
         self.value: T | None = None
 
     def get(self) -> T | None:
+        if self.recheck:
+            now = time.monotonic()
+            if now - self._looked < self.recheck:
+                return self.value
+            self._looked = now
         try:
             st = self.path.stat()
         except OSError as exc:
@@ -287,11 +298,13 @@ class Policy:
         clock: Callable[[], float] = time.time,
         count: bool = False,
         echo: bool = False,
+        recheck: float = 0.0,
     ) -> None:
         self.clock = clock
         self._warned: dict[str, float] = {}
         self._echo = echo  # warnings to stderr too (the daemon's log)
-        self.settings = Watched(config_path, read_settings, self.warn)
+        self._recheck = recheck
+        self.settings = Watched(config_path, read_settings, self.warn, recheck=recheck)
         self._state: Watched[dict[str, Any]] | None = None
         self._snapshot: Watched[Snapshot] | None = None
         # Warm-up caps: only the daemon counts (one counter per node); a spawned or
@@ -357,9 +370,11 @@ class Policy:
             return None, None, None
         self._postlog, self._syslog_name = settings.postlog, settings.syslog_name
         if self._state is None or self._state.path != settings.state:
-            self._state = Watched(settings.state, read_state, self.warn)
+            self._state = Watched(settings.state, read_state, self.warn, recheck=self._recheck)
         if self._snapshot is None or self._snapshot.path != settings.snapshot:
-            self._snapshot = Watched(settings.snapshot, _open_snapshot, self.warn)
+            self._snapshot = Watched(
+                settings.snapshot, _open_snapshot, self.warn, recheck=self._recheck
+            )
         previous = self._snapshot.value
         snapshot = self._snapshot.get()
         if previous is not None and snapshot is not previous:
@@ -456,7 +471,9 @@ class Policy:
             self.counter = caps.Counter.load(warm.counts, key, self.warn)
         self.counter.roll(key)
         if self._starts is None or self._starts.path != warm.starts:
-            self._starts = Watched(warm.starts, state.read_starts, self.warn, missing={})
+            self._starts = Watched(
+                warm.starts, state.read_starts, self.warn, missing={}, recheck=self._recheck
+            )
         starts = self._starts.get() or {}
         entry = starts.get(address)
         cap, day, _ = caps.today_cap(warm, address, entry, today)
@@ -542,6 +559,9 @@ def serve(policy: Policy, stdin: BinaryIO, stdout: BinaryIO) -> int:
 # A connection whose unanswered request grows past this is closed (smtpd's requests are
 # a few hundred bytes).
 MAX_REQUEST = 1 << 20
+# The daemon looks at its files at most this often (seconds): a pause, a suppression or
+# an operator's warm-up start is in force this long after the file changed, at most.
+RECHECK = 0.1
 
 
 class _Connection(asyncio.Protocol):
@@ -691,7 +711,7 @@ def run(args: argparse.Namespace) -> int:
     if args.fd is not None:
         sock = socket.socket(fileno=args.fd)
         drop_privileges(args.user)
-        policy = Policy(path, clock=schedule.now, count=True, echo=True)
+        policy = Policy(path, clock=schedule.clock(), count=True, echo=True, recheck=RECHECK)
         try:
             daemon(policy, sock)
         finally:
@@ -707,7 +727,7 @@ def run(args: argparse.Namespace) -> int:
             argv += ["tenants", "policy", "--user", args.user]
             return supervise(argv, sock, where)
         drop_privileges(args.user)
-        policy = Policy(path, clock=schedule.now, count=True, echo=True)
+        policy = Policy(path, clock=schedule.clock(), count=True, echo=True, recheck=RECHECK)
         try:
             daemon(policy, sock)
         finally:

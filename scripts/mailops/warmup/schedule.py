@@ -34,7 +34,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -264,6 +264,16 @@ def now() -> float:
     """The time the caps are reckoned by: $MAILOPS_NOW when set, else the real one."""
     fixed = os.environ.get("MAILOPS_NOW", "")
     return parse_time(fixed) if fixed else time.time()
+
+
+def clock() -> Callable[[], float]:
+    """:func:`now` as a function read once: the daemon's clock ($MAILOPS_NOW is looked at
+    when it starts)."""
+    fixed = os.environ.get("MAILOPS_NOW", "")
+    if not fixed:
+        return time.time
+    value = parse_time(fixed)
+    return lambda: value
 
 
 def day_of(when: float) -> dt.date:
