@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ import pytest
 from mailops.store.text import normalize_address
 from mailops.tenants import policy
 from mailops.tenants.sync import SuppressionRow, write_snapshot, write_state
-from tests.support.policyd import PolicyDaemon
+from tests.support.policyd import PolicyClient, PolicyDaemon
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = time.time()
@@ -457,3 +458,43 @@ def test_the_daemon_answers_many_smtpds_at_once_as_the_spawned_process_does(
         assert daemon.stop() == 0, daemon.log.read_text()
     # Stopped: the socket is gone, so smtpd's connect fails and it answers its 451.
     assert not (setup["tmp"] / "policy.sock").exists()
+
+
+def test_the_supervisor_starts_a_dead_daemon_again_on_the_same_socket(
+    setup: dict[str, Any],
+) -> None:
+    """Where there is no systemd (--supervise): the daemon killed, a new one answers on
+    the socket the supervisor keeps; SIGTERM to the supervisor stops both."""
+    sock = setup["tmp"] / "policy.sock"
+    env = {k: v for k, v in os.environ.items() if k not in ("MAILOPS_PIPE", "MAILOPS_CONFIG")}
+    env["PYTHONPATH"] = str(ROOT / "scripts")
+    argv = [sys.executable, "-m", "mailops", "--config", str(setup["conf"]), "tenants"]
+    supervisor = subprocess.Popen(
+        [*argv, "policy", "--listen", str(sock), "--socket-owner", "", "--supervise"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists():
+            assert time.monotonic() < deadline and supervisor.poll() is None
+            time.sleep(0.05)
+        client = PolicyClient(sock)
+        assert client.ask(**eom("alpha")) == "HOLD tenant alpha is paused"
+        client.close()
+        children = subprocess.run(
+            ["pgrep", "-P", str(supervisor.pid)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        assert len(children) == 1, children
+        os.kill(int(children[0]), signal.SIGKILL)
+        # The next connection waits in the socket's backlog for the new daemon.
+        client = PolicyClient(sock)
+        assert client.ask(**eom("alpha")) == "HOLD tenant alpha is paused"
+        client.close()
+    finally:
+        supervisor.terminate()
+        assert supervisor.wait(timeout=30) == 0
+    assert supervisor.stderr is not None
+    assert "starting it again" in supervisor.stderr.read().decode()
+    assert not sock.exists()
