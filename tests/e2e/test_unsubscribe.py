@@ -246,3 +246,27 @@ def test_the_unsubscribe_key_is_not_in_the_repository() -> None:
         check=False,
     )
     assert tracked.returncode == 1 and tracked.stdout == "", tracked.stdout
+
+
+def test_the_mailto_link_unsubscribes_too(
+    alpha_message: tuple[str, str], evidence: list[str]
+) -> None:
+    """RFC 2369's mailto: a message to unsubscribe+TOKEN@ at the MX; the token, not the
+    sender (a person, but another one here), says who is unsubscribed."""
+    address, msg = alpha_message
+    _, mailto = links(msg)
+    res = swaks(
+        "inbox",
+        f"--server {HOSTS['mx1']['ip']} --from alice@gmail.test --to {mailto} "
+        "--header 'Subject: unsubscribe'",
+    )
+    assert "Ok: queued as" in res.out, res.out[-600:]
+    check = f"/opt/mailops/bin/mailops suppression check --tenant alpha {address}"
+    wait_for_value(
+        f"{address} unsubscribed from alpha by the mailto link",
+        lambda: sh("monitor", check).rc,
+        lambda rc: rc == 0,
+        timeout=60,
+    )
+    assert sh("monitor", f"/opt/mailops/bin/mailops suppression check --tenant beta {address}").rc
+    evidence.append(f"mailto {mailto[:40]}...: {address} suppressed for alpha only")
