@@ -71,8 +71,11 @@ def _stop(args: argparse.Namespace) -> int:
     warm, _ = _settings(args)
 
     def change(entries: dict[str, dict[str, Any]]) -> bool:
-        entries[args.address] = {"stopped": True, "by": "operator"}
-        return True
+        if args.address in warm.planned:
+            # The inventory warms it up: an entry keeps the daemon from starting it anew.
+            entries[args.address] = {"stopped": True, "by": "operator"}
+            return True
+        return entries.pop(args.address, None) is not None
 
     state.change_starts(warm.starts, change)
     print(f"{args.address}: no warm-up cap from now on (steady)")
