@@ -3,6 +3,7 @@ Postfix commands a run gives, the log reading across runs, and the figures for /
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -553,8 +554,6 @@ def test_the_reader_counts_per_transport_and_skips_repeats_and_strangers() -> No
             "Dec  7 20:31:25 mail1 postfix/qmgr[9]: 4AbCd: removed\n",
         ]
     ).encode()
-    import io
-
     reader.feed(io.BytesIO(text), final=True)
     assert seen["gmail"].signals == 2 and seen["gmail"].delivered == 1
     assert seen["pool_alpha_1_gmail"].signals == 1
