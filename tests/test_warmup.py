@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 from mailops import config
-from mailops.tenants.policy import stable_index
+from mailops.tenants.policy import RECHECK, stable_index
 from mailops.tenants.sync import write_snapshot, write_state
 from mailops.warmup import caps, schedule, state
 from mailops.warmup.schedule import Curve
@@ -209,7 +210,7 @@ def test_the_daemon_writes_its_counts_while_it_runs_and_status_shows_them(
         day, _, seen = state.read_counts(counts) if counts.exists() else ("", 0, {})
         if seen.get("198.51.100.131", {}).get("microsoft") == 3:
             break
-        __import__("time").sleep(0.05)
+        time.sleep(0.05)
     assert day == "2026-12-07"
     assert seen == {"198.51.100.121": {"gmail": 5}, "198.51.100.131": {"microsoft": 3}}
     rows = {r["address"]: r for r in json.loads(mailops(setup, "warmup", "status", "--json"))}
@@ -238,11 +239,13 @@ def test_an_operator_starts_and_stops_an_address_warm_up(
     daemon = start(setup, started, DAY1)
     answers = send(daemon, "beta", "gmail.test", 5, "a")
     assert deferred(answers) == 2 and "(day 2): today's cap of 3 " in answers[3]
-    # The running daemon sees the stop at once.
+    # The running daemon sees the stop within its look at the files (RECHECK seconds).
     mailops(setup, "warmup", "stop", "198.51.100.131")
+    time.sleep(RECHECK * 2)
     assert deferred(send(daemon, "beta", "gmail.test", 10, "b")) == 0
     # And a stop holds for an address the inventory warms up: no first-seen over it.
     mailops(setup, "warmup", "stop", "198.51.100.121")
+    time.sleep(RECHECK * 2)
     assert deferred(send(daemon, "alpha", "gmail.test", 10, "c")) == 0
     starts = state.read_starts(setup["tmp"] / "warmup-starts.json")
     assert starts["198.51.100.121"] == {"stopped": True, "by": "operator"}
