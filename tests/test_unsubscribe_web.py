@@ -13,6 +13,7 @@ from mailops.unsub.token import Sealer
 from mailops.unsub.web import App, application
 
 KEY = "w" * 48
+ONE_CLICK = b"List-Unsubscribe=One-Click"
 
 
 @pytest.fixture
@@ -129,3 +130,23 @@ def test_store_down_is_503(cfg: Path, tmp_path: Path) -> None:
     cfg.write_text(cfg.read_text().replace(f"{tmp_path}/mailops.db", "/nonexistent/dir/x.db"))
     status, _ = call(application(str(cfg)), "POST", f"/u/{token()}", b"List-Unsubscribe=One-Click")
     assert status == 503
+
+
+def test_one_click_unsubscribes_are_in_the_tenants_figures(app: App, cfg: Path) -> None:
+    """The figures (status, /metrics, the daily report) count them per tenant and day."""
+    import datetime as dt
+
+    from mailops.tenants import figures
+    from mailops.tenants.model import load_tenants
+
+    for address in ("a@gmail.test", "b@gmail.test"):
+        assert call(app, "POST", f"/u/{token('alpha', address)}", ONE_CLICK)[0] == 200
+    assert call(app, "POST", f"/u/{token('beta', 'a@gmail.test')}", ONE_CLICK)[0] == 200
+    tenants = load_tenants(
+        {"tenants": {t: {"domains": [f"{t}.test"], "logins": [t]} for t in ("alpha", "beta")}}
+    )
+    url = cfg.read_text().split('"')[1]
+    with Store.open(url) as store:
+        rows = figures.compute(tenants, {"gmail": "gmail.test"}, [], dt.date.today(), store)
+    counted = {f.tenant: f.as_dict()["unsubscribed"] for f in rows}
+    assert counted == {"alpha": 2, "beta": 1}
