@@ -575,6 +575,7 @@ def test_the_role_writes_each_hosts_tenants_with_its_own_transports(tmp_path: Pa
     assert [(t.name, t.pool, t.transports) for t in tenants] == [
         ("alpha", "alpha", ("pool_alpha_1",)),
         ("beta", "beta", ("pool_beta_1",)),
+        ("gamma", "beta", ("pool_beta_1",)),  # the guard's tenant shares beta's pool
     ]
     assert tenants.for_login("beta") == tenants.get("beta")
     assert data["transport_classes"]["gmail"] == ["gmail.com", "googlemail.com", "gmail.test"]
@@ -605,7 +606,7 @@ def test_the_role_writes_each_hosts_tenants_with_its_own_transports(tmp_path: Pa
     mx = _role_context(mx_vars)
     data = _render_toml(mx)
     assert config.problems(data) == []
-    assert [t.transports for t in load_tenants(data)] == [(), ()]
+    assert [t.transports for t in load_tenants(data)] == [(), (), ()]
     assert "tenants_sync" not in data
     assert data["transport_classes"]["gmail"] == ["gmail.com", "googlemail.com", "gmail.test"]
     assert "warmup" not in data  # only the bulk nodes count and cap
