@@ -356,6 +356,8 @@ PROMISED = [
     (["mx1"], "/etc/dovecot/sasl-users", "640", "root:dovecot"),
     (["app1"], "/etc/postfix/sasl_passwd", "600", "root:root"),
     (["mx1", "mail1", "mail2", "monitor"], "/etc/mailops/mailops.toml", "640", "root:mailops"),
+    (["mx1", "mail1", "mail2", "monitor"], "/etc/mailops/unsubscribe.keys", "640", "root:mailops"),
+    (["monitor"], f"/etc/nginx/tls/unsubscribe.{DOMAIN}.key", "600", "root:root"),
 ]  # fmt: skip
 
 
