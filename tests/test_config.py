@@ -558,6 +558,7 @@ def _render_toml(context: dict[str, Any]) -> dict[str, Any]:
     env: NativeEnvironment = context.pop("_env")
     merged = dict(context["mailops__base_config"])
     merged.update(context["mailops__tenants_config"])
+    merged.update(context["mailops__unsubscribe_config"])
     merged.update(context["mailops__warmup_config"])
     context["mailops__combined_config"] = merged
     text = str(env.from_string((ROOT / "roles/mailops/templates/mailops.toml.j2").read_text())
