@@ -15,7 +15,9 @@ from tests.e2e.labhosts import PREFIX, ROOT, inventory
 # Modules whose checks share a module-scoped fixture (one attack, then checks of its
 # outcome): when checks run side by side (pytest-xdist), each such module stays on one
 # worker so that its fixture runs once; every other check goes wherever a worker is free.
-ONE_WORKER_MODULES = frozenset({"tests/e2e/test_saslblock.py"})
+# test_ses_relay.py's checks turn the SES stand-in's throttling switch and password
+# on and off: side by side they would see each other's.
+ONE_WORKER_MODULES = frozenset({"tests/e2e/test_saslblock.py", "tests/e2e/test_ses_relay.py"})
 
 
 class _SharedFixtureScheduling(LoadScopeScheduling):
