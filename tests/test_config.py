@@ -601,9 +601,9 @@ def test_the_role_writes_each_hosts_tenants_with_its_own_transports(tmp_path: Pa
 
     # Other hosts take the bulk nodes' provider classes (the monitor's figures per
     # provider), from the first bulk node's variables.
-    mail1 = _lab_host("mail1", ["mail_bulk"])
+    bulk_hosts = {name: _lab_host(name, ["mail_bulk"]) for name in ("mail1", "mail2")}
     mx_vars = _lab_host("mx1", ["mail_mx"])
-    mx_vars.update(groups={"mail_bulk": ["mail1", "mail2"]}, hostvars={"mail1": mail1})
+    mx_vars.update(groups={"mail_bulk": list(bulk_hosts)}, hostvars=bulk_hosts)
     mx = _role_context(mx_vars)
     data = _render_toml(mx)
     assert config.problems(data) == []
@@ -611,6 +611,11 @@ def test_the_role_writes_each_hosts_tenants_with_its_own_transports(tmp_path: Pa
     assert "tenants_sync" not in data
     assert data["transport_classes"]["gmail"] == ["gmail.com", "googlemail.com", "gmail.test"]
     assert "warmup" not in data  # only the bulk nodes count and cap
+    # The DMARC figures' planned sources: every bulk node's own and pool addresses.
+    assert set(data["reports"]["planned_sources"]) >= {
+        "198.51.100.21", "198.51.100.121", "198.51.100.131",
+        "198.51.100.22", "198.51.100.122", "198.51.100.132",
+    }  # fmt: skip
 
 
 # The tenants' policy service with its own timeout and a 4xx when it fails (checked
