@@ -247,6 +247,8 @@ def _expect(
                 f"{s['inventory']} plans {planned_domains}, not {domain}"
             )
         e.keys_source = "; ".join(notes.get(domain, []))
+        if p.ses is not None and p.ses.domain == domain:
+            e.ses = p.ses
     elif s["dkim_keys"]:
         keys, key_notes = dkim.load(Path(s["dkim_keys"]).expanduser(), domain)
         e.keys = keys

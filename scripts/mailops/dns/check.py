@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Literal, TypedDict
 
-from mailops.dns import spf
+from mailops.dns import ses_records, spf
 from mailops.dns.dkim import DkimKey, decode_p, parse_tags
 from mailops.dns.plan import policy_id, reverse_name
 from mailops.dns.resolve import Answer, Dns
@@ -58,6 +58,7 @@ class Expect:
     pool: str = ""
     spf_exact: list[str] | None = None  # the addresses SPF must list, and nothing else
     spf_planned: str = ""  # the planned record, for the fix
+    ses: ses_records.Ses | None = None  # the SES records planned for this domain
 
 
 @dataclass
@@ -1080,6 +1081,9 @@ def run(d: Dns, e: Expect, o: Options) -> list[Row]:
         rows += check_mta_sts(d, e, o, mx_names)
     if not e.tenant or e.tlsrpt_planned:
         rows += check_tlsrpt(d, e)
+    if e.ses is not None:
+        spf_planned = e.tenant is None or bool(e.ses.mail_from_domain)
+        rows += [row(*r) for r in ses_records.check(d, e.ses, spf_planned)]
     if not e.dnsbls:
         rows.append(
             row(

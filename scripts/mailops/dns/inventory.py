@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailops.dns import ses_records
+from mailops.dns.ses_records import Ses
+
 MX_GROUP = "mail_mx"
 BULK_GROUP = "mail_bulk"
 MONITOR_GROUP = "mail_monitor"  # its nginx serves the MTA-STS policies
@@ -265,6 +268,7 @@ class Settings:
     dnsbls: list[str] = field(default_factory=list)
     dkim_keys_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
+    ses: Ses | None = None  # dns_ses: the records Amazon SES needs (ses_records.py)
 
     def in_group(self, group: str) -> list[Host]:
         return [h for h in self.hosts if group in h.groups]
@@ -663,7 +667,15 @@ def settings(inv: Inventory, dkim_keys: str | None = None) -> Settings:
             check_name(z, "dns_dnsbls") for z in _str_list(get("dns_dnsbls", []), "dns_dnsbls")
         ],
         dkim_keys_dir=keys_dir,
+        ses=_ses(get("dns_ses", None), domain, get("ses_region", None) or get("aws_region", None)),
     )
+
+
+def _ses(value: Any, domain: str, region: Any) -> Ses | None:
+    try:
+        return ses_records.from_inventory(value, domain, region)
+    except ses_records.SesError as exc:
+        raise InventoryError(str(exc)) from None
 
 
 def _warmup_weight(weight: int | None, warmup: Any, address: str | None) -> int | None:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import dns.reversename
 
-from mailops.dns import spf
+from mailops.dns import ses_records, spf
 from mailops.dns.dkim import DkimKey
 from mailops.dns.inventory import Dmarc, Settings, TenantDns
 from mailops.dns.records import Record, in_zone, txt_value
@@ -89,6 +89,7 @@ class Plan:
     keys: list[DkimKey]
     notes: list[str] = field(default_factory=list)
     tenants: list[TenantPlan] = field(default_factory=list)
+    ses: ses_records.Ses | None = None  # SES's records were planned (dns_ses)
 
     def tenant(self, domain: str) -> TenantPlan | None:
         d = domain.lower().rstrip(".")
@@ -126,6 +127,14 @@ def spf_terms(s: Settings) -> list[str]:
     for entry in s.spf_includes:
         entry = entry.strip()
         terms.append(entry if _MECHANISM.match(entry) else f"include:{entry}")
+    ses = s.ses
+    if (
+        ses
+        and not ses.mail_from_domain
+        and ses.domain == s.domain
+        and ses_records.INCLUDE not in terms
+    ):
+        terms.append(ses_records.INCLUDE)  # SES sends for the domain from amazonses.com
     terms.append(s.spf_all)
     return terms
 
@@ -429,6 +438,17 @@ def build(
             tenants.append(tp)
             records += recs
             notes += tnotes
+    ses = s.ses
+    if ses is not None:
+        zone = zone_of(ses.domain, apexes)
+        if zone is None:
+            raise PlanError(f"dns_ses.domain: {ses.domain} is not the mail domain nor a tenant's")
+        if not ses.mail_from_domain and ses.domain != D:
+            notes.append(
+                f"SES sends for {ses.domain} from amazonses.com: its SPF (the tenant's pool) "
+                "is not changed; set dns_ses.mail_from_domain for an SPF that aligns"
+            )
+        records += ses_records.records(ses, zone, ttl, s.spf_all)
     return Plan(
         domain=D,
         records=records,
@@ -439,6 +459,7 @@ def build(
         keys=list(keys),
         notes=notes,
         tenants=tenants,
+        ses=ses,
     )
 
 
