@@ -54,7 +54,6 @@ Exit codes: 0 done (also when another run holds the lock); 66 the log cannot be 
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
 import json
 import re
@@ -65,7 +64,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mailops import config, exitcodes
+from mailops import config, exitcodes, jobstate
 from mailops.bounceparse.model import Recipient, Report
 from mailops.bounceparse.reasons import classify
 from mailops.saslblock.blocks import StateError, write_atomic
@@ -330,22 +329,6 @@ class Recorder:
             self.store = None
 
 
-def _lock(state_path: Path) -> Any:
-    """STATE.lock, held for the run; None when another run holds it."""
-    lock_path = state_path.with_name(state_path.name + ".lock")
-    try:
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(lock_path, "a")  # noqa: SIM115 (held open for the run)
-    except OSError as exc:
-        raise StateError(f"{lock_path}: cannot open lock file ({exc.strerror})") from None
-    try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.close()
-        return None
-    return fh
-
-
 def run(
     data: dict[str, Any],
     log: Path,
@@ -362,7 +345,7 @@ def run(
     config.table(data, "store")
     clock = time.time() if now is None else now
     try:
-        lock = _lock(state_path)
+        lock = jobstate.hold(state_path)
     except StateError as exc:
         warn(str(exc))
         return exitcodes.CANTCREAT

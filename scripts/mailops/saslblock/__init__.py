@@ -61,13 +61,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import fcntl
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from mailops import config, exitcodes
+from mailops import config, exitcodes, jobstate
 from mailops.config import ConfigError
 from mailops.saslblock.accessmap import MapError, PostmapMissing, render, write_map
 from mailops.saslblock.blocks import (
@@ -119,26 +118,6 @@ def protected_networks(s: dict[str, Any], warn: Any) -> tuple[Network, ...]:
     return tuple(nets)
 
 
-def _lock(state: Path) -> Any:
-    """Hold STATE.lock for the run; wait a while for an overlapping run to finish."""
-    lock_path = state.with_name(state.name + ".lock")
-    try:
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(lock_path, "a")  # noqa: SIM115 (held open for the run)
-    except OSError as exc:
-        raise StateError(f"{lock_path}: cannot open lock file ({exc.strerror})") from None
-    deadline = time.monotonic() + LOCK_WAIT_SECONDS
-    while True:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fh
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                fh.close()
-                return None
-            time.sleep(0.2)
-
-
 def _utc(when: float) -> str:
     return dt.datetime.fromtimestamp(when, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -151,7 +130,7 @@ def run(s: dict[str, Any], unblock: list[str], now: float | None = None) -> int:
     """One run with merged settings ``s``; prints changes, returns the exit code."""
     protected = protected_networks(s, _warn)
     state_path = Path(s["state"])
-    lock = _lock(state_path)
+    lock = jobstate.hold(state_path, LOCK_WAIT_SECONDS)
     if lock is None:
         _warn(f"another run holds {state_path}.lock; try again later")
         return exitcodes.TEMPFAIL

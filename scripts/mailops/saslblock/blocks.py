@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailops.jobstate import StateError as StateError  # where it is defined
 from mailops.saslblock.follow import Position
 
 STATE_VERSION = 1
@@ -32,10 +33,6 @@ ALWAYS_PROTECTED: tuple[Network, ...] = (
     ipaddress.ip_network("127.0.0.0/8"),
     ipaddress.ip_network("::1/128"),
 )
-
-
-class StateError(Exception):
-    """The state file cannot be read or written; the message names it."""
 
 
 @dataclass

@@ -29,7 +29,6 @@ again); 78 bad settings.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import sys
 import time
@@ -38,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mailops import exitcodes
+from mailops import exitcodes, jobstate
 from mailops.saslblock.blocks import StateError
 from mailops.saslblock.follow import LogError, LogFile, follow
 from mailops.throttle.postfix import Postfix, PostfixError, parameters, wanted_values
@@ -103,21 +102,6 @@ class Outcome:
     lines: int = 0
     signals: int = 0
     deliveries: int = 0
-
-
-def _lock(state_path: Path) -> Any:
-    lock_path = state_path.with_name(state_path.name + ".lock")
-    try:
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(lock_path, "a")  # noqa: SIM115 (held open for the run)
-    except OSError as exc:
-        raise StateError(f"{lock_path}: cannot open lock file ({exc.strerror})") from None
-    try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.close()
-        return None
-    return fh
 
 
 def _same(a: str | None, b: str) -> bool:
@@ -209,7 +193,7 @@ def run(
     pf = postfix or Postfix()
     state_path, log_path = Path(settings.state), Path(settings.log)
     try:
-        lock = _lock(state_path)
+        lock = jobstate.hold(state_path)
     except StateError as exc:
         warn(str(exc))
         return exitcodes.CANTCREAT
