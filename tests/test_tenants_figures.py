@@ -356,7 +356,7 @@ def test_status_json_has_the_issues_keys(
     assert [o["tenant"] for o in out] == ["alpha", "beta", "gamma"]
     keys = {"tenant", "state", "sent", "delivered", "bounced", "complained", "unsubscribed"}
     keys |= {"bounce_rate", "complaint_rate", "deferred", "bounced_hard", "bounced_soft"}
-    assert keys | {"providers", "day"} == set(out[0])
+    assert keys | {"providers", "day", "ses"} == set(out[0])
     assert out[0]["state"] == "paused" and out[1]["state"] == "active"
     want = merged(expected_from_log(stats.deliveries, day, iso))
     assert out[0]["sent"] == sum(c["sent"] for (t, _), c in want.items() if t == "alpha")

@@ -253,6 +253,7 @@ def _tenants_html(rep: dict[str, Any]) -> list[str]:
         "<h3>Tenants</h3>",
         _table(tenants.HTML_HEADERS, tenants.html_rows(part), set(range(2, 12))),
     ]
+    out += [f"<p>{html.escape(line)}</p>" for line in tenants.ses_lines(part)]
     if part["store_error"]:
         out.append(
             f"<p>{html.escape('The store could not be read: ' + part['store_error'])}; "

@@ -54,9 +54,25 @@ def text_lines(part: Mapping[str, Any]) -> list[str]:
 
     out = [TEXT_HEADER]
     out += [text_line(r["tenant"], r["state"], r) for r in part["rows"]]
+    out += ses_lines(part)
     if part["store_error"]:
         out.append(f"note: the store could not be read ({part['store_error']}): no complaints,")
         out.append("unsubscribes, asynchronous bounces or pause states in these figures")
+    return out
+
+
+def ses_lines(part: Mapping[str, Any]) -> list[str]:
+    """What Amazon SES reported about each tenant's mail (docs/ses.md), for the tenants
+    it reported on; nothing when no tenant's mail went through SES that day."""
+    out = []
+    for r in part["rows"]:
+        ses = r.get("ses") or {}
+        if any(ses.values()):
+            out.append(
+                f"{r['tenant']}: through Amazon SES {ses.get('delivered', 0)} delivered, "
+                f"{ses.get('bounced', 0)} bounced, {ses.get('complained', 0)} complained "
+                "(counted in the columns above too)"
+            )
     return out
 
 

@@ -62,6 +62,12 @@ complaint_rate
     complained / delivered (0 when nothing was delivered).
 state
     ``paused`` or ``active``, from the store's ``tenant_state``.
+ses (delivered, bounced, complained)
+    rows of ``ses_events`` with that tenant received on the day, by type (Delivery,
+    Bounce, Complaint): what Amazon SES reported about the tenant's mail relayed through
+    it (docs/ses.md).  The log counts that mail as delivered when SES took it; SES's
+    bounces and complaints are also rows of ``bounces`` and ``complaints``, so they are
+    in bounced and complained already.  These say how much of each came from SES.
 
 "On the day" is the date written in the log line (the hosts' local time) and, for the
 store, local midnight to midnight of the host running the command.  A store row's
@@ -107,6 +113,8 @@ COUNTS = (
     "unsubscribed",
 )
 RATES = ("bounce_rate", "complaint_rate")
+# SES's event types the figures count (ses_events.event_type -> the figure's name)
+SES_TYPES = {"Delivery": "delivered", "Bounce": "bounced", "Complaint": "complained"}
 # feedback types that are complaints (mailops.store.db.COMPLAINT_TYPES)
 _COMPLAINT_TYPES = ("", "abuse", "fraud", "virus", "other")
 _MONTH_DAY = re.compile(r"([A-Z][a-z]{2}) +(\d{1,2})\Z")
@@ -182,6 +190,7 @@ class Figures:
     day: str
     state: str = "active"
     providers: dict[str, Counts] = field(default_factory=dict)
+    ses: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SES_TYPES.values(), 0))
 
     def provider(self, name: str) -> Counts:
         c = self.providers.get(name)
@@ -199,6 +208,7 @@ class Figures:
         out: dict[str, Any] = {"tenant": self.tenant, "state": self.state, "day": self.day}
         out.update(self.total().as_dict())
         out["providers"] = {p: self.providers[p].as_dict() for p in sorted(self.providers)}
+        out["ses"] = dict(self.ses)
         return out
 
 
@@ -602,6 +612,13 @@ def add_store(
             c.bounced_hard += 1
         else:
             c.bounced_soft += 1
+    for tenant, event_type, count in _rows(
+        store,
+        f"SELECT tenant, event_type, COUNT(*) FROM ses_events WHERE {where()}"  # noqa: S608
+        f" AND event_type IN ({', '.join('?' for _ in SES_TYPES)}) GROUP BY tenant, event_type",
+        (*params, *SES_TYPES),
+    ):
+        figures[tenant].ses[SES_TYPES[str(event_type)]] += int(count)
     for name, st in store.tenant_states().items():
         if name in figures:
             figures[name].state = "paused" if st.paused else "active"
@@ -723,6 +740,12 @@ def prometheus(rows: Sequence[Figures], generated_ts: float, complete: bool = Tr
             ],
             kind="counter",
         )
+    lines += family(
+        "mailops_tenant_ses_events_total",
+        "Amazon SES's events about the tenant's mail received today, by type.",
+        [({"tenant": r.tenant, "type": kind}, r.ses[kind]) for r in rows for kind in r.ses],
+        kind="counter",
+    )
     lines += family(
         "mailops_tenant_figures_complete",
         "1 when every node's log lines were read for these figures, 0 when some were not.",
