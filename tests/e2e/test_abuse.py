@@ -89,6 +89,11 @@ DOORS = {
                              rf"554 5\.7\.1 {ADDR}: Recipient address rejected: Access denied",
                              control_login=("alpha", "sasl-tenant-alpha"),
                              control_sender="news@alpha.test"),
+    # The SES SMTP stand-in (docs/ses.md) relays for SES's SMTP credentials only: the
+    # bulk nodes log in with the access key id and the derived password.
+    ("lab_aws", 587): Door("mail1", "alice@gmail.test", True,
+                           rf"554 5\.7\.1 {ADDR}: Recipient address rejected: Access denied",
+                           control_login=("AKIA{ses/access-key-id.txt}", "ses/smtp-password")),
 }  # fmt: skip
 
 # Runs in a lab host; reads {host, port, helo, sender, rcpts, control: rcpt | null, auth:
@@ -159,7 +164,7 @@ def smtp(
         "sender": sender,
         "rcpts": rcpts,
         "control": control or None,
-        "auth": [auth[0], _secret(auth[1])] if auth else None,
+        "auth": [_login(auth[0]), _secret(auth[1])] if auth else None,
     }
     res = subprocess.run(
         ["podman", "exec", "-i", f"{PREFIX}-{client}", "python3", "-c", SESSION],
@@ -172,6 +177,12 @@ def smtp(
 
 def _secret(name: str) -> str:
     return (ROOT / ".lab" / "secrets" / name).read_text().split()[0]
+
+
+def _login(user: str) -> str:
+    """A user name; ``{NAME}`` in it stands for a part made at run time, kept in
+    .lab/secrets/NAME (the SES key id: group_vars/all/ses.yml)."""
+    return re.sub(r"\{([^{}]+)\}", lambda m: _secret(m[1]), user)
 
 
 def _reached_rcpt(where: str, session: dict[str, Any]) -> list[str]:
