@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -229,8 +230,9 @@ def wait_for_value(
 
 def start_again(host: str) -> None:
     """After ``podman start`` of a stopped host, bring back what its converge set up: the
-    containers have no init, so nothing a role started comes back by itself, nor the
-    extra addresses (a bulk node's pool addresses, roles/lab_addresses)."""
+    containers have no init, so nothing a role started comes back by itself (its daemons'
+    init scripts are there, as a boot would run them), nor the extra addresses (a bulk
+    node's pool addresses, roles/lab_addresses)."""
     entry = yaml.safe_load((INVENTORY / "hosts.yml").read_text())
     hv: dict[str, object] = {}
     for node in entry["all"]["children"].values():
@@ -244,7 +246,45 @@ def start_again(host: str) -> None:
     res = sh(
         host,
         f"dev=$(ip -o -4 addr show | awk '$4 ~ /^{ip}\\//{{print $2; exit}}'); {adds or ':'}; "
-        "for s in opendkim dovecot; do [ -x /etc/init.d/$s ] && service $s start; done; "
-        "postfix start; service ssh start; service cron start; true",
+        "postfix start; "
+        # The milters and policy daemons Postfix asks (OpenDKIM, the tenants' policy,
+        # the unsubscribe milter: /etc/init.d/mailops-*), and Dovecot's SASL.
+        "for s in opendkim dovecot $(cd /etc/init.d && ls -d mailops-* 2>/dev/null); do "
+        "[ -x /etc/init.d/$s ] && service $s start; done; "
+        "service ssh start; service cron start; true",
     )
     assert res.rc == 0, res.out + res.err
+    # Back means Postfix can reach every milter and policy service it names again:
+    # one missing would answer 451 to all mail from here on.
+    wait_for_value(
+        f"{host}: every unix socket Postfix's milters and policy services name accepts",
+        lambda: sh(host, f"python3 -c {shlex.quote(_SOCKETS_UP)}").out.strip(),
+        lambda out: out.startswith("ok"),
+        timeout=30,
+    )
+
+
+# Runs on a lab host: connects to each unix: socket in smtpd_milters, non_smtpd_milters
+# and the check_policy_service entries of main.cf; prints "ok N" or what refused.
+_SOCKETS_UP = r"""
+import re, socket, subprocess
+conf = subprocess.run(["postconf"], capture_output=True, text=True).stdout
+queue = subprocess.run(["postconf", "-h", "queue_directory"], capture_output=True,
+                       text=True).stdout.strip()
+names = set()
+for line in conf.splitlines():
+    key = line.split("=", 1)[0].strip()
+    if key.endswith("_milters") or "check_policy_service" in line:
+        names.update(re.findall(r"unix:([^\s,{}]+)", line.split("=", 1)[-1]))
+down = []
+for name in sorted(names):
+    path = name if name.startswith("/") else f"{queue}/{name}"
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(path)
+    except OSError as exc:
+        down.append(f"{path}: {exc}")
+    finally:
+        s.close()
+print("; ".join(down) if down else f"ok {len(names)}")
+"""
