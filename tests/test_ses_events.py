@@ -391,7 +391,7 @@ def test_simulator_bounces_and_complaints_end_suppressed(moto: MotoServer, tmp_p
 
     second = run_events(cfg, pipe, metrics=metrics)
     assert second.returncode == 0, second.stderr
-    assert "0 received" in second.stderr
+    assert "received" not in second.stderr  # an empty pass is silent: cron mails output
     assert table_counts(cfg, tmp_path) == after
 
 
