@@ -463,6 +463,20 @@ def converge(
     return recap
 
 
+def changed_tasks(logfile: Path, hosts: set[str]) -> list[str]:
+    """The tasks and handlers in an ansible-playbook log that reported changed on
+    `hosts`, as 'host: TASK [role : name]', so a failed idempotence check names them."""
+    found: list[str] = []
+    current = ""
+    host_re = re.compile(r"^changed: \[(?P<host>[^\]]+)\]")
+    for line in logfile.read_text(errors="replace").splitlines():
+        if line.startswith(("TASK [", "RUNNING HANDLER [")):
+            current = line.rstrip("* ").strip()
+        elif (m := host_re.match(line)) and m["host"] in hosts:
+            found.append(f"{m['host']}: {current}")
+    return found
+
+
 def secret_strings() -> dict[str, list[str]]:
     """Every secret the lab generated (.lab/secrets), as strings to look for in output.
 
@@ -791,6 +805,8 @@ def run_action(args: argparse.Namespace) -> int:
         if changed:
             ok = False
             log(f"idempotence: FAILED, hosts with changes on the second run: {json.dumps(changed)}")
+            for what in changed_tasks(STATE / "idempotence.log", set(changed)):
+                log(f"idempotence: changed on the second run: {what}")
         else:
             log("idempotence: a second converge changed nothing on any host")
         logs = [STATE / "converge.log", STATE / "idempotence.log"]
