@@ -618,8 +618,8 @@ def test_clean_strips_controls_and_surrogates() -> None:
         ("<>", ""),
     ],
 )
-def test_normalize_address(value: str, want: str) -> None:
-    assert _text.normalize_address(value) == want
+def test_address_spec(value: str, want: str) -> None:
+    assert _text.address_spec(value) == want
 
 
 def test_arf_without_original_rcpt_to_uses_the_returned_to() -> None:

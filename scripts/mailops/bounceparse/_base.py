@@ -84,7 +84,7 @@ def recipient(
     act = _text.clean(action, _text.STATUS_MAX).lower().split(" ")[0] if action else ""
     code, reason, hard = classify(_text.clean(status, 40), diag, act, permanent, context)
     return Recipient(
-        address=_text.normalize_address(address),
+        address=_text.address_spec(address),
         status=_text.clean(code, _text.STATUS_MAX),
         reason=reason,
         hard=hard,

@@ -1,4 +1,6 @@
-"""Text helpers for the classifier: bounded decoding, cleaning, addresses, header blocks.
+"""Text helpers for the classifier: bounded decoding, addresses, header blocks.
+
+Cleaning a line and reading an address are :mod:`mailops.text`'s, used from here.
 
 Everything here is total: no function raises on odd input, and every function bounds
 the work it does by the ``*_LIMIT`` constants.
@@ -10,6 +12,11 @@ import base64
 import binascii
 import re
 
+from mailops.text import ADDRESS_SPEC_MAX
+from mailops.text import LINE_MAX as LINE_MAX  # re-exported for the classifier's modules
+from mailops.text import address_spec as address_spec
+from mailops.text import clean as clean
+
 # How much of each thing we look at.  A bounce is classified from its first part and the
 # headers of the returned message, so these are generous for real mail and still keep a
 # hostile message to a few milliseconds of work.
@@ -20,33 +27,12 @@ MAX_HEADERS = 500  # header lines of one header block
 MAX_FIELDS = 400  # fields of one DSN / feedback report
 
 # Longest value kept in each kind of output field.
-ADDRESS_MAX = 254
+ADDRESS_MAX = ADDRESS_SPEC_MAX
 STATUS_MAX = 16
 SHORT_MAX = 64
-LINE_MAX = 255
 DIAGNOSTIC_MAX = 1000
 
-# C0 controls, DEL and C1 controls become spaces; whitespace runs are then collapsed by
-# str.split(), which also takes care of U+2028/U+2029 and the other Unicode separators.
-_CONTROLS = {c: " " for c in [*range(0x00, 0x20), *range(0x7F, 0xA0)]}
 _SURROGATES = re.compile("[\ud800-\udfff]")
-
-
-def clean(value: object, limit: int = LINE_MAX) -> str:
-    """One line of printable text: no CR, LF, NUL or other control, no lone surrogate."""
-    if not isinstance(value, str):
-        value = "" if value is None else str(value)
-    if (
-        len(value) <= limit
-        and value.isprintable()
-        and "  " not in value
-        and value[:1] != " "
-        and value[-1:] != " "
-    ):
-        return value  # already one clean line: the common case
-    text = value[: limit * 4 + 64]
-    text = _SURROGATES.sub("\ufffd", text.translate(_CONTROLS))
-    return " ".join(text.split())[:limit].rstrip()
 
 
 def unescape(value: str) -> str:
@@ -137,35 +123,20 @@ def decode_header(value: str) -> str:
 _ADDR = r"[^\s<>\"'(),;:\[\]@]{1,128}@[A-Za-z0-9_\[\]\.:-]{1,200}"
 _ANGLE_ADDR = re.compile(r"<\s*(" + _ADDR + r")\s*>")
 _BARE_ADDR = re.compile(r"(?<![^\s<>\"'(),;:\[])(" + _ADDR + r")")
-_ADDRESS_OK = re.compile(r"^[^\s@<>]{1,128}@[^\s@<>]{1,200}$")
-
-
-def normalize_address(value: str) -> str:
-    """Lower-cased addr-spec, or "" when the value is not an address."""
-    text = clean(value, 600).strip().strip("<>").strip()
-    if ";" in text[:40]:  # a DSN address type: "rfc822; user@example.com"
-        text = text.split(";", 1)[1].strip().strip("<>").strip()
-    text = text.strip("\"'.,:;").lower()
-    if not _ADDRESS_OK.match(text) or len(text) > ADDRESS_MAX:
-        return ""
-    local, _, domain = text.rpartition("@")
-    if not local or not domain or domain.startswith(".") or ".." in domain:
-        return ""
-    return text
 
 
 def first_address(text: str) -> str:
     """The first address in a header or a line: <angle> form first, else a bare one."""
     text = text[:HEADER_LIMIT]
     match = _ANGLE_ADDR.search(text) or _BARE_ADDR.search(text)
-    return normalize_address(match.group(1)) if match else ""
+    return address_spec(match.group(1)) if match else ""
 
 
 def all_addresses(text: str, limit: int = 50) -> list[str]:
     """Every distinct address in a text, in order (bounded)."""
     found: list[str] = []
     for match in _BARE_ADDR.finditer(text[:HEADER_LIMIT]):
-        address = normalize_address(match.group(1))
+        address = address_spec(match.group(1))
         if address and address not in found:
             found.append(address)
             if len(found) >= limit:

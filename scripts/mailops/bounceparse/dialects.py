@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from mailops.bounceparse._base import MAX_RECIPIENTS, Hit
 from mailops.bounceparse._mime import Context
-from mailops.bounceparse._text import first_address, normalize_address
+from mailops.bounceparse._text import address_spec, first_address
 
 Dialect = Callable[[str, Context], "list[Hit] | None"]
 
@@ -148,10 +148,10 @@ def sendmail(text: str, ctx: Context) -> list[Hit] | None:
     for line in text[mark.end() : mark.end() + 20000].splitlines():
         match = _SENDMAIL_TRANSCRIPT.match(line.strip())
         if match:
-            address = normalize_address(match.group(2))
+            address = address_spec(match.group(2))
             transcript.setdefault(address, match.group(1))
     for hit in hits:
-        hit.diagnostic = transcript.get(normalize_address(hit.address), hit.diagnostic)
+        hit.diagnostic = transcript.get(address_spec(hit.address), hit.diagnostic)
         hit.remote_mta = remote
     return hits
 

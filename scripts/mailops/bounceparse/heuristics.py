@@ -201,7 +201,7 @@ def complete_hits(text: str, ctx: Context, hits: list[Hit]) -> list[Hit]:
         return generic_hits
     said = {h.address: h.diagnostic for h in generic_hits}
     for hit in hits:
-        hit.diagnostic = hit.diagnostic or said.get(_text.normalize_address(hit.address), "")
+        hit.diagnostic = hit.diagnostic or said.get(_text.address_spec(hit.address), "")
     return hits
 
 

@@ -100,10 +100,10 @@ def rfc3464(ctx: Context) -> Draft | None:
     said: dict[str, str] = {}
     if records and "mail from" in ctx.primary_text()[:20000].lower():
         text_read = text_hits(ctx)
-        said = {_text.normalize_address(h.address): h.diagnostic for h in text_read[1]}
+        said = {_text.address_spec(h.address): h.diagnostic for h in text_read[1]}
     for rec in records:
-        original = _text.normalize_address(rec.get("original-recipient", ""))
-        address = original or _text.normalize_address(rec.get("final-recipient", ""))
+        original = _text.address_spec(rec.get("original-recipient", ""))
+        address = original or _text.address_spec(rec.get("final-recipient", ""))
         action = rec.get("action", "").strip().lower()
         status = rec.get("status", "")
         permanent = True if action == "failed" and not status.strip() else None
@@ -129,7 +129,7 @@ def rfc3464(ctx: Context) -> Draft | None:
             recipients = from_hits(hits)
             draft.notes.append("delivery-status part without recipients: read the notice")
         else:
-            by_address = {_text.normalize_address(h.address): h for h in hits}
+            by_address = {_text.address_spec(h.address): h for h in hits}
             recipients = [_with_text_diagnostic(r, by_address) for r in recipients]
     draft.recipients = recipients
     return draft
@@ -167,7 +167,7 @@ def arf(ctx: Context) -> Draft | None:
     draft.reporting_mta = strip_type(first("reporting-mta"))
     draft.verp_sources.extend(values.get("original-mail-from", []))
     addresses = [
-        _text.normalize_address(v)
+        _text.address_spec(v)
         for v in values.get("original-rcpt-to", []) + values.get("removal-recipient", [])
     ]
     if not any(addresses):

@@ -92,7 +92,7 @@ def draft_of(obj: dict[str, Any]) -> Draft:
         draft.feedback_type = _str(complaint.get("complaintFeedbackType")).lower() or "abuse"
         hard = draft.feedback_type not in NOT_COMPLAINTS
         for item in _list(complaint.get("complainedRecipients")):
-            address = _text.normalize_address(_str(_dict(item).get("emailAddress")))
+            address = _text.address_spec(_str(_dict(item).get("emailAddress")))
             if address:
                 draft.recipients.append(
                     Recipient(address, "", "feedback", hard, "", "", "feedback via SES")

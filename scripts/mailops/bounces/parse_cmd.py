@@ -37,7 +37,7 @@ from typing import Any, BinaryIO, TextIO
 
 from mailops import config, exitcodes
 from mailops.bounceparse import MAX_INPUT, Report, parse_message
-from mailops.bounceparse._text import clean
+from mailops.text import clean
 
 
 def register(sub: Any) -> None:
