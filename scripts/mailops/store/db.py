@@ -1053,6 +1053,64 @@ class Store:
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
+    # ----------------------------------------------------------------- pipeline sends
+    # (migration 8; mailops.ses.pipeline, docs/ses_pipeline.md)
+
+    def claim_pipeline_send(
+        self, key: str, info: dict[str, str], *, now: float | None = None, lease: int = 300
+    ) -> str:
+        """Claim an idempotency key before sending: 'new' (go ahead), 'sent' (sent
+        before: send nothing) or 'busy' (another worker holds a claim younger than
+        ``lease`` seconds).  An older claim is taken over."""
+        when = _now(now)
+        with self.transaction():
+            added = self._exec(
+                "INSERT INTO pipeline_sends (tenant, dedup_key, state, template, recipient,"
+                " claimed_at) VALUES (?, ?, 'claimed', ?, ?, ?) ON CONFLICT (dedup_key)"
+                " DO NOTHING",
+                (
+                    clean(info.get("tenant", ""), 64),
+                    key,
+                    clean(info.get("template", ""), 64),
+                    normalize_address(info.get("recipient", "")),
+                    when,
+                ),
+            ).rowcount
+            if added:
+                return "new"
+            row = self._one("SELECT state FROM pipeline_sends WHERE dedup_key = ?", (key,))
+            if row is not None and row[0] == "sent":
+                return "sent"
+            taken = self._exec(
+                "UPDATE pipeline_sends SET claimed_at = ? WHERE dedup_key = ?"
+                " AND state = 'claimed' AND claimed_at < ?",
+                (when, key, when - lease),
+            ).rowcount
+            return "new" if taken else "busy"
+
+    def finish_pipeline_send(
+        self, key: str, message_id: str, transport: str, *, now: float | None = None
+    ) -> None:
+        with self.transaction():
+            self._exec(
+                "UPDATE pipeline_sends SET state = 'sent', sent_at = ?, message_id = ?,"
+                " transport = ? WHERE dedup_key = ?",
+                (_now(now), clean(message_id, 200), clean(transport, 64), key),
+            )
+
+    def release_pipeline_send(self, key: str) -> None:
+        """Forget a claim whose send failed (a sent key stays)."""
+        with self.transaction():
+            self._exec(
+                "DELETE FROM pipeline_sends WHERE dedup_key = ? AND state = 'claimed'", (key,)
+            )
+
+    def pipeline_sends(self) -> list[dict[str, Any]]:
+        with self._errors():
+            cur = self._db.execute("SELECT * FROM pipeline_sends ORDER BY id")
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
     # ----------------------------------------------------------------- DMARC and TLS-RPT
     # (migration 6; mailops.dmarc and mailops.tlsrpt, docs/dmarc.md)
 

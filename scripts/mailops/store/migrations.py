@@ -302,6 +302,30 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX ses_events_tenant ON ses_events (tenant, occurred_at)",
         ),
     ),
+    Migration(
+        8,
+        "transactional pipeline: one row per idempotency key, so an event is sent once",
+        (
+            # dedup_key: sha256 of (tenant, the event's idempotency_key).  state is
+            # 'claimed' from just before the send, 'sent' after it; a claim older than
+            # the pipeline's lease may be taken over (a worker that died mid-send).
+            """
+            CREATE TABLE pipeline_sends (
+                id {pk},
+                tenant TEXT NOT NULL DEFAULT '',
+                dedup_key TEXT NOT NULL UNIQUE,
+                state TEXT NOT NULL,
+                template TEXT NOT NULL DEFAULT '',
+                recipient TEXT NOT NULL DEFAULT '',
+                claimed_at BIGINT NOT NULL,
+                sent_at BIGINT NOT NULL DEFAULT 0,
+                transport TEXT NOT NULL DEFAULT '',
+                message_id TEXT NOT NULL DEFAULT ''
+            )
+            """,
+            "CREATE INDEX pipeline_sends_sent ON pipeline_sends (sent_at)",
+        ),
+    ),
 )
 
 LATEST: int = MIGRATIONS[-1].version
