@@ -6,6 +6,8 @@ Usage::
     mailops ses events --queue-url URL [--once]    SES notifications from SQS into the store
     mailops ses pipeline --queue-url URL [--once]  application events sent as templated mail
     mailops ses alarm-mail --queue-url URL         CloudWatch alarms as readable mails
+    mailops ses inbound --queue-url URL --smtp-host HOST[:PORT] [--once]
+                                                   mail SES received (S3) relayed to the MX
 
 See docs/ses.md.  Each subcommand lives in its own module; boto3 is imported only when
 events run, so deriving a password needs nothing beyond the standard library.
@@ -22,6 +24,7 @@ SUBCOMMANDS: dict[str, str] = {
     "events": "mailops.ses.events",
     "pipeline": "mailops.ses.pipeline",
     "alarm-mail": "mailops.ses.alarm",
+    "inbound": "mailops.ses.inbound_cli",
 }
 
 
