@@ -574,7 +574,7 @@ def checks(slow: bool = False) -> list[Check]:
             sys.executable, "-m", "pytest", "-m", marks, *opts,
             "-p", "no:cacheprovider",
             "-o", "junit_logging=no", "-o", "junit_family=xunit1", f"--junitxml={junit}", "-q",
-            str(ROOT / "tests" / "e2e"),
+            "--durations=15", "--durations-min=20", str(ROOT / "tests" / "e2e"),
         ]  # fmt: skip
         env = dict(os.environ, MAILOPS_LAB_RUNNING="1")
         started = time.monotonic()
