@@ -50,9 +50,12 @@ def settings_from(env: Mapping[str, str]) -> ib.Settings:
 def _default_clients() -> tuple[Any, Any]:
     if not _CLIENTS:  # kept between invocations of a warm function
         import boto3
+        from botocore.config import Config
 
+        # Another endpoint (AWS_ENDPOINT_URL: moto's in the tests) has no bucket host names.
+        path = {"addressing_style": "path"} if os.environ.get("AWS_ENDPOINT_URL") else {}
         _CLIENTS["sqs"] = boto3.client("sqs")
-        _CLIENTS["s3"] = boto3.client("s3")
+        _CLIENTS["s3"] = boto3.client("s3", config=Config(s3=path))
     return _CLIENTS["sqs"], _CLIENTS["s3"]
 
 
