@@ -147,7 +147,7 @@ def keys() -> dict[str, Any]:
     return {"domain": d, "selector": sel, "keyfile": path, "txt": txt}
 
 
-def setup(_: dict[str, Any]) -> dict[str, Any]:
+def setup(params: dict[str, Any]) -> dict[str, Any]:
     teardown({})
     for d in (BENCH, CONF, DUMP):
         d.mkdir(parents=True, exist_ok=True)
@@ -179,13 +179,6 @@ def setup(_: dict[str, Any]) -> dict[str, Any]:
     for name in ("hosts", "services", "resolv.conf", "nsswitch.conf", "host.conf", "localtime"):
         if Path("/etc", name).exists():
             shutil.copy(Path("/etc", name), etc / name, follow_symlinks=True)
-    # A directory per signer for its unix socket, group postfix, as the role makes it.
-    for user in ("opendkim", "_rspamd"):
-        if run(["id", user], check=False).returncode == 0:
-            sock = QUEUE / user.lstrip("_")
-            sock.mkdir(exist_ok=True)
-            shutil.chown(sock, user, "postfix")
-            sock.chmod(0o2750)
     # Debian's packaged opendkim.conf, from the .deb of the installed version.
     version = run(["dpkg-query", "-W", "-f", "${Version}", "opendkim"]).stdout
     got = run(["apt-get", "download", f"opendkim={version}"], check=False, cwd=BENCH)
@@ -209,7 +202,80 @@ def setup(_: dict[str, Any]) -> dict[str, Any]:
             run(install, env=env)
     info = keys()
     (BENCH / "keys.json").write_text(json.dumps(info))
+    if params.get("rspamd_conf"):
+        setup_rspamd(params["rspamd_conf"], params.get("rspamd_rules", ""))
+    # A directory per signer for its unix socket, group postfix, as the role makes it.
+    for user in ("opendkim", "_rspamd"):
+        if run(["id", user], check=False).returncode == 0:
+            sock = QUEUE / user.lstrip("_")
+            sock.mkdir(exist_ok=True)
+            shutil.chown(sock, user, "postfix")
+            sock.chmod(0o2750)
     return {"domain": info["domain"], "selector": info["selector"], "cpus": os.cpu_count()}
+
+
+RSPAMD = BENCH / "rspamd"
+
+
+def setup_rspamd(conf: str, rules: str) -> None:
+    """Rspamd (the package, its service never started here) with the rspamd_signer role's
+    configuration, rendered by the caller for this instance's paths; the node's signing
+    keys copied for Rspamd's user and its tables in the role's form."""
+    if shutil.which("rspamd") is None:
+        say("installing rspamd (its service is not started)")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        block = Path("/usr/sbin/policy-rc.d")
+        ours = not block.exists()
+        if ours:
+            block.write_text("#!/bin/sh\nexit 101\n")
+            block.chmod(0o755)
+        try:
+            install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "rspamd"]
+            if run(install, check=False, env=env).returncode:
+                run(["apt-get", "update", "-qq"])
+                run(install, env=env)
+        finally:
+            if ours:
+                block.unlink()
+    signer = RSPAMD / "signer"
+    (signer / "plugins").mkdir(parents=True)
+    for plugin in ("dkim_signing", "settings"):
+        (signer / "plugins" / f"{plugin}.lua").symlink_to(f"/usr/share/rspamd/plugins/{plugin}.lua")
+    for d in ("run", "db", "log"):
+        (RSPAMD / d).mkdir()
+        shutil.chown(RSPAMD / d, "_rspamd", "_rspamd")
+    keydir = RSPAMD / "dkim"
+    keydir.mkdir(mode=0o700)
+    key_lines = []
+    for line in Path("/etc/opendkim/KeyTable").read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 2 and not line.startswith("#"):
+            d, sel, path = parts[1].split(":", 2)
+            copy = keydir / f"{d}.{sel}.private"
+            shutil.copy(path, copy)
+            shutil.chown(copy, "_rspamd", "_rspamd")
+            copy.chmod(0o600)
+            key_lines.append(f"{parts[0]} {d}:{sel}:{copy}")
+    shutil.chown(keydir, "_rspamd", "_rspamd")
+    (signer / "key_table.map").write_text("\n".join(key_lines) + "\n")
+    signing = [ln for ln in Path("/etc/opendkim/SigningTable").read_text().splitlines()
+               if ln.strip() and not ln.startswith("#")]  # fmt: skip
+    (signer / "signing_table.map").write_text("\n".join(signing) + "\n")
+    (signer / "rules.lua").write_text(rules)
+    for var, d in (("$RUNDIR", "run"), ("$DBDIR", "db"), ("$LOGDIR", "log")):
+        conf = conf.replace(var, str(RSPAMD / d))
+    (RSPAMD / "rspamd.conf").write_text(conf)
+    run(["rspamadm", "configtest", "-c", str(RSPAMD / "rspamd.conf")])
+
+
+def start_rspamd(workers: int | None) -> subprocess.Popen[bytes]:
+    conf = (RSPAMD / "rspamd.conf").read_text()
+    if workers:
+        conf = re.sub(r"^(\s*count\s*=\s*)\d+;", rf"\g<1>{workers};", conf, flags=re.M)
+    (RSPAMD / "rspamd-run.conf").write_text(conf)
+    return subprocess.Popen(
+        ["rspamd", "-f", "-u", "_rspamd", "-g", "_rspamd", "-c", str(RSPAMD / "rspamd-run.conf")]
+    )
 
 
 def teardown(_: dict[str, Any]) -> dict[str, Any]:
@@ -375,10 +441,13 @@ def row(args: dict[str, Any]) -> dict[str, Any]:
         signer = start_opendkim(which, f"local:{sock_dir}/bench.sock",
                                 args.get("signer_conf", {}), info)  # fmt: skip
         milter = "unix:opendkim/bench.sock"
+    elif kind == "rspamd-unix":
+        signer = start_rspamd(args.get("rspamd_workers"))
+        milter = "unix:rspamd/bench.sock"
     elif kind != "none":
         raise SystemExit(f"unknown row {kind}")
     settings = [f"smtpd_milters={milter}", "non_smtpd_milters="]
-    if kind.endswith("role-unix"):
+    if kind in ("opendkim-role-unix", "rspamd-unix"):
         settings += args.get("role_milter_settings", [])
     settings += args.get("postconf", [])
     # Reset what an earlier row's settings left, then this row's.
