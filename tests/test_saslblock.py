@@ -17,9 +17,10 @@ import pytest
 
 from mailops import cli, exitcodes
 from mailops.config import ConfigError
+from mailops.maillog.stamps import stamp_time as parse_time
 from mailops.saslblock import DEFAULTS, run, settings
 from mailops.saslblock.blocks import canonical, parse_network
-from mailops.saslblock.logscan import CHUNK, Scanner, parse_time
+from mailops.saslblock.logscan import CHUNK, Scanner
 
 NOW = 1_795_400_000.0  # a fixed "now" (November 2026); log lines are written around it
 MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]

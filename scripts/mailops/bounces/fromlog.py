@@ -36,7 +36,7 @@ failure, a rotated file finished again) stores nothing twice.  The row's ``recei
 and the suppression's times are the log line's time.
 
 State (JSON, ``--state``, replaced atomically): where the log was left
-(:mod:`mailops.saslblock.follow`: survives rotation and truncation, and finishes the
+(:mod:`mailops.maillog.follow`: survives rotation and truncation, and finishes the
 rotated file ``LOG.1``/``LOG.1.gz``) and the sender of each tenant message still in the
 queue (host and queue id, dropped at qmgr's ``removed``; at most ``MAX_OPEN`` of them,
 none older than ``MAX_AGE`` seconds), so a bounce logged a run or a day after its qmgr
@@ -67,9 +67,11 @@ from typing import Any
 from mailops import config, exitcodes, jobstate
 from mailops.bounceparse.model import Recipient, Report
 from mailops.bounceparse.reasons import classify
+from mailops.maillog.files import LogError
+from mailops.maillog.follow import Position, follow
+from mailops.maillog.lines import LineReader
+from mailops.maillog.stamps import TS, stamp_time
 from mailops.saslblock.blocks import StateError, write_atomic
-from mailops.saslblock.follow import LogError, Position, follow
-from mailops.saslblock.logscan import _TIMESTAMP, Scanner, parse_time
 from mailops.store import RawInfo, Store, StoreError, open_from_config, policy_from_config
 from mailops.store.text import MAX_DIAGNOSTIC, clean, normalize_address
 from mailops.tenants.model import Tenants, load_tenants
@@ -87,7 +89,7 @@ MAX_AGE = 7 * 86400
 # The start of every line read: time stamp, host, a Postfix program (postfix/qmgr,
 # postfix/pool_alpha_1_gmail/smtp, postfix-out/smtp...), its pid, a queue id.
 _LINE = re.compile(
-    _TIMESTAMP
+    TS
     + rb" (?P<host>[^\s\[\]]+) postfix[^\s/\[\]]*(?:/[^\s/\[\]]+)+\[\d+\]: "
     + rb"(?P<qid>[0-9A-Za-z]+): (?P<rest>.*)"
 )
@@ -195,8 +197,8 @@ class State:
         write_atomic(path, json.dumps(body, separators=(",", ":")) + "\n", mode=0o600)
 
 
-class Reader(Scanner):
-    """saslblock's Scanner (whole lines only: a live log's unfinished last line waits
+class Reader(LineReader):
+    """maillog's LineReader (whole lines only: a live log's unfinished last line waits
     for the next run; over-long lines skipped; bounded memory), reading every line for
     qmgr's senders, ``removed`` and ``status=bounced``; a tenant's bounce goes to
     ``on_bounce`` as soon as it is read (it raises to stop the run)."""
@@ -204,7 +206,7 @@ class Reader(Scanner):
     def __init__(
         self, tenants: Tenants, state: State, on_bounce: Callable[[Bounce], None], clock: float
     ) -> None:
-        super().__init__(lambda _addr, _ts: None)
+        super().__init__()
         self.tenants = tenants
         self.senders = state.senders
         self.on_bounce = on_bounce
@@ -224,7 +226,7 @@ class Reader(Scanner):
             self.tenant_cache[sender] = name
         return name
 
-    def _block(self, block: bytes) -> None:  # Scanner's hook: a block of whole lines
+    def block(self, block: bytes) -> None:  # LineReader's hook: a block of whole lines
         self.lines += block.count(b"\n")
         for line in block.split(b"\n"):
             if b"status=bounced (" in line or b", size=" in line or line.endswith(b": removed"):
@@ -273,7 +275,7 @@ class Reader(Scanner):
         )
 
     def _when(self, ts: bytes) -> float:
-        when = parse_time(ts, self.clock)
+        when = stamp_time(ts, self.clock)
         if when is None:
             when = self.clock
         self.latest = max(self.latest, when)

@@ -8,13 +8,16 @@ from it, so all three always agree.
 from __future__ import annotations
 
 import datetime as dt
-import re
 import socket
-import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
+from mailops.maillog.files import LogError as LogError  # re-exported for the commands
+from mailops.maillog.files import host_logs as host_logs  # re-exported for the commands
+from mailops.maillog.files import open_log as open_log  # re-exported for the commands
+from mailops.maillog.files import rotated_set as rotated_set  # re-exported
+from mailops.maillog.stamps import MONTHS, pflogsumm_year
 from mailops.report import parallel
 from mailops.report.tally import (
     CHUNK,
@@ -24,7 +27,6 @@ from mailops.report.tally import (
     D_DELAY_MAX,
     D_DELAY_SUM,
     D_SENT,
-    MONTH_NAMES,
     DaySpec,
     Distinct,
     SizeArchive,
@@ -51,12 +53,6 @@ TOTALS = (
     "recipient_hosts_domains",
 )
 HOURLY = ("received", "delivered", "deferred", "bounced", "rejected")
-_MONTH = {name.encode(): i + 1 for i, name in enumerate(MONTH_NAMES)}
-_ROTATED = re.compile(r"^\.(\d+)(\.gz)?$|^-(\d{8})(\.gz)?$")
-
-
-class LogError(Exception):
-    """A log file cannot be read; the message names it and says why."""
 
 
 # ---------------------------------------------------------------------- choosing files
@@ -77,85 +73,6 @@ def parse_day(text: str, today: dt.date | None = None) -> dt.date | None:
         raise ValueError(
             f"--day: expected today, yesterday, all or YYYY-MM-DD, not {text!r}"
         ) from None
-
-
-def rotated_set(path: Path, since: dt.date | None = None) -> list[Path]:
-    """``path`` with its rotated siblings (``.1``, ``.2.gz``, ``-20241123[.gz]``), oldest
-    first.  With ``since``, siblings last written before that day are left out: they
-    cannot hold a line of it."""
-    found: list[tuple[tuple[int, int], Path]] = []
-    if path.parent.is_dir():
-        for sibling in path.parent.iterdir():
-            if not sibling.name.startswith(path.name) or sibling == path:
-                continue
-            m = _ROTATED.match(sibling.name[len(path.name) :])
-            if not m:
-                continue
-            # .N: higher is older; -YYYYMMDD: lower is older
-            key = (0, -int(m.group(1))) if m.group(1) else (0, int(m.group(3)) - 10**9)
-            found.append((key, sibling))
-    found.sort()
-    chosen = [p for _, p in found]
-    if since is not None:
-        start = dt.datetime.combine(since, dt.time()).timestamp()
-        chosen = [p for p in chosen if _mtime(p) >= start]
-    return [*chosen, path]
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
-
-
-def open_log(path: Path) -> BinaryIO:
-    """Open a log for reading bytes: gzip is recognised by its magic number."""
-    try:
-        fh = open(path, "rb")  # noqa: SIM115 - returned to the caller
-    except FileNotFoundError:
-        raise LogError(f"{path}: no such file") from None
-    except PermissionError:
-        raise LogError(f"{path}: permission denied (run as root or a member of adm)") from None
-    except IsADirectoryError:
-        raise LogError(f"{path}: is a directory") from None
-    except OSError as exc:
-        raise LogError(f"{path}: {exc.strerror}") from None
-    if fh.peek(2)[:2] == b"\x1f\x8b":
-        return _GzipStream(fh, path)  # type: ignore[return-value]
-    return fh
-
-
-class _GzipStream:
-    """A gzip file (one or more members) read as bytes, in bounded blocks."""
-
-    def __init__(self, raw: BinaryIO, path: Path) -> None:
-        self.raw = raw
-        self.path = path
-        self.z = zlib.decompressobj(wbits=31)
-        self.pending = b""  # compressed input not yet given to the decompressor
-
-    def read(self, size: int = CHUNK) -> bytes:
-        while True:
-            data = self.pending or self.z.unconsumed_tail or self.raw.read(size)
-            self.pending = b""
-            if not data:
-                if not self.z.eof:
-                    raise LogError(f"{self.path}: gzip file is truncated")
-                return b""
-            try:
-                if self.z.eof:  # another gzip member follows
-                    self.z = zlib.decompressobj(wbits=31)
-                out = self.z.decompress(data, 4 * size)
-            except zlib.error as exc:
-                raise LogError(f"{self.path}: not a valid gzip file ({exc})") from None
-            if self.z.eof:
-                self.pending = self.z.unused_data
-            if out:
-                return out
-
-    def close(self) -> None:
-        self.raw.close()
 
 
 def tally_files(
@@ -236,27 +153,6 @@ def tally_cluster(
     return total, sources
 
 
-def host_logs(directory: Path) -> list[str]:
-    """The logs in ``directory`` for ``--logs-from``: every regular file but those named
-    after another plus a rotation suffix (``mail1.log.1``, ``mail1.log-20241123.gz``),
-    which ``--rotated`` adds to that one; sorted by name."""
-    try:
-        names = sorted(p.name for p in directory.iterdir() if p.is_file())
-    except OSError as exc:
-        raise LogError(f"{directory}: {exc.strerror or exc}") from None
-    present = set(names)
-    logs = [
-        n
-        for n in names
-        if not any(
-            n.startswith(base) and _ROTATED.match(n[len(base) :]) for base in present if base != n
-        )
-    ]
-    if not logs:
-        raise LogError(f"{directory}: no log in it")
-    return [str(directory / n) for n in logs]
-
-
 def nothing_of_the_day(tally: Tally, day: dt.date | None) -> str | None:
     """A warning when a day was asked for and not one line of it counted (a wrong day, a
     log that rotated, the wrong file), rather than a report of zeros that says nothing."""
@@ -271,20 +167,14 @@ def nothing_of_the_day(tally: Tally, day: dt.date | None) -> str | None:
 # ---------------------------------------------------------------------- the report
 
 
-def infer_year(month: int, now: dt.date) -> int:
-    """pflogsumm's rule for a classic (yearless) timestamp: a month after this one is
-    last year's."""
-    return now.year - 1 if month > now.month else now.year
-
-
 def bucket_time(key: bytes, year: int | None, now: dt.date) -> tuple[str, int] | None:
     """A bucket key (``Nov 23 10`` or ``2024-11-23T10``) -> (ISO date, hour)."""
     try:
         if key[:1].isdigit():
             return key[:10].decode(), int(key[11:13])
         mon, day, hour = key.split()
-        month = _MONTH[mon]
-        when = dt.date(year or infer_year(month, now), month, int(day))
+        month = MONTHS[mon]
+        when = dt.date(year or pflogsumm_year(month, now), month, int(day))
         return when.isoformat(), int(hour)
     except (KeyError, ValueError):
         return None

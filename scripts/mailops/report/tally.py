@@ -61,6 +61,10 @@ from array import array
 from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO
 
+# bytes read at a time (the lines of a block are counted together)
+from mailops.maillog.files import CHUNK as CHUNK
+from mailops.maillog.stamps import MONTH_NAMES
+
 # ---------------------------------------------------------------------- line grammar
 #
 # One regular expression reads a whole buffer of lines (finditer, so the per-line loop
@@ -234,7 +238,6 @@ class DaySpec:
         self.iso = b"%04d-%02d-%02d" % (year, month, day)
 
 
-MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _RELAY = re.compile(rb">, relay=(" + _NOT_COMMA + rb"+), ")
 _SOLARIS_ID = re.compile(rb": \[ID \d+ [^\]]+\] ")
 # pflogsumm's "/cleanup\[\d+\]: .*?\b(...): (header|body|END-OF-MESSAGE) (.*)$", searched
@@ -259,13 +262,10 @@ _DEFER_REASON = re.compile(rb", status=deferred \((" + _but(b")\n") + rb"+)")
 _BOUNCE_REASON = re.compile(rb", status=bounced \((.+)\)")
 _NUMBER = re.compile(rb"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
-# bytes read at a time: the lines of a block are counted together
-CHUNK = 1 << 18
 _NL = re.compile(rb"\n")
 SPECIAL_QIDS = frozenset(
     (b"warning", b"fatal", b"panic", b"reject", b"reject_warning", b"hold", b"discard")
 )
-MONTHS = {m: i for i, m in enumerate(b"Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split())}
 ROWS = ("received", "delivered", "deferred", "bounced", "rejected")
 # indexes into a per-recipient-domain row (the delays in microseconds, ints: see micro)
 D_SENT, D_BYTES, D_DEFER, D_BOUNCE, D_DELAY_SUM, D_DELAY_MAX = range(6)

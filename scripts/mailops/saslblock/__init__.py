@@ -68,6 +68,9 @@ from typing import Any
 
 from mailops import config, exitcodes, jobstate
 from mailops.config import ConfigError
+from mailops.maillog.files import LogError
+from mailops.maillog.follow import follow
+from mailops.maillog.stamps import stamp_time
 from mailops.saslblock.accessmap import MapError, PostmapMissing, render, write_map
 from mailops.saslblock.blocks import (
     ALWAYS_PROTECTED,
@@ -77,8 +80,7 @@ from mailops.saslblock.blocks import (
     canonical,
     parse_network,
 )
-from mailops.saslblock.follow import LogError, follow
-from mailops.saslblock.logscan import Scanner, parse_time
+from mailops.saslblock.logscan import Scanner
 
 DEFAULTS: dict[str, Any] = config.defaults("saslblock")
 LOCK_WAIT_SECONDS = 60.0
@@ -150,7 +152,7 @@ def run(s: dict[str, Any], unblock: list[str], now: float | None = None) -> int:
         before = list(blocker.blocks)
 
         def on_failure(addr: bytes, ts: bytes) -> None:
-            when = parse_time(ts, clock)
+            when = stamp_time(ts, clock)
             blocker.record(addr, clock if when is None else when)
 
         scanner = Scanner(on_failure)

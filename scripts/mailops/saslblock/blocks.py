@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mailops.jobstate import StateError as StateError  # where it is defined
-from mailops.saslblock.follow import Position
+from mailops.maillog.follow import Position
 
 STATE_VERSION = 1
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

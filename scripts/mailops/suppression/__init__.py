@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mailops import config, exitcodes
+from mailops.maillog.stamps import line_time
 from mailops.store import (
     Store,
     StoreError,
@@ -233,31 +234,12 @@ def _import_row(
 # --------------------------------------------------------------------------- delivered
 
 _SENT = re.compile(r"\bto=<([^>\s]*)>.*\bstatus=sent\b")
-_RFC3339 = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?)\s")
-_SYSLOG = re.compile(r"^([A-Z][a-z]{2}) +(\d{1,2}) (\d\d:\d\d:\d\d)\s")
 
 
 def log_time(line: str, now: float) -> int | None:
     """When a Postfix log line was written (RFC 3339 or classic syslog stamp)."""
-    m = _RFC3339.match(line)
-    if m:
-        try:
-            return parse_time(m.group(1))
-        except ValueError:
-            return None
-    m = _SYSLOG.match(line)
-    if m:
-        year = datetime.fromtimestamp(now).year
-        for y in (year, year - 1):
-            try:
-                stamp = datetime.strptime(
-                    f"{y} {m.group(1)} {m.group(2)} {m.group(3)}", "%Y %b %d %H:%M:%S"
-                ).timestamp()
-            except ValueError:
-                return None
-            if stamp <= now + DAY:
-                return int(stamp)
-    return None
+    when = line_time(line[:64].encode("ascii", "replace"), now)
+    return None if when is None else int(when)
 
 
 def deliveries(lines: Iterable[str], now: float) -> Iterator[tuple[str, int | None]]:

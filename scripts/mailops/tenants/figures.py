@@ -99,6 +99,8 @@ from typing import Any
 
 from mailops import config, exitcodes
 from mailops.config import ConfigError
+from mailops.maillog.files import blocks
+from mailops.maillog.stamps import MONTH_NAMES, STAMP_RE, stamp_time
 from mailops.tenants.model import Tenants, load_tenants
 
 DEFAULT_FETCH = "/usr/local/sbin/mailops-node-logs"
@@ -123,29 +125,11 @@ _DSN = re.compile(rb", dsn=(\d)\.")
 _POOL_TRANSPORT = re.compile(rb"(pool_[a-z][a-z0-9]{0,20}_\d+)(?:_[0-9a-z]+)?/")
 
 
-_STAMP = re.compile(
-    rb"[A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d"  # classic: Dec  7 18:04:38
-    rb"|\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?"
-)
-
-
 def _log_time(stamp: bytes, end: float) -> float:
-    """A log line's time as Unix time: ISO with its offset (local when it has none), or
-    classic syslog's in local time, in the year that puts it at or before ``end`` (plus
-    a day's slack for clocks); NaN when it cannot be read (the line is then outside
-    every window)."""
-    text = stamp.decode("ascii", "replace")
-    try:
-        if text[:1].isdigit():
-            return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-        year = dt.datetime.fromtimestamp(end).year
-        for y in (year, year - 1):
-            when = dt.datetime.strptime(f"{y} {text}", "%Y %b %d %H:%M:%S").timestamp()
-            if when <= end + 86400:
-                return when
-    except ValueError:
-        pass
-    return float("nan")
+    """A log line's time as Unix time (maillog's reading and year rule); NaN when it
+    cannot be read (the line is then outside every window)."""
+    when = stamp_time(stamp, end)
+    return float("nan") if when is None else when
 
 
 # ---------------------------------------------------------------------- the figures
@@ -320,19 +304,10 @@ class LogFigures:
             self._chunk(buf, len(buf))
 
     def feed_paths(self, paths: Iterable[Path]) -> None:
-        from mailops.report import build
-        from mailops.report.tally import CHUNK
-
         for path in paths:
-            fh = build.open_log(path)
-            try:
-                while block := fh.read(CHUNK):
-                    self.feed_bytes(block)
-                self.flush()
-            except OSError as exc:
-                raise build.LogError(f"{path}: {exc.strerror or exc}") from None
-            finally:
-                fh.close()
+            for block in blocks(path):
+                self.feed_bytes(block)
+            self.flush()
 
     # ------------------------------------------------------------------ the loop
     def _chunk(self, buf: bytes, end: int) -> None:
@@ -514,7 +489,7 @@ class LogFigures:
 
     def _in_window(self, buf: bytes, m: re.Match[bytes]) -> bool:
         assert self.window is not None
-        t = _STAMP.match(buf, m.start("ts"))
+        t = STAMP_RE.match(buf, m.start("ts"))
         key = t.group(0) if t is not None else b""
         cached = self._ts_cache
         if cached[0] == key:
@@ -765,7 +740,6 @@ def prometheus(rows: Sequence[Figures], generated_ts: float, complete: bool = Tr
 def parse_day(text: str, today: dt.date | None = None) -> dt.date | None:
     """``today``, ``yesterday``, ``YYYY-MM-DD``, ``all`` or a log's ``Dec 07``."""
     from mailops.report import build
-    from mailops.report.tally import MONTH_NAMES
 
     today = today or dt.date.today()
     m = _MONTH_DAY.match(text.strip())

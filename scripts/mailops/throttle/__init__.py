@@ -6,7 +6,7 @@ Usage (cron on the bulk nodes, every minute, as root)::
     mailops throttle status [--settings FILE] [--json]
     mailops throttle check-settings FILE|-    (the role's preflight, on the controller)
 
-Each run reads the mail log lines written since the last run (saslblock's follower:
+Each run reads the mail log lines written since the last run (maillog's follower:
 rotation, truncation and gzip handled), counts per transport the deferrals whose reply
 the classifier (:mod:`mailops.throttle.classify`) calls a throttle and the deliveries,
 decides each transport's step (:mod:`mailops.throttle.steps`), and makes main.cf say
@@ -38,8 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from mailops import exitcodes, jobstate
+from mailops.maillog.files import LogError
+from mailops.maillog.follow import LogFile, follow
 from mailops.saslblock.blocks import StateError
-from mailops.saslblock.follow import LogError, LogFile, follow
 from mailops.throttle.postfix import Postfix, PostfixError, parameters, wanted_values
 from mailops.throttle.reader import Reader
 from mailops.throttle.state import Entry, State

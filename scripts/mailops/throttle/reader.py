@@ -12,8 +12,8 @@ per-destination and pool transport has in master.cf)::
 ``status=deferred`` with a reply the classifier calls a throttle is a signal;
 ``status=sent`` is a delivery.  A deferral that only repeats an earlier one ("delivery
 temporarily suspended: ..." when the queue manager has given up on the destination for
-a while) is not a new signal.  The log is read with saslblock's Scanner (whole lines,
-bounded memory) and followed across runs with its ``follow``.
+a while) is not a new signal.  The log is read with maillog's LineReader (whole lines,
+bounded memory) and followed across runs with :func:`mailops.maillog.follow.follow`.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from mailops.saslblock.logscan import _TIMESTAMP, Scanner, parse_time
+from mailops.maillog.lines import LineReader
+from mailops.maillog.stamps import TS, stamp_time
 from mailops.throttle.classify import classify
 from mailops.throttle.steps import Seen
 
 _LINE = re.compile(
-    _TIMESTAMP
+    TS
     + rb" [^\s\[\]]+ postfix[^\s/\[\]]*/(?P<transport>[^\s/\[\]]+)/smtp\[\d+\]: "
     + rb"[0-9A-Za-z]+: to=<[^>]*>, .*?\bdsn=[245]\.\d{1,3}\.\d{1,3}, "
     + rb"status=(?P<status>sent|deferred|bounced) \((?P<diag>.*)\)\s*\Z"
@@ -34,11 +35,11 @@ _LINE = re.compile(
 _REPEAT = "delivery temporarily suspended:"
 
 
-class Reader(Scanner):
+class Reader(LineReader):
     """Feeds ``seen[transport]`` for the transports in ``wanted``."""
 
     def __init__(self, wanted: set[str], clock: float, on_seen: Callable[[str], Seen]) -> None:
-        super().__init__(lambda _addr, _ts: None)
+        super().__init__()
         self.wanted = {t.encode() for t in wanted}
         self.clock = clock
         self.seen_for = on_seen
@@ -46,7 +47,7 @@ class Reader(Scanner):
         self.other_deferrals = 0
         self.deliveries = 0
 
-    def _block(self, block: bytes) -> None:  # Scanner's hook: a block of whole lines
+    def block(self, block: bytes) -> None:  # LineReader's hook: a block of whole lines
         self.lines += block.count(b"\n")
         for line in block.split(b"\n"):
             if b"/smtp[" in line and b" status=" in line:
@@ -57,7 +58,7 @@ class Reader(Scanner):
         if m is None or m["transport"] not in self.wanted:
             return
         transport = m["transport"].decode()
-        when = parse_time(m["ts"], self.clock) or self.clock
+        when = stamp_time(m["ts"], self.clock) or self.clock
         seen = self.seen_for(transport)
         seen.last_activity_at = max(seen.last_activity_at, when)
         status = m["status"]

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailops.maillog.follow import Position
 from mailops.saslblock.blocks import write_atomic
-from mailops.saslblock.follow import Position
 from mailops.throttle.steps import Rung, TransportState
 
 FORMAT = 1

@@ -13,32 +13,36 @@ fewer while the file is shorter).  On the next run:
   bytes hash to the remembered value (a compressed copy has a new inode);
 * no old file to be found: say so on stderr (those lines are lost to us) and go on.
 
-A gzipped log (by its magic bytes, whatever its name) is read through :mod:`gzip`;
-offsets then count uncompressed bytes.  Everything is streamed in blocks.
+A gzipped log (by its magic bytes, whatever its name) is read through
+:class:`mailops.maillog.files.GzipStream`; offsets then count uncompressed bytes.
+Everything is streamed in blocks.
+
+What reads the content is the caller's scanner: anything with ``feed(stream, final)``
+that leaves in ``consumed`` how many bytes it took (:class:`mailops.saslblock.logscan.Scanner`
+and the scanners of throttle and bounces).
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
-from mailops.saslblock.logscan import Scanner
+from mailops.maillog.files import GZIP_MAGIC, DamagedGzip, GzipStream, LogError
 
 HEAD_BYTES = 4096
-GZIP_MAGIC = b"\x1f\x8b"
 ROTATED_SUFFIXES: tuple[str, ...] = (".1", ".1.gz")
 
 Warn = Callable[[str], None]
 
 
-class LogError(Exception):
-    """The log cannot be opened or read; the message names it."""
+class Scanner(Protocol):
+    consumed: int
+
+    def feed(self, stream: BinaryIO, final: bool) -> int: ...
 
 
 @dataclass
@@ -106,9 +110,8 @@ class LogFile:
         self.raw.seek(0 if self.gz else offset)
         if not self.gz:
             return self.raw
-        gz = gzip.GzipFile(fileobj=self.raw, mode="rb")
-        if offset:
-            gz.seek(offset)
+        gz = GzipStream(self.raw, self.path, own_raw=False)
+        gz.skip(offset)
         return gz  # type: ignore[return-value]
 
     def head(self, length: int) -> bytes:
@@ -124,8 +127,10 @@ class LogFile:
                 out += part
             return out
         try:
-            return self.stream(0).read(length)
-        except (OSError, EOFError, zlib.error):
+            gz = self.stream(0)
+            assert isinstance(gz, GzipStream)
+            return gz.read_exactly(length)
+        except (OSError, DamagedGzip):
             return b""
 
     def head_matches(self, pos: Position) -> bool:
@@ -149,12 +154,12 @@ def _scan(log: LogFile, offset: int, scanner: Scanner, final: bool, warn: Warn) 
     """Feed ``log`` from ``offset`` to the scanner; return the new offset."""
     try:
         stream = log.stream(offset)
-    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+    except DamagedGzip as exc:
         warn(f"{log.path}: damaged gzip data before byte {offset} ({exc})")
         return offset
     try:
         scanner.feed(stream, final=final or log.gz)
-    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+    except DamagedGzip as exc:
         warn(f"{log.path}: damaged gzip data, stopped reading ({exc})")
     except OSError as exc:
         raise LogError(f"{log.path}: read error ({exc.strerror})") from None
