@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import fcntl
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
+
+from mailops import exitcodes
 
 
 class StateError(Exception):
@@ -36,3 +39,19 @@ def hold(state: Path, wait: float = 0.0) -> TextIO | None:
                 fh.close()
                 return None
             time.sleep(0.2)
+
+
+def hold_or_skip(state: Path, warn: Callable[[str], None], verbose: bool) -> TextIO | int:
+    """The lock of a cron run (see :func:`hold`, no waiting), or the exit code the run
+    ends with instead: ``CANTCREAT`` when the lock file cannot be made (said through
+    ``warn``), ``OK`` when another run holds it (said on stdout when ``verbose``)."""
+    try:
+        lock = hold(state)
+    except StateError as exc:
+        warn(str(exc))
+        return exitcodes.CANTCREAT
+    if lock is None:
+        if verbose:
+            print(f"another run holds {state}.lock; leaving it to that one")
+        return exitcodes.OK
+    return lock

@@ -68,7 +68,7 @@ from mailops import config, exitcodes, jobstate
 from mailops.bounceparse.model import Recipient, Report
 from mailops.bounceparse.reasons import classify
 from mailops.maillog.files import LogError
-from mailops.maillog.follow import Position, follow
+from mailops.maillog.follow import Position, follow, load_state
 from mailops.maillog.lines import LineReader
 from mailops.maillog.stamps import TS, stamp_time
 from mailops.saslblock.blocks import StateError, write_atomic
@@ -149,6 +149,23 @@ class Bounce:
         return report, RawInfo(sha256=digest, size=0)
 
 
+def _senders(data: dict[str, Any]) -> dict[str, list[Any]]:
+    senders: dict[str, list[Any]] = {}
+    raw_senders = data.get("senders", {})
+    if not isinstance(raw_senders, dict):
+        raise ValueError("senders must be an object")
+    for key, value in raw_senders.items():
+        if (
+            not isinstance(value, list)
+            or len(value) != 2
+            or not isinstance(value[0], str)
+            or not isinstance(value[1], int | float)
+        ):
+            raise ValueError(f"sender of {key!r} must be [address, time]")
+        senders[str(key)] = [value[0], float(value[1])]
+    return senders
+
+
 @dataclass
 class State:
     position: Position | None = None
@@ -157,35 +174,8 @@ class State:
 
     @classmethod
     def load(cls, path: Path, warn: Warn) -> State:
-        try:
-            data = json.loads(path.read_bytes())
-        except FileNotFoundError:
-            return cls()
-        except (OSError, ValueError) as exc:
-            warn(f"{path}: unreadable ({exc}); reading the log from its start")
-            return cls()
-        try:
-            if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
-                raise ValueError(f"not a state file of format {STATE_FORMAT}")
-            raw_pos = data.get("position")
-            position = None if raw_pos is None else Position.from_json(raw_pos)
-            senders: dict[str, list[Any]] = {}
-            raw_senders = data.get("senders", {})
-            if not isinstance(raw_senders, dict):
-                raise ValueError("senders must be an object")
-            for key, value in raw_senders.items():
-                if (
-                    not isinstance(value, list)
-                    or len(value) != 2
-                    or not isinstance(value[0], str)
-                    or not isinstance(value[1], int | float)
-                ):
-                    raise ValueError(f"sender of {key!r} must be [address, time]")
-                senders[str(key)] = [value[0], float(value[1])]
-        except ValueError as exc:
-            warn(f"{path}: {exc}; reading the log from its start")
-            return cls()
-        return cls(position, senders)
+        loaded = load_state(path, STATE_FORMAT, warn, "reading the log from its start", _senders)
+        return cls() if loaded is None else cls(*loaded)
 
     def save(self, path: Path, now: float) -> None:
         body = {
@@ -346,15 +336,9 @@ def run(
     policy_from_config(data)  # so are broken [store] and [suppression] tables
     config.table(data, "store")
     clock = time.time() if now is None else now
-    try:
-        lock = jobstate.hold(state_path)
-    except StateError as exc:
-        warn(str(exc))
-        return exitcodes.CANTCREAT
-    if lock is None:
-        if verbose:
-            print(f"another run holds {state_path}.lock; leaving it to that one")
-        return exitcodes.OK
+    lock = jobstate.hold_or_skip(state_path, warn, verbose)
+    if isinstance(lock, int):
+        return lock
     try:
         state = State.load(state_path, warn)
         result = Result()

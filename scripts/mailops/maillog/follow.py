@@ -25,11 +25,12 @@ and the scanners of throttle and bounces).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, TypeVar
 
 from mailops.maillog.files import GZIP_MAGIC, DamagedGzip, GzipStream, LogError
 
@@ -37,6 +38,7 @@ HEAD_BYTES = 4096
 ROTATED_SUFFIXES: tuple[str, ...] = (".1", ".1.gz")
 
 Warn = Callable[[str], None]
+T = TypeVar("T")
 
 
 class Scanner(Protocol):
@@ -221,3 +223,31 @@ def follow(path: Path, pos: Position | None, scanner: Scanner, warn: Warn) -> Po
         offset = _scan(log, start, scanner, final=False, warn=warn)
         previous = pos if pos is not None and start else None
         return log.position(offset, previous)
+
+
+def load_state(
+    path: Path, fmt: int, warn: Warn, fresh: str, rest: Callable[[dict[str, Any]], T]
+) -> tuple[Position | None, T] | None:
+    """A follower's JSON state file: its log position and what ``rest`` reads from the
+    rest of it (raising ``ValueError`` on what it cannot use).
+
+    None when there is no file, or when it is unreadable, of another format than
+    ``fmt`` or unusable: then after a warning that ends with ``fresh`` (what the run
+    does instead, such as "reading the log from its start").
+    """
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        warn(f"{path}: unreadable ({exc}); {fresh}")
+        return None
+    try:
+        if not isinstance(data, dict) or data.get("format") != fmt:
+            raise ValueError(f"not a state file of format {fmt}")
+        raw_pos = data.get("position")
+        position = None if raw_pos is None else Position.from_json(raw_pos)
+        return position, rest(data)
+    except ValueError as exc:
+        warn(f"{path}: {exc}; {fresh}")
+        return None

@@ -193,15 +193,9 @@ def run(
     clock = time.time() if now is None else now
     pf = postfix or Postfix()
     state_path, log_path = Path(settings.state), Path(settings.log)
-    try:
-        lock = jobstate.hold(state_path)
-    except StateError as exc:
-        warn(str(exc))
-        return exitcodes.CANTCREAT
-    if lock is None:
-        if verbose:
-            print(f"another run holds {state_path}.lock; leaving it to that one")
-        return exitcodes.OK
+    lock = jobstate.hold_or_skip(state_path, warn, verbose)
+    if isinstance(lock, int):
+        return lock
     try:
         state = State.load(state_path, warn)
         seen: dict[str, Seen] = {}

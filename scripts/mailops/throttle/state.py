@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mailops.maillog.follow import Position
+from mailops.maillog.follow import Position, load_state
 from mailops.saslblock.blocks import write_atomic
 from mailops.throttle.steps import Rung, TransportState
 
@@ -33,6 +33,21 @@ class Entry:
     rung: Rung | None = None
 
 
+def _transports(data: dict[str, Any]) -> dict[str, Entry]:
+    entries: dict[str, Entry] = {}
+    raw = data.get("transports", {})
+    if not isinstance(raw, dict):
+        raise ValueError("transports must be an object")
+    for name, item in raw.items():
+        if not isinstance(item, dict):
+            raise ValueError(f"transport {name!r} must be an object")
+        applied = item.get("applied_step", 0)
+        if not isinstance(applied, int) or isinstance(applied, bool) or applied < 0:
+            raise ValueError(f"transport {name!r}: applied_step must be >= 0")
+        entries[str(name)] = Entry(TransportState.from_json(item), applied)
+    return entries
+
+
 @dataclass
 class State:
     position: Position | None = None
@@ -40,33 +55,10 @@ class State:
 
     @classmethod
     def load(cls, path: Path, warn: Warn) -> State:
-        try:
-            data = json.loads(path.read_bytes())
-        except FileNotFoundError:
-            return cls()
-        except (OSError, ValueError) as exc:
-            warn(f"{path}: unreadable ({exc}); starting at the log's end, every step at 0")
-            return cls()
-        try:
-            if not isinstance(data, dict) or data.get("format") != FORMAT:
-                raise ValueError(f"not a state file of format {FORMAT}")
-            raw_pos = data.get("position")
-            position = None if raw_pos is None else Position.from_json(raw_pos)
-            entries: dict[str, Entry] = {}
-            raw = data.get("transports", {})
-            if not isinstance(raw, dict):
-                raise ValueError("transports must be an object")
-            for name, item in raw.items():
-                if not isinstance(item, dict):
-                    raise ValueError(f"transport {name!r} must be an object")
-                applied = item.get("applied_step", 0)
-                if not isinstance(applied, int) or isinstance(applied, bool) or applied < 0:
-                    raise ValueError(f"transport {name!r}: applied_step must be >= 0")
-                entries[str(name)] = Entry(TransportState.from_json(item), applied)
-        except ValueError as exc:
-            warn(f"{path}: {exc}; starting at the log's end, every step at 0")
-            return cls()
-        return cls(position, entries)
+        loaded = load_state(
+            path, FORMAT, warn, "starting at the log's end, every step at 0", _transports
+        )
+        return cls() if loaded is None else cls(*loaded)
 
     def as_json(self, now: float) -> dict[str, Any]:
         transports: dict[str, Any] = {}
