@@ -17,7 +17,6 @@ from typing import Any
 from mailops.guard.limits import Limits
 from mailops.tenants.figures import (
     _COMPLAINT_TYPES,
-    _POOL_TRANSPORT,
     Counts,
     Figures,
     LogFigures,
@@ -25,6 +24,8 @@ from mailops.tenants.figures import (
     add_store,
     provider_of,
     rate,
+    run_families,
+    sending_address,
 )
 from mailops.tenants.model import Tenants
 
@@ -80,16 +81,14 @@ class _AddressLog(LogFigures):
         super()._address(buf, m, tenant, recipient, addr, status, line)
         from mailops.report.tally import Distinct
 
-        p = _POOL_TRANSPORT.match(m.group("cmd") or b"")
-        if p is None:
+        node_pool = sending_address(buf, m)
+        if node_pool is None:
             return
-        rest = m.start("rest")
-        host = buf[buf.rfind(b" ", m.start(), rest - 1) + 1 : rest - 1]
         dom = addr[addr.rfind(b"@") + 1 :]
         provider = self.of_domain.get(dom) or provider_of(
             dom.decode("utf-8", "replace"), self.classes
         )
-        k = (tenant, (host + b"/" + p.group(1)).decode("utf-8", "replace"),
+        k = (tenant, node_pool.decode("utf-8", "replace"),
              provider if provider in self.known else OTHER)  # fmt: skip
         sets = self.provider_sets.get(k)
         if sets is None:
@@ -544,14 +543,11 @@ def prometheus(
         "The length of the guard's rolling window.",
         [({}, round(m.end - m.start))],
     )
-    lines += family(
-        "mailops_guard_complete",
+    lines += run_families(
+        "mailops_guard",
         "1 when every node's log lines were read (the guard judged), 0 when some were not.",
-        [({}, 1 if complete else 0)],
-    )
-    lines += family(
-        "mailops_guard_timestamp_seconds",
         "Unix time of the guard's last run.",
-        [({}, round(generated_ts, 3))],
+        complete,
+        generated_ts,
     )
     return "\n".join(lines) + "\n"

@@ -72,3 +72,37 @@ class LineReader:
             self.lines += 1
             self.consumed += len(carry)
         return self.consumed
+
+
+class LineBuffer:
+    """Blocks of bytes in, runs of whole lines out, for counters that read a whole
+    buffer in one pass (one regular expression over many lines).
+
+    :meth:`feed_bytes` hands ``_lines_of(buf, end)`` a buffer that starts with a newline
+    and holds whole lines up to ``end``; a partial last line waits in ``pending`` for
+    the next block, or for :meth:`flush` at the end of a file (its last line may have no
+    newline).  Unlike :class:`LineReader`, no line is too long: the counters bound what
+    they keep, not what they read.
+    """
+
+    pending: bytes = b""
+
+    def _lines_of(self, buf: bytes, end: int) -> None:
+        raise NotImplementedError
+
+    def feed_bytes(self, data: bytes) -> None:
+        """Count the complete lines in ``data``; keep a trailing partial line for later."""
+        if not data:
+            return
+        buf = b"\n" + self.pending + data
+        cut = buf.rfind(b"\n")
+        self.pending = buf[cut + 1 :]
+        if cut > 0:
+            self._lines_of(buf, cut + 1)
+
+    def flush(self) -> None:
+        """Count a last line that had no newline (end of a file)."""
+        if self.pending:
+            buf = b"\n" + self.pending
+            self.pending = b""
+            self._lines_of(buf, len(buf))

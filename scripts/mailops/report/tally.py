@@ -63,6 +63,7 @@ from typing import Any, BinaryIO
 
 # bytes read at a time (the lines of a block are counted together)
 from mailops.maillog.files import CHUNK as CHUNK
+from mailops.maillog.lines import LineBuffer
 from mailops.maillog.stamps import MONTH_NAMES
 
 # ---------------------------------------------------------------------- line grammar
@@ -549,7 +550,7 @@ def prune(table: dict[Any, Any], keep: int, weight: Callable[[Any], float]) -> N
 # ---------------------------------------------------------------------- the tally
 
 
-class Tally:
+class Tally(LineBuffer):
     """Feed it log lines (bytes); read the totals and tables afterwards.
 
     ``day`` limits the count to the lines of that day (pflogsumm's ``-d``).  ``cap`` bounds each
@@ -641,23 +642,6 @@ class Tally:
         while block := fh.read(CHUNK):
             self.feed_bytes(block)
         self.flush()
-
-    def feed_bytes(self, data: bytes) -> None:
-        """Count the complete lines in ``data``; keep a trailing partial line for later."""
-        if not data:
-            return
-        buf = b"\n" + self.pending + data
-        cut = buf.rfind(b"\n")
-        self.pending = buf[cut + 1 :]
-        if cut > 0:
-            self._lines_of(buf, cut + 1)
-
-    def flush(self) -> None:
-        """Count a last line that had no newline (end of a file)."""
-        if self.pending:
-            buf = b"\n" + self.pending
-            self.pending = b""
-            self._lines_of(buf, len(buf))
 
     def begin_part(self, blocked: Callable[[bytes, int], bool] | None = None) -> None:
         """Count from here on as a later part of a log (see ``known``).  ``blocked(qid,

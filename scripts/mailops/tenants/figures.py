@@ -100,6 +100,7 @@ from typing import Any
 from mailops import config, exitcodes
 from mailops.config import ConfigError
 from mailops.maillog.files import blocks
+from mailops.maillog.lines import LineBuffer
 from mailops.maillog.stamps import MONTH_NAMES, STAMP_RE, stamp_time
 from mailops.tenants.model import Tenants, load_tenants
 
@@ -123,6 +124,18 @@ _MONTH_DAY = re.compile(r"([A-Z][a-z]{2}) +(\d{1,2})\Z")
 _DSN = re.compile(rb", dsn=(\d)\.")
 # the syslog name of a pool transport's delivery agent: pool_<pool>_<n>[_<class>]/smtp
 _POOL_TRANSPORT = re.compile(rb"(pool_[a-z][a-z0-9]{0,20}_\d+)(?:_[0-9a-z]+)?/")
+
+
+def sending_address(buf: bytes, m: re.Match[bytes]) -> bytes | None:
+    """``node/pool_transport`` of a delivery line matched by the figures' line pattern
+    (the node that logged it and its pool transport's syslog name); None when the line
+    is not a pool transport's (no tenant sending address to judge)."""
+    p = _POOL_TRANSPORT.match(m.group("cmd") or b"")
+    if p is None:
+        return None
+    rest = m.start("rest")
+    host = buf[buf.rfind(b" ", m.start(), rest - 1) + 1 : rest - 1]
+    return host + b"/" + p.group(1)
 
 
 def _log_time(stamp: bytes, end: float) -> float:
@@ -226,7 +239,7 @@ def class_map(data: Mapping[str, Any]) -> dict[str, str]:
 # ---------------------------------------------------------------------- the log
 
 
-class LogFigures:
+class LogFigures(LineBuffer):
     """The log's part of every tenant's figures: feed it one host's log, or a file with
     several hosts' lines (a queue id is qualified by the host of its line).
 
@@ -288,21 +301,6 @@ class LogFigures:
         self.recipient_address: dict[str, dict[str, str]] = {}
 
     # ------------------------------------------------------------------ input
-    def feed_bytes(self, data: bytes) -> None:
-        if not data:
-            return
-        buf = b"\n" + self.pending + data
-        cut = buf.rfind(b"\n")
-        self.pending = buf[cut + 1 :]
-        if cut > 0:
-            self._chunk(buf, cut + 1)
-
-    def flush(self) -> None:
-        if self.pending:
-            buf = b"\n" + self.pending
-            self.pending = b""
-            self._chunk(buf, len(buf))
-
     def feed_paths(self, paths: Iterable[Path]) -> None:
         for path in paths:
             for block in blocks(path):
@@ -310,7 +308,7 @@ class LogFigures:
             self.flush()
 
     # ------------------------------------------------------------------ the loop
-    def _chunk(self, buf: bytes, end: int) -> None:
+    def _lines_of(self, buf: bytes, end: int) -> None:
         gi = self.pattern.groupindex
         i_sized, i_sent, i_more, i_fwd = gi["sized"], gi["sent"], gi["more"], gi["forwarded"]
         i_received, i_picked, i_removed = gi["received"], gi["picked"], gi["removed"]
@@ -452,12 +450,10 @@ class LogFigures:
         """Count one outcome for the sending address (node and pool transport)."""
         from mailops.report.tally import Distinct
 
-        p = _POOL_TRANSPORT.match(m.group("cmd") or b"")
-        if p is None:
+        node_pool = sending_address(buf, m)
+        if node_pool is None:
             return  # not a pool transport: no tenant address to judge
-        rest = m.start("rest")
-        host = buf[buf.rfind(b" ", m.start(), rest - 1) + 1 : rest - 1]
-        address = (host + b"/" + p.group(1)).decode("utf-8", "replace")
+        address = node_pool.decode("utf-8", "replace")
         k = (tenant, address)
         c = self.address_figures.get(k)
         if c is None:
@@ -721,17 +717,27 @@ def prometheus(rows: Sequence[Figures], generated_ts: float, complete: bool = Tr
         [({"tenant": r.tenant, "type": kind}, r.ses[kind]) for r in rows for kind in r.ses],
         kind="counter",
     )
-    lines += family(
-        "mailops_tenant_figures_complete",
+    lines += run_families(
+        "mailops_tenant_figures",
         "1 when every node's log lines were read for these figures, 0 when some were not.",
-        [({}, 1 if complete else 0)],
-    )
-    lines += family(
-        "mailops_tenant_figures_timestamp_seconds",
         "Unix time at which the tenants' figures were computed.",
-        [({}, round(generated_ts, 3))],
+        complete,
+        generated_ts,
     )
     return "\n".join(lines) + "\n"
+
+
+def run_families(
+    prefix: str, complete_help: str, time_help: str, complete: bool, generated_ts: float
+) -> list[str]:
+    """The two gauges that end the /metrics of a job reading the nodes' logs:
+    ``PREFIX_complete`` and ``PREFIX_timestamp_seconds``."""
+    from mailops.queues.render import family
+
+    return [
+        *family(f"{prefix}_complete", complete_help, [({}, 1 if complete else 0)]),
+        *family(f"{prefix}_timestamp_seconds", time_help, [({}, round(generated_ts, 3))]),
+    ]
 
 
 # ---------------------------------------------------------------------- the command
