@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,8 +13,7 @@ import pytest
 from mailops.dns import check, plan, ses_records
 from mailops.dns.inventory import Host, Settings
 from mailops.dns.records import unquote_txt
-from mailops.dns.resolve import Answer, Dns
-from tests.support.dns import FIXTURE, run_mailops
+from tests.support.dns import FIXTURE, run_mailops, zone_dns
 from tests.support.inventory_cache import use_cached_listings
 
 TOKENS = ["abcdefghijklmnopqrstuvwxyz234567", "bcdefghijklmnopqrstuvwxyz2345678", "c" * 32]
@@ -76,25 +75,6 @@ def test_wrong_dns_ses_is_refused(value: dict[str, object], words: str) -> None:
 def test_identity_outside_the_planned_zones_is_refused() -> None:
     with pytest.raises(plan.PlanError, match="not the mail domain"):
         plan.build(settings({"dkim_tokens": TOKENS, "domain": "other.org"}), [])
-
-
-@dataclass
-class ZoneDns(Dns):
-    """Answers from a plan's records (what a name server loaded with them says)."""
-
-    rrsets: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
-
-    def query(self, name: str, rdtype: str) -> Answer:
-        values = self.rrsets.get((name.lower().rstrip("."), rdtype))
-        if values is None:
-            return Answer(name, rdtype, "nxdomain")
-        if rdtype == "TXT":
-            values = tuple(unquote_txt(v) for v in values)
-        return Answer(name, rdtype, "ok", values)
-
-
-def zone_dns(p: plan.Plan) -> ZoneDns:
-    return ZoneDns(rrsets={(r.name, r.type): r.values for r in p.records})
 
 
 @pytest.mark.parametrize("mail_from", ["bounce.example.com", ""])

@@ -7,11 +7,15 @@ import base64
 import contextlib
 import io
 import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from mailops import cli
+from mailops.dns import plan
+from mailops.dns.records import unquote_txt
+from mailops.dns.resolve import Answer, Dns
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DATA = ROOT / "tests" / "data" / "dns"
@@ -67,3 +71,22 @@ def run_mailops_captured(argv: list[str]) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = cli.main(argv)
     return code, out.getvalue(), err.getvalue()
+
+
+@dataclass
+class ZoneDns(Dns):
+    """Answers from a plan's records (what a name server loaded with them says)."""
+
+    rrsets: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+
+    def query(self, name: str, rdtype: str) -> Answer:
+        values = self.rrsets.get((name.lower().rstrip("."), rdtype))
+        if values is None:
+            return Answer(name, rdtype, "nxdomain")
+        if rdtype == "TXT":
+            values = tuple(unquote_txt(v) for v in values)
+        return Answer(name, rdtype, "ok", values)
+
+
+def zone_dns(p: plan.Plan) -> ZoneDns:
+    return ZoneDns(rrsets={(r.name, r.type): r.values for r in p.records})

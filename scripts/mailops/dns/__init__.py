@@ -221,7 +221,9 @@ def _expect(
                     ipaddress.ip_address(pair[0]),
                 ),
             )
-            e.mx_names = [h.fqdn for h in st.mx_hosts]
+            e.mx_names = [h.fqdn for h in st.mx_hosts] + [h for _, h in p.ses_inbound_mx]
+            e.ses_inbound_mx = list(p.ses_inbound_mx)
+            e.ses_inbound_mode = st.ses_inbound.mode if st.ses_inbound else ""
             e.keys = p.keys
             e.mta_sts_policy = p.mta_sts_policy
             e.mta_sts_id = p.mta_sts_id

@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Literal, TypedDict
 
-from mailops.dns import ses_records, spf
+from mailops.dns import ses_inbound_records, ses_records, spf
 from mailops.dns.dkim import DkimKey, decode_p, parse_tags
 from mailops.dns.plan import policy_id, reverse_name
 from mailops.dns.resolve import Answer, Dns
@@ -59,6 +59,10 @@ class Expect:
     spf_exact: list[str] | None = None  # the addresses SPF must list, and nothing else
     spf_planned: str = ""  # the planned record, for the fix
     ses: ses_records.Ses | None = None  # the SES records planned for this domain
+    # SES's receiving MX planned for this domain (preference, host), its mode; SES's
+    # hosts are in mx_names but not probed over SMTP: they are AWS's, not the cluster's
+    ses_inbound_mx: list[tuple[int, str]] = field(default_factory=list)
+    ses_inbound_mode: str = ""
 
 
 @dataclass
@@ -237,8 +241,10 @@ def check_mx(d: Dns, e: Expect, o: Options) -> tuple[list[Row], list[str]]:
         )
     else:
         rows.append(row("mx", "pass", D, evidence))
+    managed = {h for _, h in e.ses_inbound_mx}
     for name in dict.fromkeys(names):
-        rows += check_mx_host(d, name, o)
+        if name not in managed:
+            rows += check_mx_host(d, name, o)
     return rows, names
 
 
@@ -1056,6 +1062,11 @@ def run(d: Dns, e: Expect, o: Options) -> list[Row]:
     rows: list[Row] = []
     mx_rows, mx_names = check_tenant_mx(d, e, o) if e.tenant else check_mx(d, e, o)
     rows += mx_rows
+    if e.ses_inbound_mx:
+        rows += [
+            row(*r)
+            for r in ses_inbound_records.check(d, e.domain, e.ses_inbound_mode, e.ses_inbound_mx)
+        ]
     sending = list(e.sending)
     if not sending:
         for n in mx_names:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mailops.dns import ses_records
+from mailops.dns import ses_inbound_records, ses_records
 from mailops.dns.ses_records import Ses
 
 MX_GROUP = "mail_mx"
@@ -269,6 +269,8 @@ class Settings:
     dkim_keys_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
     ses: Ses | None = None  # dns_ses: the records Amazon SES needs (ses_records.py)
+    # dns_ses_inbound: SES's receiving MX next to mail_mx (ses_inbound_records.py)
+    ses_inbound: ses_inbound_records.SesInbound | None = None
 
     def in_group(self, group: str) -> list[Host]:
         return [h for h in self.hosts if group in h.groups]
@@ -668,6 +670,9 @@ def settings(inv: Inventory, dkim_keys: str | None = None) -> Settings:
         ],
         dkim_keys_dir=keys_dir,
         ses=_ses(get("dns_ses", None), domain, get("ses_region", None) or get("aws_region", None)),
+        ses_inbound=_ses_inbound(
+            get("dns_ses_inbound", None), get("ses_region", None) or get("aws_region", None)
+        ),
     )
 
 
@@ -675,6 +680,13 @@ def _ses(value: Any, domain: str, region: Any) -> Ses | None:
     try:
         return ses_records.from_inventory(value, domain, region)
     except ses_records.SesError as exc:
+        raise InventoryError(str(exc)) from None
+
+
+def _ses_inbound(value: Any, region: Any) -> ses_inbound_records.SesInbound | None:
+    try:
+        return ses_inbound_records.from_inventory(value, region)
+    except ses_inbound_records.SesInboundError as exc:
         raise InventoryError(str(exc)) from None
 
 

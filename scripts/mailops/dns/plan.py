@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import dns.reversename
 
-from mailops.dns import ses_records, spf
+from mailops.dns import ses_inbound_records, ses_records, spf
 from mailops.dns.dkim import DkimKey
 from mailops.dns.inventory import Dmarc, Settings, TenantDns
 from mailops.dns.records import Record, in_zone, txt_value
@@ -90,6 +90,8 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     tenants: list[TenantPlan] = field(default_factory=list)
     ses: ses_records.Ses | None = None  # SES's records were planned (dns_ses)
+    # SES's receiving MX entries (preference, host) in D's MX (dns_ses_inbound)
+    ses_inbound_mx: list[tuple[int, str]] = field(default_factory=list)
 
     def tenant(self, domain: str) -> TenantPlan | None:
         d = domain.lower().rstrip(".")
@@ -331,9 +333,17 @@ def build(
         seen_name[pa.name] = who
 
     mx = sorted(s.mx_hosts, key=lambda h: (h.mx_priority, h.fqdn))
-    if mx:
-        records.append(Record(D, "MX", ttl, tuple(f"{h.mx_priority} {h.fqdn}." for h in mx), D))
-    else:
+    entries = [(h.mx_priority, h.fqdn) for h in mx]
+    inbound_mx: list[tuple[int, str]] = []
+    if s.ses_inbound is not None:
+        try:
+            inbound_mx = s.ses_inbound.mx([p for p, _ in entries])
+        except ses_inbound_records.SesInboundError as exc:
+            raise PlanError(str(exc)) from None
+        entries = sorted(entries + inbound_mx)
+    if entries:
+        records.append(Record(D, "MX", ttl, tuple(f"{p} {n}." for p, n in entries), D))
+    if not mx:
         notes.append(f"no host in mail_mx: no MX record planned for {D}")
 
     for h in sorted(s.hosts, key=lambda h: h.fqdn):
@@ -414,7 +424,10 @@ def build(
     if s.mta_sts_mode != "off":
         if not mx:
             raise PlanError("dns_mta_sts_mode is set but no host is in mail_mx")
-        m = mta_sts(D, s.mta_sts_mode, [h.fqdn for h in mx], s.mta_sts_max_age)
+        # SES's receiving hosts too: a sender that enforces the policy refuses an MX it
+        # does not list (their certificates carry those names).
+        names = [h.fqdn for h in mx] + [n for _, n in inbound_mx]
+        m = mta_sts(D, s.mta_sts_mode, names, s.mta_sts_max_age)
         policy, pid = m.policy, m.id
         recs, mnotes = mta_sts_records(s, m, D, tlsrpt=False)
         records += recs
@@ -460,6 +473,7 @@ def build(
         notes=notes,
         tenants=tenants,
         ses=ses,
+        ses_inbound_mx=inbound_mx,
     )
 
 
