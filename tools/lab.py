@@ -58,7 +58,7 @@ NODE_PACKAGES = [
     "postfix", "postfix-pcre", "postfix-pgsql", "libsasl2-modules", "dovecot-core",
     "opendkim", "opendkim-tools", "opendmarc", "postgrey", "postfix-policyd-spf-python",
     "nsd", "unbound", "nginx-light", "openssh-server", "openssh-client",
-    "postgresql", "python3-psycopg2", "rsync", "tzdata",
+    "postgresql", "python3-psycopg2", "rsync", "tzdata", "rspamd",
 ]  # fmt: skip
 
 
