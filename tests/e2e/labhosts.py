@@ -247,10 +247,11 @@ def start_again(host: str) -> None:
         host,
         f"dev=$(ip -o -4 addr show | awk '$4 ~ /^{ip}\\//{{print $2; exit}}'); {adds or ':'}; "
         "postfix start; "
-        # The milters and policy daemons Postfix asks (OpenDKIM, the tenants' policy,
-        # the unsubscribe milter: /etc/init.d/mailops-*), and Dovecot's SASL.
-        "for s in opendkim dovecot $(cd /etc/init.d && ls -d mailops-* 2>/dev/null); do "
-        "[ -x /etc/init.d/$s ] && service $s start; done; "
+        # The milters and policy daemons Postfix asks (the DKIM signer, OpenDKIM or
+        # Rspamd, whichever the converge enabled; the tenants' policy, the unsubscribe
+        # milter: /etc/init.d/mailops-*), and Dovecot's SASL.
+        "for s in opendkim rspamd dovecot $(cd /etc/init.d && ls -d mailops-* 2>/dev/null); do "
+        "[ -x /etc/init.d/$s ] && ls /etc/rc2.d/S??$s >/dev/null 2>&1 && service $s start; done; "
         "service ssh start; service cron start; true",
     )
     assert res.rc == 0, res.out + res.err

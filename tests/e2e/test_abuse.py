@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.labhosts import PREFIX, ROOT, headers, inventory, mail_domain, sh, token
+from tests.e2e.signers import Signer, signer
 
 sys.path.insert(0, str(ROOT / "tools"))
 import lab as labtool
@@ -358,12 +359,25 @@ def test_tls_below_1_2_is_refused(port: int, tmp_path: Path, evidence: list[str]
     )
 
 
+def _by_signer(hosts: list[str]) -> dict[Signer, list[str]]:
+    found: dict[Signer, list[str]] = {}
+    for host in hosts:
+        found.setdefault(signer(host), []).append(host)
+    return found
+
+
 # The files each role promises to keep from other users: (hosts, path, mode, owner:group).
 PROMISED = [
     (["mx1", "mail1", "mail2", "app1"], "/etc/postfix/tls/key.pem", "600", "root:root"),
-    (["mx1", "mail1", "mail2"], f"/etc/opendkim/keys/{DOMAIN}", "700", "opendkim:opendkim"),
-    (["mx1", "mail1", "mail2"], f"/etc/opendkim/keys/{DOMAIN}/*.private", "600",
-     "opendkim:opendkim"),
+    # The DKIM keys where each host's signer keeps them (OpenDKIM's or Rspamd's).
+    *[
+        row
+        for s, hosts in _by_signer(["mx1", "mail1", "mail2"]).items()
+        for row in (
+            (hosts, f"{s.keys_dir}/{DOMAIN}", "700", f"{s.user}:{s.user}"),
+            (hosts, f"{s.keys_dir}/{DOMAIN}/*.private", "600", f"{s.user}:{s.user}"),
+        )
+    ],
     (["mx1"], "/etc/dovecot/sasl-users", "640", "root:dovecot"),
     (["app1"], "/etc/postfix/sasl_passwd", "600", "root:root"),
     (["mx1", "mail1", "mail2", "monitor"], "/etc/mailops/mailops.toml", "640", "root:mailops"),

@@ -176,7 +176,8 @@ def test_a_login_cannot_send_as_another_tenant(evidence: list[str]) -> None:
     assert "not owned" in envelope or "beta" in envelope, envelope
     evidence.append(f"alpha as news@{beta}: {envelope[:100]}")
     header = submit_as_with_from("alpha", "mail2", f"news@{alpha}", f"news@{beta}")
-    assert header.startswith("<** 550"), header
+    # 550 from OpenDKIM's from-check, 554 from Rspamd's (the node's signer decides).
+    assert re.match(r"<\*\* 55[04] 5\.7\.1 ", header), header
     assert beta in header or "tenant" in header, header
     evidence.append(f"alpha with From: news@{beta}: {header[:100]}")
 
