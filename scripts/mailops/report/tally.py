@@ -798,6 +798,7 @@ class Tally(LineBuffer):
             gi["action"],
         )
         i_sasl, i_rejected, i_gen, i_qidp = gi["sasl"], gi["rejected"], gi["gen"], gi["qidp"]
+        new_message = (i_received, i_picked)
         i_qid, i_qid3 = gi["qid"], gi["qid3"]
         g_ts, g_cmd, g_fq, g_to, g_dom = gi["ts"], gi["cmd"], gi["fq"], gi["to"], gi["dom"]
         g_delay, g_status, g_from, g_size = gi["delay"], gi["status"], gi["from"], gi["size"]
@@ -896,7 +897,8 @@ class Tally(LineBuffer):
                 size = sizes.pop(fq, 0)
                 if size:
                     retired.add(fq, size)
-            elif li == i_received:  # smtpd: client=
+            elif li in new_message:  # smtpd: client=; pickup: uid=, sender=
+                # (a pickup line has no client: None, pflogsumm's "pickup")
                 fq, ts, client = m.group(g_fq, g_ts, g_client)
                 if part and fq not in known:  # a new message (checked in Tally.absorb)
                     h = hash(fq)
@@ -933,21 +935,6 @@ class Tally(LineBuffer):
                     self._bounced(relay.group(1) if relay else b"", _recipient(addr, dom)[1], line)
             elif li == i_forwarded:  # status=sent (forwarded as ...)
                 forwarded += 1
-            elif li == i_picked:  # pickup: uid=, sender=
-                fq, ts = m.group(g_fq, g_ts)
-                if part and fq not in known:
-                    h = hash(fq)
-                    if h in waited or (blocked is not None and blocked(fq, h)):
-                        _keep(waiting, waited, fq, buf, m, end)
-                        continue
-                    known.add(fq)
-                    assumed.append(h)
-                received += 1
-                if ts != last_ts:
-                    bucket = buckets.get(ts) or buckets.setdefault(ts, [0, 0, 0, 0, 0])
-                    last_ts = ts
-                bucket[0] += 1
-                clients[fq] = None  # pflogsumm's "pickup"
             elif li == i_action:  # cleanup: reject: header ...
                 ts = m.group(g_ts)
                 a = _CLEANUP_ACTION.match(buf, m.end(g_fq) + 2, m.end())
@@ -967,14 +954,7 @@ class Tally(LineBuffer):
                     bucket = buckets.get(ts) or buckets.setdefault(ts, [0, 0, 0, 0, 0])
                     last_ts = ts
                 bucket[4] += 1
-                if kind == b"reject":
-                    self.rejected += 1
-                elif kind == b"reject_warning":
-                    self.reject_warnings += 1
-                elif kind == b"hold":
-                    self.held += 1
-                else:
-                    self.discarded += 1
+                self._action(kind)
                 key = (kind, stage, reject_text(text, rbl))
                 if key in reasons:
                     reasons[key] += 1
@@ -1281,7 +1261,8 @@ class Tally(LineBuffer):
                 rest = rest[:j]
         self._count(self.reject_reasons, (kind, part, trim(rest, 64)), "reject_reasons")
 
-    def _smtpd_action(self, kind: bytes, line: bytes, ts: bytes) -> None:
+    def _action(self, kind: bytes) -> None:
+        """Count an smtpd or postscreen action in its total (pflogsumm's four)."""
         if kind == b"reject":
             self.rejected += 1
         elif kind == b"reject_warning":
@@ -1290,6 +1271,9 @@ class Tally(LineBuffer):
             self.held += 1
         else:
             self.discarded += 1
+
+    def _smtpd_action(self, kind: bytes, line: bytes, ts: bytes) -> None:
+        self._action(kind)
         self._bucket(ts)[4] += 1
         d = _REJECT_DETAIL.search(line)
         if d is None:
