@@ -17,7 +17,7 @@ import pytest
 
 from mailops import cli, exitcodes
 from mailops.config import ConfigError
-from mailops.maillog.stamps import stamp_time as parse_time
+from mailops.maillog.stamps import stamp_time
 from mailops.saslblock import DEFAULTS, run, settings
 from mailops.saslblock.blocks import canonical, parse_network
 from mailops.saslblock.logscan import CHUNK, Scanner
@@ -323,16 +323,16 @@ def test_canonical_addresses_and_networks() -> None:
         parse_network("hash:/etc/postfix/network_table")
 
 
-def test_parse_time_forms() -> None:
+def test_stamp_time_forms() -> None:
     now = time.mktime((2026, 1, 2, 12, 0, 0, 0, 0, -1))
-    assert parse_time(b"Jan  2 11:00:00", now) == now - 3600
-    assert parse_time(b"Jan 02 11:00:00.250", now) == now - 3600 + 0.25
+    assert stamp_time(b"Jan  2 11:00:00", now) == now - 3600
+    assert stamp_time(b"Jan 02 11:00:00.250", now) == now - 3600 + 0.25
     # A December line read on 2 January belongs to last year.
-    dec = parse_time(b"Dec 31 23:00:00", now)
+    dec = stamp_time(b"Dec 31 23:00:00", now)
     assert dec is not None and now - 2 * 86400 < dec < now
-    assert parse_time(b"2026-01-02T11:00:00+00:00", now) == 1767351600.0
-    assert parse_time(b"2026-01-02T11:00:00.5Z", now) == 1767351600.5
-    assert parse_time(b"Foo  2 11:00:00", now) is None
+    assert stamp_time(b"2026-01-02T11:00:00+00:00", now) == 1767351600.0
+    assert stamp_time(b"2026-01-02T11:00:00.5Z", now) == 1767351600.5
+    assert stamp_time(b"Foo  2 11:00:00", now) is None
 
 
 # --- reading the log: incremental, rotation, truncation, gzip ---------------------------
