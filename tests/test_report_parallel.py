@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from mailops import forkwork
 from mailops.report import build, parallel
 from mailops.report.tally import Tally
 from tests.support.bench import loggen
@@ -297,7 +298,7 @@ def test_no_fork_or_no_temporary_file_counts_here(
     def refuse(*_: Any, **__: Any) -> Any:
         raise OSError(11, "Resource temporarily unavailable")
 
-    for name, module in (("fork", parallel.os), ("TemporaryFile", parallel.tempfile)):
+    for name, module in (("fork", forkwork.os), ("TemporaryFile", forkwork.tempfile)):
         with monkeypatch.context() as m:
             m.setattr(module, name, refuse)
             got, _ = build.tally_files([log], jobs=3)

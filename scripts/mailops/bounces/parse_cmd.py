@@ -32,11 +32,11 @@ import json
 import os
 import signal
 import sys
-import tempfile
 from typing import Any, BinaryIO, TextIO
 
 from mailops import config, exitcodes
 from mailops.bounceparse import MAX_INPUT, Report, parse_message
+from mailops.forkwork import fork_to_file
 from mailops.text import clean
 
 
@@ -232,30 +232,14 @@ def _parse_forked(
 
 def _fork_run(files: list[str], args: argparse.Namespace, prefixes: tuple[str, ...]) -> Worker:
     """Classify ``files`` in a child; its pid and the file its output goes to."""
-    out = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _collect or _reap
-    try:
-        pid = os.fork()
-    except OSError:
-        out.close()
-        raise
-    if pid == 0:  # the child: classify, hand the lines back, never return
-        code = 1
-        try:
-            text, problems = io.StringIO(), io.StringIO()
-            status, _ = _parse_files(files, args, prefixes, text, problems)
-            handed = [status, text.getvalue(), problems.getvalue()]
-            out.write(json.dumps(handed, ensure_ascii=False).encode("utf-8", "surrogatepass"))
-            out.flush()
-            code = 0
-        except BaseException as exc:  # (whatever it is, the parent reads the run itself)
-            try:
-                sys.stderr.write(f"mailops bounces parse: a worker failed ({exc!r})\n")
-                sys.stderr.flush()
-            except BaseException:  # noqa: S110 - nothing more to say
-                pass
-        finally:
-            os._exit(code)
-    return pid, out
+
+    def work(out: BinaryIO) -> None:
+        text, problems = io.StringIO(), io.StringIO()
+        status, _ = _parse_files(files, args, prefixes, text, problems)
+        handed = [status, text.getvalue(), problems.getvalue()]
+        out.write(json.dumps(handed, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+
+    return fork_to_file(work, "mailops bounces parse: a worker failed ({exc})")
 
 
 def _collect(worker: Worker) -> tuple[int, str, str] | None:

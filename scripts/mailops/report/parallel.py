@@ -34,12 +34,11 @@ import bisect
 import itertools
 import os
 import pickle
-import sys
-import tempfile
 from array import array
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
+from mailops.forkwork import fork_to_file
 from mailops.report.tally import CHUNK, Tally
 
 MIN_PART = 16 << 20
@@ -144,36 +143,18 @@ def _blocker(prior: Tally, sized: array[int]) -> Callable[[bytes, int], bool]:
 
 
 def _fork_part(tally: Tally, fd: int, start: int, stop: int) -> tuple[int, BinaryIO]:
-    """Count ``[start, stop)`` in a child; returns its pid and the file its figures go to.
+    """Count ``[start, stop)`` in a child; returns its pid and the file its figures go to
+    (:func:`mailops.forkwork.fork_to_file`)."""
 
-    The figures go to a temporary file rather than a pipe: the child then exits as soon
-    as it is done, and its memory is gone before this process loads what it wrote."""
-    out = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _collect
-    try:
-        pid = os.fork()
-    except OSError:
-        out.close()
-        raise
-    if pid == 0:  # the child: count, hand the figures back, never return
-        code = 1
-        try:
-            # (the same pattern: re's cache hands back the one compiled already)
-            part = Tally(tally.syslog_name, tally.day, tally.cap, tally.state_cap)
-            # (read here, in the child, while the parent counts the first part)
-            part.begin_part(_blocker(tally, sized_before(fd, start)))
-            _count_range(part, fd, start, stop)
-            pickle.dump(part.export(), out, protocol=pickle.HIGHEST_PROTOCOL)
-            out.flush()
-            code = 0
-        except BaseException as exc:  # (whatever it is, the parent counts the part itself)
-            try:
-                sys.stderr.write(f"mailops report: a worker failed ({exc!r}); counting alone\n")
-                sys.stderr.flush()
-            except BaseException:  # noqa: S110 - nothing left to tell
-                pass
-        finally:
-            os._exit(code)
-    return pid, out
+    def work(out: BinaryIO) -> None:
+        # (the same pattern: re's cache hands back the one compiled already)
+        part = Tally(tally.syslog_name, tally.day, tally.cap, tally.state_cap)
+        # (read here, in the child, while the parent counts the first part)
+        part.begin_part(_blocker(tally, sized_before(fd, start)))
+        _count_range(part, fd, start, stop)
+        pickle.dump(part.export(), out, protocol=pickle.HIGHEST_PROTOCOL)
+
+    return fork_to_file(work, "mailops report: a worker failed ({exc}); counting alone")
 
 
 def _collect(pid: int | None, out: BinaryIO | None) -> dict[str, Any] | None:
