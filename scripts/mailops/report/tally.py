@@ -1023,11 +1023,7 @@ class Tally(LineBuffer):
             if b"client=" in line:
                 c = _CLIENT.search(line)
                 if c is not None:
-                    self.received += 1
-                    self._bucket(ts)[0] += 1
-                    if len(self.clients) >= self.state_cap:
-                        self._evict(self.clients)
-                    self.clients[qid] = c.group(1)
+                    self._received(qid, ts, c.group(1))
                     return
             if b"reject" in line or b"hold: " in line or b"discard: " in line:
                 a = _SMTPD_ACTION.search(line)
@@ -1047,16 +1043,20 @@ class Tally(LineBuffer):
                 return
         if cmd == b"pickup":
             if b": sender=" in line or b": uid=" in line:
-                self.received += 1
-                self._bucket(ts)[0] += 1
-                if len(self.clients) >= self.state_cap:
-                    self._evict(self.clients)
-                self.clients[qid] = None  # pflogsumm's "pickup"
+                self._received(qid, ts, None)  # None: pflogsumm's "pickup"
             return
         if line.endswith(b": removed"):
             size = self.sizes.pop(qid, 0)
             if size:
                 self.retired.add(qid, size)
+
+    def _received(self, qid: bytes, ts: bytes, client: bytes | None) -> None:
+        """A new message: from an smtpd client, or (``None``) picked up locally."""
+        self.received += 1
+        self._bucket(ts)[0] += 1
+        if len(self.clients) >= self.state_cap:
+            self._evict(self.clients)
+        self.clients[qid] = client
 
     def _delivery(
         self, cmd: bytes, qid: bytes, ts: bytes, line: bytes,
