@@ -16,6 +16,7 @@ import base64
 import hashlib
 import io
 import json
+import os
 import stat
 import subprocess
 import sys
@@ -70,8 +71,8 @@ def test_zip_is_the_same_bytes_for_the_same_sources(tmp_path: Path) -> None:
     (src / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"compiled")
     (src / "stale.pyc").write_bytes(b"compiled")
     first, files = mod.build(["pkg"], [str(tmp_path / "src")])
-    # A touch (new mtime) and a new __pycache__ entry change nothing.
-    (src / "sub" / "handler.py").write_text("def handler(event, context):\n    return 1\n")
+    # Another mtime and a new __pycache__ entry change nothing.
+    os.utime(src / "sub" / "handler.py", (1_000_000_000, 1_000_000_000))
     (src / "__pycache__" / "y.cpython-311.pyc").write_bytes(b"other")
     again, _ = mod.build(["pkg"], [str(tmp_path / "src")])
     assert again == first and files == 3
