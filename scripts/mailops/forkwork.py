@@ -14,6 +14,18 @@ import tempfile
 from collections.abc import Callable
 from typing import BinaryIO
 
+# processes at the most for one command (default_jobs)
+MAX_JOBS = 4
+
+
+def default_jobs() -> int:
+    """The cores this process may run on, at most ``MAX_JOBS``."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_JOBS))
+
 
 def fork_to_file(work: Callable[[BinaryIO], None], failed: str) -> tuple[int, BinaryIO]:
     """Run ``work(out)`` in a child; return its pid and ``out``, the file it wrote.

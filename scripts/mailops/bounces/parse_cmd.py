@@ -36,7 +36,7 @@ from typing import Any, BinaryIO, TextIO
 
 from mailops import config, exitcodes
 from mailops.bounceparse import MAX_INPUT, Report, parse_message
-from mailops.forkwork import fork_to_file
+from mailops.forkwork import default_jobs, fork_to_file
 from mailops.text import clean
 
 
@@ -138,16 +138,6 @@ def cmd_parse(args: argparse.Namespace) -> int:
 # Below this many files per worker a batch is read here alone: a fork costs a few
 # milliseconds, a message about half of one.
 MIN_FILES = 32
-MAX_JOBS = 4
-
-
-def default_jobs() -> int:
-    """The cores this process may run on, at most ``MAX_JOBS``."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, MAX_JOBS))
 
 
 def _parse_files(

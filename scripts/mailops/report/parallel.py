@@ -38,20 +38,12 @@ from array import array
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
+from mailops.forkwork import MAX_JOBS as MAX_JOBS  # re-exported
+from mailops.forkwork import default_jobs as default_jobs  # re-exported
 from mailops.forkwork import fork_to_file
 from mailops.report.tally import CHUNK, Tally
 
 MIN_PART = 16 << 20
-MAX_JOBS = 4
-
-
-def default_jobs() -> int:
-    """The cores this process may run on, at most ``MAX_JOBS``."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, MAX_JOBS))
 
 
 # what reading a byte for the queue ids of size lines costs a child (sized_before), as a
