@@ -881,11 +881,15 @@ def test_generated_log_matches_pflogsumm(
 def test_day_filter_matches_pflogsumm(
     day: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Local-time syslog stamps over yesterday and today; both tools keep one day."""
+    """Local-time syslog stamps over yesterday and today; both tools keep one day.
+
+    The stamps span as much of yesterday as of today (at most 12 hours each), so just
+    after midnight, when today is minutes old, both days still get half the lines."""
     now = time.time()
     midnight = dt.datetime.combine(dt.date.today(), dt.time()).timestamp()
+    span = max(min(now - midnight, 12 * 3600), 120)
     log = tmp_path / "mail.log"
-    loggen.write_log(log, 30_000, midnight - 12 * 3600, min(now, midnight + 12 * 3600), seed=9)
+    loggen.write_log(log, 30_000, midnight - span, midnight + span, seed=9)
     rep = json_report(["--log", str(log), "--day", day], capsys)
     assert rep["totals"]["received"] > 100
     compare(rep["totals"], pflogsumm_totals(["-d", day, str(log)]))
