@@ -321,6 +321,24 @@ def model_ses_settings() -> None:
     EmailResponse.describe_configuration_set = describe_configuration_set  # type: ignore[method-assign]
 
 
+def model_dynamodb_table_id() -> None:
+    """DescribeTable (and CreateTable, DeleteTable) answer without the ``TableId`` DynamoDB
+    gives every table; community.aws.dynamodb_table reads it (playbooks/ses_pipeline.yml's
+    table of idempotency keys).  A stable id per table ARN, as DynamoDB's is per table."""
+    import uuid
+
+    from moto.dynamodb.models.table import Table
+
+    describe = Table.describe
+
+    def with_id(self: Any, base_key: str = "TableDescription") -> dict[str, Any]:
+        out: dict[str, Any] = describe(self, base_key)
+        out[base_key].setdefault("TableId", str(uuid.uuid5(uuid.NAMESPACE_URL, self.table_arn)))
+        return out
+
+    Table.describe = with_id  # type: ignore[method-assign]
+
+
 RECAP = re.compile(
     r"^localhost\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)\s+skipped=(\d+)",
     re.MULTILINE,
@@ -476,4 +494,5 @@ if __name__ == "__main__":
     model_secondary_ips()
     model_ses_simulator()
     model_ses_settings()
+    model_dynamodb_table_id()
     main(sys.argv[1:])
