@@ -23,8 +23,8 @@ DOCUMENTATION = r"""
 module: ses_receipt_rule
 short_description: An SES receipt rule with one S3 action
 description:
-  - Makes or updates the receipt rule O(name) in the rule set O(rule_set) (which must
-    exist: M(community.aws.ses_rule_set) makes it and makes it active). The rule
+  - Makes or updates the receipt rule O(name) in the rule set O(rule_set), which must
+    exist (M(community.aws.ses_rule_set) makes it and makes it active). The rule
     accepts mail for O(recipients), refuses a sender that does not use TLS when
     O(tls_policy=Require), has SES scan for spam and viruses when O(scan_enabled), and
     stores each message in O(s3_bucket) under O(s3_prefix), announcing it on
