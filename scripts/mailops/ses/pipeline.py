@@ -66,6 +66,7 @@ FIELDS = ("template", "to", "tenant", "data", "idempotency_key")
 _TEMPLATE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _TENANT = re.compile(r"^[A-Za-z0-9_.-]{0,64}$")
 MAX_BODY = 256 * 1024
+RETRY_PAUSE = 10  # seconds the daemon waits after SQS or the ledger failed
 
 
 class BadEvent(ValueError):
@@ -375,6 +376,9 @@ def render_file(path: str, settings: Settings) -> int:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
+    """``--once``: one pass, exit 75 when SQS or the ledger fails.  Without: a daemon that
+    rides out failures (logs, waits ``RETRY_PAUSE`` seconds, asks again) and opens the
+    ledger afresh for every pass, so a restarted store or a lost connection heals."""
     from mailops.store import StoreError
 
     try:
@@ -391,20 +395,26 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
     wait = args.wait_seconds if args.wait_seconds is not None else (1 if args.once else 20)
+    sqs = boto3.client("sqs", region_name=args.region, endpoint_url=args.endpoint_url)
+    templates: Templates | None = None
+    senders: dict[str, Sender] = {}
     try:
-        ledger, closer = open_ledger(settings, args)
-    except StoreError as exc:
-        _log(TOOL, f"ledger: {exc}", error=True)
-        return exitcodes.TEMPFAIL
-    try:
-        sqs = boto3.client("sqs", region_name=args.region, endpoint_url=args.endpoint_url)
-        pipe = Pipeline(settings, ledger)
         while True:
+            closer = None
             try:
+                ledger, closer = open_ledger(settings, args)
+                pipe = Pipeline(settings, ledger, senders=senders, _templates=templates)
                 done = run_pass(sqs, args.queue_url, pipe, once=args.once, wait=wait)
-            except (BotoCoreError, ClientError) as exc:
-                _log(TOOL, f"SQS: {clean(str(exc), 300)}", error=True)
-                return exitcodes.TEMPFAIL
+                templates = pipe._templates
+            except (BotoCoreError, ClientError, StoreError) as exc:
+                _log(TOOL, f"{type(exc).__name__}: {clean(str(exc), 300)}", error=True)
+                if args.once:
+                    return exitcodes.TEMPFAIL
+                time.sleep(RETRY_PAUSE)
+                continue
+            finally:
+                if closer is not None:
+                    closer.close()
             if args.once:
                 if done.received:
                     counts = ", ".join(f"{k} {v}" for k, v in sorted(done.by_status.items()))
@@ -412,9 +422,6 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
                 return exitcodes.OK
     except KeyboardInterrupt:
         return 130
-    finally:
-        if closer is not None:
-            closer.close()
 
 
 def register(sub: Any) -> None:
