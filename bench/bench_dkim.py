@@ -58,6 +58,10 @@ ROWS = os.environ.get(
 ).split(",")
 RSPAMD_WORKERS = int(os.environ.get("BENCH_DKIM_RSPAMD_WORKERS", "2"))
 STRACE = int(os.environ.get("BENCH_DKIM_STRACE", "0"))
+# Tuning experiments: more parameters for every row, e.g. {"rspamd_workers": 1},
+# {"signer_conf": {"FinalPolicyScript": ""}} (OpenDKIM; "" leaves a key out) or
+# {"postconf": ["milter_protocol=2"]} (the bench Postfix).
+EXTRA: dict[str, Any] = json.loads(os.environ.get("BENCH_DKIM_EXTRA", "{}"))
 TARGET_RATIO = 0.70
 TARGET_ADDED_MS = 3.0
 DETAIL = HERE / "dkim_results.json"
@@ -119,12 +123,16 @@ def rspamd_files() -> tuple[str, str]:
 
 
 def node(step: str, params: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
-    res = sh(HOST, f"python3 {NODE_SCRIPT} {step} '{json.dumps(params)}'", timeout=timeout)
-    for line in res.err.splitlines():
+    """One step of dkim_node.py in the node, its parameters as JSON on stdin."""
+    res = subprocess.run(
+        ["podman", "exec", "-i", f"mailops-lab-{HOST}", "python3", NODE_SCRIPT, step],
+        input=json.dumps(params), text=True, capture_output=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    for line in res.stderr.splitlines():
         print(line, flush=True)
-    if res.rc != 0:
-        raise RuntimeError(f"{HOST}: dkim_node {step} exited {res.rc}: {res.out[-800:]}")
-    return dict(json.loads(res.out.strip().splitlines()[-1]))
+    if res.returncode != 0:
+        raise RuntimeError(f"{HOST}: dkim_node {step} exited {res.returncode}: {res.stdout[-800:]}")
+    return dict(json.loads(res.stdout.strip().splitlines()[-1]))
 
 
 def copy_script() -> None:
@@ -164,11 +172,11 @@ def run(workdir: Path) -> list[Result]:
     with the_lab():
         copy_script()
         try:
-            want_rspamd = "rspamd-unix" in ROWS
-            if want_rspamd:
+            setup: dict[str, Any] = {"strace": STRACE > 0}
+            if "rspamd-unix" in ROWS:
                 conf, rules = rspamd_files()
-                setup = {"rspamd_conf": conf, "rspamd_rules": rules}
-            info = node("setup", setup if want_rspamd else {}, timeout=900)
+                setup |= {"rspamd_conf": conf, "rspamd_rules": rules}
+            info = node("setup", setup, timeout=900)
             print(f"  {HOST}: signing for {info['domain']} with selector {info['selector']}")
             role_milter = [
                 ln.replace(" = ", "=", 1)
@@ -181,7 +189,7 @@ def run(workdir: Path) -> list[Result]:
                     print(f"  round {rnd + 1}/{ROUNDS}: {name}", flush=True)
                     params = {"row": name, "latency": LATENCY, "messages": MESSAGES,
                               "sessions": SESSIONS, "role_milter_settings": role_milter,
-                              "strace": STRACE if rnd == 0 else 0}  # fmt: skip
+                              "strace": STRACE if rnd == 0 else 0} | EXTRA  # fmt: skip
                     got = node("row", params)
                     check = got["check"]
                     want_signed = name != "none"

@@ -1,8 +1,9 @@
 """The DKIM benchmark's side inside a bulk node (run there with the node's own python3).
 
-``bench_dkim.py`` copies this file into the node and calls it once per step; each step
-prints one JSON object on stdout (progress goes to stderr).  Everything it makes lives
-apart from the node's own services, which it never touches:
+``bench_dkim.py`` copies this file into the node and calls it once per step with the
+step's parameters as JSON on stdin; each step prints one JSON object on stdout
+(progress goes to stderr).  Everything it makes lives apart from the node's own
+services, which it never touches:
 
 * a second Postfix instance (``postfix -c /var/tmp/bench-dkim/postfix``) built from
   Debian's stock main.cf and master.cf, listening on 127.0.0.1:10025 only, relaying
@@ -119,6 +120,25 @@ def machine_ticks() -> tuple[int, int]:
 # --------------------------------------------------------------------------- setup
 
 
+def apt_install(package: str) -> None:
+    """Install a Debian package; a service it brings is not started (policy-rc.d)."""
+    say(f"installing {package}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    block = Path("/usr/sbin/policy-rc.d")
+    ours = not block.exists()
+    if ours:
+        block.write_text("#!/bin/sh\nexit 101\n")
+        block.chmod(0o755)
+    try:
+        install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package]
+        if run(install, check=False, env=env).returncode:
+            run(["apt-get", "update", "-qq"])
+            run(install, env=env)
+    finally:
+        if ours:
+            block.unlink()
+
+
 def keys() -> dict[str, Any]:
     """The domain the role signs for, its selector and key, and every key's DNS text."""
     domain = run(["sh", "-c", "hostname -d"]).stdout.strip()
@@ -195,11 +215,9 @@ def setup(params: dict[str, Any]) -> dict[str, Any]:
     shutil.copy("/etc/opendkim.conf", BENCH / "opendkim-role.conf")
     # The signature check's library.
     if run(["python3", "-c", "import dkim"], check=False).returncode != 0:
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        install = ["apt-get", "install", "-y", "-qq", "python3-dkim"]
-        if run(install, check=False, env=env).returncode:
-            run(["apt-get", "update", "-qq"])
-            run(install, env=env)
+        apt_install("python3-dkim")
+    if params.get("strace") and shutil.which("strace") is None:
+        apt_install("strace")
     info = keys()
     (BENCH / "keys.json").write_text(json.dumps(info))
     if params.get("rspamd_conf"):
@@ -222,21 +240,7 @@ def setup_rspamd(conf: str, rules: str) -> None:
     configuration, rendered by the caller for this instance's paths; the node's signing
     keys copied for Rspamd's user and its tables in the role's form."""
     if shutil.which("rspamd") is None:
-        say("installing rspamd (its service is not started)")
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        block = Path("/usr/sbin/policy-rc.d")
-        ours = not block.exists()
-        if ours:
-            block.write_text("#!/bin/sh\nexit 101\n")
-            block.chmod(0o755)
-        try:
-            install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "rspamd"]
-            if run(install, check=False, env=env).returncode:
-                run(["apt-get", "update", "-qq"])
-                run(install, env=env)
-        finally:
-            if ours:
-                block.unlink()
+        apt_install("rspamd")
     signer = RSPAMD / "signer"
     (signer / "plugins").mkdir(parents=True)
     for plugin in ("dkim_signing", "settings"):
@@ -268,20 +272,38 @@ def setup_rspamd(conf: str, rules: str) -> None:
     run(["rspamadm", "configtest", "-c", str(RSPAMD / "rspamd.conf")])
 
 
-def start_rspamd(workers: int | None) -> subprocess.Popen[bytes]:
+def start_rspamd(workers: int | None) -> int:
+    """Rspamd as a daemon (with -f, 3.4 spun in its main process here and never bound
+    its socket); returns the main process's pid."""
     conf = (RSPAMD / "rspamd.conf").read_text()
     if workers:
         conf = re.sub(r"^(\s*count\s*=\s*)\d+;", rf"\g<1>{workers};", conf, flags=re.M)
+    # The socket's group must be postfix (smtpd runs as postfix): without group=, Rspamd
+    # gives it its own user's group.
+    conf = re.sub(r'(bind_socket = "[^"]*owner=_rspamd)"', r'\1 group=postfix"', conf)
     (RSPAMD / "rspamd-run.conf").write_text(conf)
-    return subprocess.Popen(
-        ["rspamd", "-f", "-u", "_rspamd", "-g", "_rspamd", "-c", str(RSPAMD / "rspamd-run.conf")]
-    )
+    pidfile = RSPAMD / "run" / "rspamd.pid"
+    pidfile.unlink(missing_ok=True)
+    # (its output not captured: the daemon would hold the pipe open)
+    subprocess.run(
+        ["rspamd", "-u", "_rspamd", "-g", "_rspamd", "-c", str(RSPAMD / "rspamd-run.conf")],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        check=True,
+    )  # fmt: skip
+    wait_until("Rspamd's pid file", pidfile.exists, 120, 0.2)
+    return int(pidfile.read_text().split()[0])
+
+
+def stop_pid(pid: int, timeout: float = 60) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    wait_until(f"process {pid} to end", lambda: not Path(f"/proc/{pid}").exists(), timeout)
 
 
 def teardown(_: dict[str, Any]) -> dict[str, Any]:
     if (QUEUE / "pid" / "master.pid").exists():
         run(["postfix", "-c", str(CONF), "stop"], check=False)
-    for pidfile in BENCH.glob("*.pid"):
+    for pidfile in BENCH.rglob("*.pid"):
         with contextlib.suppress(OSError, ValueError):
             os.kill(int(pidfile.read_text().split()[0]), signal.SIGTERM)
     for d in (BENCH, QUEUE, DATA):
@@ -296,7 +318,7 @@ def conf_with(path: Path, out: Path, settings: dict[str, str]) -> None:
     """An opendkim.conf with some keys replaced (or added)."""
     lines = [ln for ln in path.read_text().splitlines()
              if not ln.split() or ln.split()[0] not in settings]  # fmt: skip
-    lines += [f"{k} {v}" for k, v in settings.items()]
+    lines += [f"{k} {v}" for k, v in settings.items() if v]  # "": the key left out
     out.write_text("\n".join(lines) + "\n")
 
 
@@ -429,6 +451,7 @@ def verify(info: dict[str, Any], expect_signed: bool) -> dict[str, int]:
 def row(args: dict[str, Any]) -> dict[str, Any]:
     info = json.loads((BENCH / "keys.json").read_text())
     signer: subprocess.Popen[bytes] | None = None
+    signer_pid: int | None = None
     milter = ""
     kind = args["row"]
     sock_dir = QUEUE / "opendkim"
@@ -442,7 +465,7 @@ def row(args: dict[str, Any]) -> dict[str, Any]:
                                 args.get("signer_conf", {}), info)  # fmt: skip
         milter = "unix:opendkim/bench.sock"
     elif kind == "rspamd-unix":
-        signer = start_rspamd(args.get("rspamd_workers"))
+        signer_pid = start_rspamd(args.get("rspamd_workers"))
         milter = "unix:rspamd/bench.sock"
     elif kind != "none":
         raise SystemExit(f"unknown row {kind}")
@@ -459,12 +482,14 @@ def row(args: dict[str, Any]) -> dict[str, Any]:
     sink = subprocess.Popen(["smtp-sink", "-u", "postfix", "-d", f"{DUMP}/%H%M%S.", SINK, "1024"])
     try:
         if signer is not None:
-            wait_until("the signer's socket", lambda: listening(milter), 30, 0.2)
+            signer_pid = signer.pid
+        if signer_pid is not None:
+            wait_until("the signer's socket", lambda: listening(milter), 120, 0.2)
         run(["postfix", "-c", str(CONF), "start"])
         master = int((QUEUE / "pid" / "master.pid").read_text().split()[0])
         parts = {"postfix": [master], "sink": [sink.pid]}
-        if signer is not None:
-            parts["signer"] = [signer.pid]
+        if signer_pid is not None:
+            parts["signer"] = [signer_pid]
         sender = f"{SENDER_LOCAL}@{info['domain']}"
         size = int(args.get("size", 5120))
         warm = phase("warm-up", int(args.get("warm", 40)), 4, size, sender, parts)
@@ -473,8 +498,8 @@ def row(args: dict[str, Any]) -> dict[str, Any]:
         many = phase(f"{args['sessions']} sessions", int(args["messages"]),
                      int(args["sessions"]), size, sender, parts)  # fmt: skip
         strace = None
-        if args.get("strace") and signer is not None:
-            strace = profile(signer.pid, int(args["strace"]), size, sender, parts)
+        if args.get("strace") and signer_pid is not None:
+            strace = profile(signer_pid, int(args["strace"]), size, sender, parts)
     finally:
         run(["postfix", "-c", str(CONF), "stop"], check=False)
         wait_until("the bench Postfix to stop",
@@ -484,6 +509,8 @@ def row(args: dict[str, Any]) -> dict[str, Any]:
         if signer is not None:
             signer.terminate()
             signer.wait(30)
+        elif signer_pid is not None:
+            stop_pid(signer_pid)
         sink.terminate()
         sink.wait(30)
     total = int(args.get("warm", 40)) + int(args["latency"]) + int(args["messages"])
@@ -524,5 +551,5 @@ STEPS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 
 if __name__ == "__main__":
-    params = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+    params = json.loads(sys.stdin.read() or "{}")
     print(json.dumps(STEPS[sys.argv[1]](params)))
