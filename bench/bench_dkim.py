@@ -207,6 +207,7 @@ def run(workdir: Path) -> list[Result]:
     detail["figures"] = table
     DETAIL.write_text(json.dumps(detail, indent=1) + "\n")
     print_table(table)
+    print_breakdown(table)
     return results(table)
 
 
@@ -222,6 +223,21 @@ def print_table(table: dict[str, dict[str, float]]) -> None:
             f"{f['postfix_ms_20']:10.2f} {f['busy_20']:5.0%}",
             flush=True,
         )
+
+
+def print_breakdown(table: dict[str, dict[str, float]]) -> None:
+    """Where the milliseconds of a message go: CPU per message of each part, and the rest
+    of the machine's busy time (other users of the machine), per phase."""
+    for key, what in (("1", "1 session"), ("20", f"{SESSIONS} sessions")):
+        print(f"\n  CPU ms per message, {what}:")
+        print(f"  {'row':22} {'wall':>6} {'source':>6} {'postfix':>7} {'sink':>5} "
+              f"{'signer':>6} {'others':>6}")  # fmt: skip
+        for name, f in table.items():
+            wall = f["ms_per_msg_1"] if key == "1" else 1000 / f["rate_20"]
+            parts = [f.get(f"{p}_ms_{key}", 0.0) for p in ("source", "postfix", "sink", "signer")]
+            others = f.get(f"machine_ms_{key}", 0.0) - sum(parts)
+            print(f"  {name:22} {wall:6.2f} " + " ".join(f"{v:6.2f}" for v in parts)
+                  + f" {others:6.2f}")  # fmt: skip
 
 
 def results(table: dict[str, dict[str, float]]) -> list[Result]:
