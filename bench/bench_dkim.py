@@ -190,7 +190,13 @@ def run(workdir: Path) -> list[Result]:
                     params = {"row": name, "latency": LATENCY, "messages": MESSAGES,
                               "sessions": SESSIONS, "role_milter_settings": role_milter,
                               "strace": STRACE if rnd == 0 else 0} | EXTRA  # fmt: skip
-                    got = node("row", params)
+                    try:
+                        got = node("row", params)
+                    except RuntimeError as exc:
+                        # Once more, and said: the shared machine has killed a run before.
+                        print(f"  {name} failed ({exc}); once more", flush=True)
+                        detail.setdefault("retried", []).append(f"{rnd + 1}:{name}: {exc}")
+                        got = node("row", params)
                     check = got["check"]
                     want_signed = name != "none"
                     ok = check["kept"] == got["sent"] and (

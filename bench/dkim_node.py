@@ -400,6 +400,11 @@ def source(count: int, sessions: int, size: int, sender: str) -> int:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         err = proc.stderr.read().decode() if proc.stderr else ""
+        log = BENCH / "mail.log"
+        lines = log.read_text(errors="replace").splitlines()[-2000:] if log.exists() else []
+        said = [ln for ln in lines if re.search(r"(fatal|panic|warning|error):", ln)]
+        for line in said[-10:]:
+            say(f"mail.log: {line}")
         raise SystemExit(f"smtp-source exited {proc.returncode}: {err[-400:]}")
     return round((usage.ru_utime + usage.ru_stime) * HZ)
 
