@@ -26,10 +26,17 @@ import pytest
 
 from mailops.ses import lambda_pipeline as lp
 from mailops.ses import pipeline as pl
-from mailops.ses.pipeline_send import DynamoLedger, Permanent, StoreLedger, Transient
-from mailops.ses.pipeline_settings import SettingsError, parse
+from mailops.ses.pipeline_send import (
+    DynamoLedger,
+    Permanent,
+    SmtpSender,
+    StoreLedger,
+    Transient,
+)
+from mailops.ses.pipeline_settings import SettingsError, Transport, parse
 from mailops.store import Store
 from tests.motoserver import CREDENTIALS, ESCAPING, MotoServer, clean_env, client
+from tests.support.smtpsink import Script, SmtpSink, closed_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests/data/ses/pipeline"
@@ -201,6 +208,31 @@ def test_claims_are_exclusive_until_the_lease_ends(store: Store) -> None:
     assert store.claim_pipeline_send("k", info, now=9999, lease=300) == "sent"
     store.release_pipeline_send("k")  # a sent key is never released
     assert store.claim_pipeline_send("k", info, now=9999, lease=300) == "sent"
+
+
+# --------------------------------------------------------------------------- submission
+
+
+def smtp_transport(port: int) -> Transport:
+    return Transport(name="cluster", kind="smtp", host="127.0.0.1", port=port, tls="none")
+
+
+def test_submission_sends_and_sorts_refusals() -> None:
+    raw = b"From: a@alpha.test\r\nSubject: s\r\n\r\n.leading dot\r\n"
+    with SmtpSink() as sink:
+        answer = SmtpSender(smtp_transport(sink.port)).send("A <a@alpha.test>", "b@x.test", raw)
+        (got,) = sink.messages
+    assert "queued" in answer
+    assert (got.sender, got.recipients) == ("a@alpha.test", ["b@x.test"])
+    assert b"\r\n.leading dot\r\n" in got.data
+    refused = Script(rcpt=lambda a: "550 5.1.1 no such user")
+    with SmtpSink(refused) as sink, pytest.raises(Permanent, match=r"550 5\.1\.1"):
+        SmtpSender(smtp_transport(sink.port)).send("a@alpha.test", "b@x.test", raw)
+    later = Script(rcpt=lambda a: "451 4.7.1 paused")
+    with SmtpSink(later) as sink, pytest.raises(Transient, match=r"451 4\.7\.1"):
+        SmtpSender(smtp_transport(sink.port)).send("a@alpha.test", "b@x.test", raw)
+    with pytest.raises(Transient):
+        SmtpSender(smtp_transport(closed_port())).send("a@alpha.test", "b@x.test", raw)
 
 
 # --------------------------------------------------------------------------- moto's server
