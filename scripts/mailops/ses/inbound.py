@@ -223,11 +223,10 @@ def relay(raw: bytes, msg: Received, target: Target, recipients: Sequence[str]) 
     smtplib dot-stuffs lines that start with a dot and ends every line with CRLF."""
     out = Delivery()
     try:
-        client = smtplib.SMTP(timeout=target.timeout)
+        # Connected by the constructor, which keeps the host name STARTTLS needs (a
+        # banner other than 220 raises SMTPConnectError).
+        client = smtplib.SMTP(target.host, target.port, timeout=target.timeout)
         try:
-            code, banner = client.connect(target.host, target.port)
-            if code != 220:
-                raise smtplib.SMTPConnectError(code, banner)
             client.ehlo(target.helo or socket.getfqdn())
             if target.starttls and client.has_extn("starttls"):
                 # Opportunistic, as the MX's own peers: encrypted, not authenticated.
@@ -271,7 +270,7 @@ def relay(raw: bytes, msg: Received, target: Target, recipients: Sequence[str]) 
     except smtplib.SMTPResponseException as exc:
         out.error = _reply(exc.smtp_code, exc.smtp_error)
         out.permanent = exc.smtp_code >= 500 and not out.deferred and not out.refused
-    except (smtplib.SMTPException, OSError, UnicodeError) as exc:
+    except (smtplib.SMTPException, OSError, ValueError) as exc:  # ssl: OSError, ValueError
         out.error = clean(f"{type(exc).__name__}: {exc}", 400)
     if out.error and not out.permanent:
         # Whatever was not settled before the failure is to be tried again.
