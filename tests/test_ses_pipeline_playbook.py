@@ -94,14 +94,19 @@ def test_pipeline_playbook_provisions_idempotently_and_tears_down(tmp_path: Path
         }
         run = (
             "import json, sys\n"
+            "import mailops\n"
             "from mailops.ses.lambda_pipeline import handler\n"
+            "print(mailops.__file__)\n"
             "print(json.dumps(handler(json.loads(sys.argv[1]), None)))\n"
         )
+        # -S: no site, so the venv's editable mailops stays out; its site-packages come
+        # after the zip on the path for boto3, as Lambda's runtime brings boto3.
+        site = next(p for p in sys.path if p.endswith("site-packages"))
         proc = subprocess.run(
-            [sys.executable, "-I", "-c", run, json.dumps(event)],
+            [sys.executable, "-S", "-c", run, json.dumps(event)],
             cwd=task,
             env=clean_env(
-                PYTHONPATH=str(task),
+                PYTHONPATH=f"{task}:{site}",
                 LAMBDA_TASK_ROOT=str(task),
                 MAILOPS_PIPELINE_SETTINGS=settings_path.replace("/var/task", str(task)),
                 MAILOPS_DYNAMODB_ENDPOINT=moto.url,
@@ -112,6 +117,7 @@ def test_pipeline_playbook_provisions_idempotently_and_tears_down(tmp_path: Path
             check=False,
         )
         assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.splitlines()[0] == f"{task}/mailops/__init__.py"  # the zip's code
         assert json.loads(proc.stdout.splitlines()[-1]) == {"batchItemFailures": []}
         assert "m1: sent" in proc.stdout and "m2: duplicate" in proc.stdout
         # moto's /moto-api/data.json fails once Lambda functions exist (tests/
