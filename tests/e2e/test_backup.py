@@ -37,6 +37,7 @@ from tests.e2e.labhosts import (
     token,
     wait_for,
 )
+from tests.e2e.signers import signer
 
 pytestmark = [pytest.mark.serial, pytest.mark.slow]
 
@@ -76,7 +77,8 @@ def host_keys() -> dict[str, str]:
     """sha256 of every private key installed on the signing hosts, by host and path."""
     out: dict[str, str] = {}
     for host in SIGNERS:
-        res = sh(host, "cd /etc/opendkim/keys && sha256sum */*.private")
+        # Where the host's signer (OpenDKIM or Rspamd, tests/e2e/signers.py) keeps them.
+        res = sh(host, f"cd {signer(host).keys_dir} && sha256sum */*.private")
         assert res.rc == 0, f"{host}: {res.out}{res.err}"
         for line in res.out.splitlines():
             digest, path = line.split()
