@@ -25,7 +25,7 @@ from mailops.ses import inbound as ib
 from mailops.ses import inbound_alarms as al
 from mailops.ses import lambda_inbound
 from tests.motoserver import MotoServer, clean_env, client
-from tests.support.smtpsink import Script, SmtpSink, closed_port
+from tests.support.smtpsink import Script, SmtpSink, closed_port, self_signed
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data" / "ses_inbound"
@@ -218,6 +218,17 @@ def test_a_message_reaches_the_sink_intact(moto: MotoServer, tmp_path: Path) -> 
     assert 'mailops_ses_inbound_messages_total{outcome="relayed"} 1' in text
     assert 'mailops_ses_inbound_queue_messages{queue="main"} 0' in text
     assert 'mailops_ses_inbound_alarm{alarm="dead-letter"} 0' in text
+
+
+def test_starttls_when_the_mx_offers_it(moto: MotoServer, tmp_path: Path) -> None:
+    """mx1 offers STARTTLS: the relay must upgrade and still arrive intact."""
+    pipe = Inbound(moto)
+    pipe.receive()
+    with SmtpSink(tls=self_signed(tmp_path)) as sink:
+        proc = run_inbound(pipe, sink.port)
+    assert proc.returncode == 0, proc.stderr
+    assert sink.encrypted == 1 and sink.messages[0].data.endswith(RAW)
+    assert pipe.depth(pipe.queue_url) == 0
 
 
 def test_delete_object_removes_what_was_relayed(moto: MotoServer) -> None:

@@ -3,16 +3,19 @@ as it is told (per recipient, and after DATA).
 
 ``with SmtpSink() as sink: ... sink.port ... sink.messages``.  Each accepted message is
 a :class:`Received` with the envelope and the data exactly as sent, dot-stuffing undone
-and CRLF line ends kept.  Not a mail server: one session at a time is enough here.
+and CRLF line ends kept.  With ``tls`` (a server SSLContext) it offers STARTTLS.  Not a
+mail server: one session at a time is enough here.
 """
 
 from __future__ import annotations
 
 import socket
 import socketserver
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 
 
@@ -35,8 +38,10 @@ class Script:
 @dataclass
 class _State:
     script: Script
+    tls: ssl.SSLContext | None = None
     messages: list[Received] = field(default_factory=list)
     sessions: int = 0
+    encrypted: int = 0  # messages received over TLS
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -59,6 +64,7 @@ class _Handler(socketserver.StreamRequestHandler):
         self.reply("220 sink.test ESMTP")
         sender: str | None = None
         rcpts: list[str] = []
+        secure = False
         while True:
             raw = self.rfile.readline(4096)
             if not raw:
@@ -66,7 +72,14 @@ class _Handler(socketserver.StreamRequestHandler):
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             verb = line[:4].upper()
             if verb in ("EHLO", "HELO"):
-                self.reply("250-sink.test\r\n250-8BITMIME\r\n250 SIZE 10240000")
+                offer = "250-STARTTLS\r\n" if state.tls is not None and not secure else ""
+                self.reply(f"250-sink.test\r\n{offer}250-8BITMIME\r\n250 SIZE 10240000")
+            elif verb == "STAR" and state.tls is not None and not secure:
+                self.reply("220 2.0.0 Ready to start TLS")
+                self.request = state.tls.wrap_socket(self.request, server_side=True)
+                self.rfile = self.request.makefile("rb")
+                self.wfile = self.request.makefile("wb")
+                secure, sender, rcpts = True, None, []
             elif verb == "MAIL":
                 sender, rcpts = _addr(line[10:]), []
                 self.reply(state.script.mail)
@@ -91,6 +104,7 @@ class _Handler(socketserver.StreamRequestHandler):
                 if answer.startswith("2"):
                     with state.lock:
                         state.messages.append(Received(sender, list(rcpts), b"".join(chunks)))
+                        state.encrypted += secure
                 self.reply(answer)
                 sender, rcpts = None, []
             elif verb == "RSET":
@@ -113,8 +127,8 @@ class _Server(socketserver.ThreadingTCPServer):
 class SmtpSink:
     """The server on 127.0.0.1 and a free port, for the duration of a with block."""
 
-    def __init__(self, script: Script | None = None) -> None:
-        self.state = _State(script or Script())
+    def __init__(self, script: Script | None = None, tls: ssl.SSLContext | None = None) -> None:
+        self.state = _State(script or Script(), tls)
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.state = self.state  # type: ignore[attr-defined]
         self.port = int(self._server.server_address[1])
@@ -124,6 +138,11 @@ class SmtpSink:
     def messages(self) -> list[Received]:
         with self.state.lock:
             return list(self.state.messages)
+
+    @property
+    def encrypted(self) -> int:
+        with self.state.lock:
+            return self.state.encrypted
 
     @property
     def sessions(self) -> int:
@@ -149,3 +168,39 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def self_signed(tmp: Path, name: str = "sink.test") -> ssl.SSLContext:
+    """A server context with a fresh self-signed certificate for ``name``."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp / "sink.crt", tmp / "sink.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert_file, key_file)
+    return ctx
