@@ -241,6 +241,9 @@ def setup_rspamd(conf: str, rules: str) -> None:
     keys copied for Rspamd's user and its tables in the role's form."""
     if shutil.which("rspamd") is None:
         apt_install("rspamd")
+        # Never started on this node by anyone else either: a restarted lab node starts
+        # every enabled init script among its signers (tests/e2e/labhosts.py).
+        run(["update-rc.d", "rspamd", "disable"], check=False)
     signer = RSPAMD / "signer"
     (signer / "plugins").mkdir(parents=True)
     for plugin in ("dkim_signing", "settings"):
