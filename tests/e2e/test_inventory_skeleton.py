@@ -102,8 +102,16 @@ def ansible(
         timeout=timeout,
         check=False,
     )
+    lines = proc.stdout.splitlines()
+    # Each failure with the lines that say why (the tail alone may hold only the recap).
+    failures = [
+        "\n".join(lines[i : i + 8])
+        for i, line in enumerate(lines)
+        if line.startswith(("fatal:", "[ERROR]")) or "UNREACHABLE!" in line
+    ]
     assert proc.returncode == 0, (
-        f"{tool} {' '.join(args)}: {proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+        f"{tool} {' '.join(args)}: {chr(10).join(failures)[:4000]}\n"
+        f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
     )
     return proc.stdout
 
