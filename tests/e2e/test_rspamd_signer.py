@@ -141,8 +141,10 @@ def _rotate(domain: str) -> subprocess.CompletedProcess[str]:
 
 
 # Serial: the rotation restarts OpenDKIM on mx1 and mail1 and reloads Rspamd on the node,
-# and each answers 4xx for a moment meanwhile.
+# and each answers 4xx for a moment meanwhile.  Slow (two minutes, most of it
+# dkim_rotate.yml): `make test` runs it, `make lab` leaves it out, like test_rotation.
 @pytest.mark.serial
+@pytest.mark.slow
 def test_rotation_moves_the_rspamd_node_to_the_new_selector(evidence: list[str]) -> None:
     """A tenant domain's rotation on the Rspamd node: the next message carries the new
     selector and verifies at inbox (a message caught by Rspamd's reload is deferred with
