@@ -4,6 +4,7 @@ as JSON whatever command the client asks for."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from pathlib import Path
@@ -17,8 +18,9 @@ KEY = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "queue-collector/id_ed255
 @pytest.fixture
 def collector(host: Any) -> Any:
     """ssh to the node on loopback as the collector, with its key."""
-    host.run_expect([0], "install -d -m 700 /root/.ssh && printf %s > /root/.ssh/collector "
-                    "&& chmod 600 /root/.ssh/collector", KEY.read_text())  # fmt: skip
+    key = base64.b64encode(KEY.read_bytes()).decode()
+    host.run_expect([0], "install -d -m 700 /root/.ssh && echo %s | base64 -d > "
+                    "/root/.ssh/collector && chmod 600 /root/.ssh/collector", key)  # fmt: skip
 
     def login(command: str) -> Any:
         return host.run("ssh -i /root/.ssh/collector -o BatchMode=yes -o ConnectTimeout=10 "
@@ -36,7 +38,7 @@ def test_sshd_listens(host: Any) -> None:
 def test_keys_and_sudo_are_pinned(host: Any) -> None:
     keys = host.file("/var/lib/mailops-queues/.ssh/authorized_keys")
     assert (keys.user, keys.mode) == ("root", 0o644)
-    lines = keys.content_string.splitlines()
+    lines = [k for k in keys.content_string.splitlines() if k.strip() and not k.startswith("#")]
     assert len(lines) == 2
     assert all(line.startswith('from="127.0.0.1",restrict,command="') for line in lines)
     sudoers = host.file("/etc/sudoers.d/mailops-queues")
