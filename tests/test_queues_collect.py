@@ -302,14 +302,17 @@ def test_silent_server_times_out_within_the_timeout(lab: Lab) -> None:
         start = time.monotonic()
         res = collect(
             [HostSpec("hung", "127.0.0.1", port), HostSpec("a", "127.0.0.1", lab.a.port)],
-            opts(lab, kh, timeout=1.5),
+            opts(lab, kh, timeout=4),
         )
         elapsed = time.monotonic() - start
         for c in held:
             c.close()
-    assert res["hung"]["error"].startswith("timed out after 1.5 s")
-    assert res["a"]["queues"]["active"] == 2
-    assert elapsed < 4.5
+    assert res["hung"]["error"].startswith("timed out after 4 s")
+    assert res["a"]["queues"]["active"] == 2, res["a"]
+    # One timeout, not one per step of the SSH handshake, nor a wait for ever: the
+    # bound leaves room for a busy machine (the healthy host's own handshake included)
+    # and still fails if each of the hung peer's steps waited out its own timeout.
+    assert elapsed < 4 * 2.5, f"{elapsed:.1f} s"
 
 
 def _client(lab: Lab) -> paramiko.SSHClient:
