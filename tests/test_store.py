@@ -7,6 +7,7 @@ installed).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -523,3 +524,36 @@ def test_postgresql_unreachable_is_a_store_error() -> None:
     with pytest.raises(StoreError, match="cannot open store") as exc:
         Store.open(f"postgresql://mailops:pw@127.0.0.1:{port}/mailops", timeout=2)
     assert "pw@" not in str(exc.value)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the case is a root cron job")
+def test_a_store_root_opens_first_stays_writable_for_the_pipes_user(tmp_path: Path) -> None:
+    """cron's jobs run as root, the pipes as the mailops user: whoever opens the SQLite
+    store first, the pipe's user can still write to it afterwards (the molecule
+    scenario's bounce waited in the queue when root's sync had made the file)."""
+    nobody = 65534
+    folder = tmp_path / "state"
+    folder.mkdir()
+    os.chown(folder, nobody, nobody)
+    tmp_path.chmod(0o755)
+    for parent in tmp_path.parents:
+        if parent.stat().st_mode & 0o001 == 0 and str(parent).startswith("/tmp/"):
+            parent.chmod(parent.stat().st_mode | 0o001)
+    db = folder / "mailops.db"
+    with Store.open(f"sqlite:///{db}", timeout=5):
+        owners = {p.name: p.stat().st_uid for p in folder.iterdir()}
+        pid = os.fork()
+        if pid == 0:  # the pipe's user, while root's connection is still open
+            code = 1
+            try:
+                os.setgid(nobody)
+                os.setuid(nobody)
+                conn = sqlite3.connect(db, timeout=5, isolation_level=None)
+                conn.execute("CREATE TABLE pipe_wrote (x)")
+                conn.close()
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+    assert owners == {"mailops.db": nobody, "mailops.db-wal": nobody, "mailops.db-shm": nobody}
+    assert os.waitstatus_to_exitcode(status) == 0, "the pipe's user could not write"

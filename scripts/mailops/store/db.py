@@ -16,11 +16,13 @@ import base64
 import dataclasses
 import hashlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -159,6 +161,29 @@ def _key(*parts: object) -> str:
 # --------------------------------------------------------------------------- backends
 
 
+def _own_like_directory(path: str) -> None:
+    """Give the SQLite store's files (the database, its -wal and -shm) to the owner of
+    the directory they are in, when root made them.
+
+    The pipes run as the mailops user and cron's jobs (suppression sync, prune) as
+    root.  A root job that opens the store first would otherwise leave the database,
+    or the -wal/-shm files WAL mode makes at every first open, owned by root: the
+    pipes could no longer write, and every bounce would wait in Postfix's queue.
+    """
+    if path == ":memory:" or os.geteuid() != 0:
+        return
+    try:
+        st = Path(path).resolve().parent.stat()
+    except OSError:
+        return
+    if st.st_uid == 0:
+        return
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        with suppress(FileNotFoundError):
+            if Path(name).stat().st_uid == 0:
+                os.chown(name, st.st_uid, st.st_gid)
+
+
 class _SQLite:
     dialect = "sqlite"
 
@@ -175,6 +200,7 @@ class _SQLite:
         except sqlite3.Error:
             self.conn.close()
             raise
+        _own_like_directory(path)
 
     def begin(self, write: bool) -> None:
         self.conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
